@@ -1,0 +1,137 @@
+"""Settings: built once at start-up from the environment (prefix ``KGENTS_``) and passed down.
+
+Nothing reads the environment after this; tests build as many ``Settings`` as they like.
+"""
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BUDGET_TIERS = ("dormant", "whisper", "dialogue", "deep")
+
+
+class Budget(StrEnum):
+    """How much the model may say: ``dormant`` makes no LLM call at all."""
+
+    dormant = "dormant"
+    whisper = "whisper"
+    dialogue = "dialogue"
+    deep = "deep"
+
+
+class PlanConfig(BaseModel):
+    """Limits of one plan. ``None`` means unlimited."""
+
+    tokens_per_month: int | None = Field(ge=0)
+    requests_per_minute: int = Field(ge=1)
+    max_budget: Budget
+
+
+DEFAULT_PLANS: dict[str, PlanConfig] = {
+    "free": PlanConfig(tokens_per_month=10_000, requests_per_minute=60, max_budget=Budget.whisper),
+    "pro": PlanConfig(
+        tokens_per_month=100_000, requests_per_minute=600, max_budget=Budget.dialogue
+    ),
+    "enterprise": PlanConfig(
+        tokens_per_month=1_000_000, requests_per_minute=6_000, max_budget=Budget.deep
+    ),
+    "custom": PlanConfig(tokens_per_month=None, requests_per_minute=10_000, max_budget=Budget.deep),
+}
+
+
+class Settings(BaseSettings):
+    """Every setting of the platform. Each field's env var is ``KGENTS_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="KGENTS_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".kgents"),
+        description="Directory for the SQLite database, the JetStream store and the admin token.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the API binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the API binds to.")
+    database_url: str | None = Field(
+        default=None,
+        description="postgresql://… or sqlite:///…; default: SQLite file in the data dir.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin API; generated into the data dir if unset.",
+    )
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS server URL(s), comma separated; default: embedded nats-server.",
+    )
+    nats_replicas: int = Field(default=1, ge=1, le=5, description="JetStream stream replicas.")
+    llm_provider: Literal["demo", "openai", "anthropic"] = Field(
+        default="demo", description="Which LLM provider generates replies."
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Model name for openai/anthropic (default gpt-4o-mini / claude-sonnet-4-5).",
+    )
+    llm_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Timeout of one provider request."
+    )
+    demo_token_delay_ms: int = Field(
+        default=15, ge=0, description="Delay between chunks of the demo provider."
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "KGENTS_OPENAI_API_KEY"),
+        description="API key of the openai provider (env OPENAI_API_KEY).",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "KGENTS_OPENAI_BASE_URL"),
+        description="Base URL of any OpenAI-compatible server (env OPENAI_BASE_URL).",
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "KGENTS_ANTHROPIC_API_KEY"),
+        description="API key of the anthropic provider (env ANTHROPIC_API_KEY).",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "KGENTS_ANTHROPIC_BASE_URL"),
+        description="Base URL of the Anthropic API (env ANTHROPIC_BASE_URL).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; empty = off."
+    )
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body.")
+    max_message_chars: int = Field(default=32_000, ge=1, description="Longest user message.")
+    stream_buffer_size: int = Field(
+        default=64, ge=1, description="Bound of every in-process stream buffer."
+    )
+    plans: dict[str, PlanConfig] = Field(
+        default_factory=lambda: dict(DEFAULT_PLANS),
+        description="Plans as JSON, replacing the defaults (free, pro, enterprise, custom).",
+    )
+    meters_file: Path | None = Field(
+        default=None, description="YAML file of meters in OpenMeter's format."
+    )
+    openmeter_url: str | None = Field(default=None, description="Forward usage to this OpenMeter.")
+    openmeter_token: SecretStr | None = Field(default=None, description="Token for OpenMeter.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "kgents.db"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin-token"
+
+    @property
+    def jetstream_dir(self) -> Path:
+        return self.data_dir / "jetstream"

@@ -1,0 +1,86 @@
+"""Domain errors. Adapters raise these (``raise ... from exc``); api/errors.py maps them.
+
+KgentsError                      code              HTTP
+├── InvalidInput                 invalid_request   400/422
+├── Unauthenticated              unauthorized      401
+├── QuotaExceeded                quota_exceeded    402
+├── Forbidden                    forbidden         403
+│   └── BudgetNotAllowed         budget_not_allowed
+├── NotFound                     not_found         404
+├── Conflict                     conflict          409
+│   └── TurnInProgress           turn_in_progress
+├── RateLimited                  rate_limited      429
+├── ProviderError                provider_*        502/503
+└── Unavailable                  *_unavailable     503
+    └── EventsUnavailable        events_unavailable
+"""
+
+
+class KgentsError(Exception):
+    """Root of every error the platform raises on purpose. ``code`` is stable snake_case."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(KgentsError):
+    code = "invalid_request"
+
+
+class Unauthenticated(KgentsError):
+    code = "unauthorized"
+
+
+class QuotaExceeded(KgentsError):
+    code = "quota_exceeded"
+
+
+class Forbidden(KgentsError):
+    code = "forbidden"
+
+
+class BudgetNotAllowed(Forbidden):
+    code = "budget_not_allowed"
+
+
+class NotFound(KgentsError):
+    code = "not_found"
+
+
+class Conflict(KgentsError):
+    code = "conflict"
+
+
+class TurnInProgress(Conflict):
+    code = "turn_in_progress"
+
+
+class RateLimited(KgentsError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class ProviderError(KgentsError):
+    """The LLM provider failed. ``retryable`` errors (429, 5xx, timeouts) map to 503, others 502."""
+
+    code = "provider_error"
+
+    def __init__(self, message: str, *, code: str, retryable: bool) -> None:
+        super().__init__(message, code=code)
+        self.retryable = retryable
+
+
+class Unavailable(KgentsError):
+    code = "unavailable"
+
+
+class EventsUnavailable(Unavailable):
+    code = "events_unavailable"

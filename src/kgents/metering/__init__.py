@@ -1,0 +1,1 @@
+"""Usage events, meters, the outbox relay, the metering processor and the OpenMeter sink."""

@@ -1,0 +1,243 @@
+"""The generation task: provider stream -> session events -> one final transaction.
+
+It runs detached from any HTTP connection. Each text delta is published as a ``chunk`` event the
+moment the provider yields it; when the provider finishes (or fails, or the turn is cancelled) the
+reply, the turn's final state and its ``llm.tokens`` usage event are stored in one transaction,
+and only then is ``complete`` or ``error`` published.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from kgents.clock import utc_now
+from kgents.errors import EventsUnavailable, KgentsError, ProviderError
+from kgents.flux import FluxStream
+from kgents.ids import new_id
+from kgents.llm.base import (
+    GenerationRequest,
+    LLMProvider,
+    StreamItem,
+    TextDelta,
+    Usage,
+    estimate_request_tokens,
+)
+from kgents.metering import events as usage_events
+from kgents.records import Message, Turn, TurnStatus
+from kgents.sessions.persona import DORMANT_REPLY
+from kgents.sessions.ports import EventBatch, SessionEvent, SessionEventLog, SessionStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedTurn:
+    """A stored, running turn and what to ask the model (``None``: dormant, no model call)."""
+
+    turn: Turn
+    request: GenerationRequest | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    turn: Turn
+    message: Message | None
+    error: KgentsError | None
+
+
+@dataclass(slots=True)
+class _Progress:
+    text: list[str]
+    chunks: int = 0
+    usage: Usage | None = None
+
+
+def chunk_event(turn: Turn, *, index: int, text: str) -> SessionEvent:
+    return SessionEvent(
+        session_id=turn.session_id,
+        type="chunk",
+        data={"turn_id": turn.id, "text": text, "index": index},
+        msg_id=f"{turn.id}:{index}",
+    )
+
+
+def error_event(turn: Turn, *, code: str, message: str) -> SessionEvent:
+    return SessionEvent(
+        session_id=turn.session_id,
+        type="error",
+        data={"turn_id": turn.id, "error": {"code": code, "message": message}},
+        msg_id=f"{turn.id}:end",
+    )
+
+
+def complete_event(turn: Turn, *, message: Message, chunks: int) -> SessionEvent:
+    return SessionEvent(
+        session_id=turn.session_id,
+        type="complete",
+        data={
+            "turn_id": turn.id,
+            "message_id": message.id,
+            "text": message.content,
+            "tokens_in": turn.tokens_in,
+            "tokens_out": turn.tokens_out,
+            "model": turn.model,
+            "chunks": chunks,
+        },
+        msg_id=f"{turn.id}:end",
+    )
+
+
+async def _dormant_stream() -> AsyncIterator[StreamItem]:
+    yield TextDelta(DORMANT_REPLY)
+    yield Usage(tokens_in=0, tokens_out=0, model="none")
+
+
+class TurnRunner:
+    """Runs planned turns against one provider and one event log."""
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        provider: LLMProvider,
+        events: SessionEventLog,
+        buffer_size: int,
+    ) -> None:
+        self._store = store
+        self._provider = provider
+        self._events = events
+        self._buffer_size = buffer_size
+
+    async def run(self, planned: PlannedTurn) -> TurnOutcome:
+        """Generate, publish and store the reply of ``planned``; never raises a domain error.
+
+        If the task is cancelled, the turn is stored as ``cancelled`` with what was generated,
+        and the cancellation propagates.
+        """
+        turn = planned.turn
+        progress = _Progress(text=[])
+        batch = self._events.batch()
+        source = self._provider.stream(planned.request) if planned.request else _dormant_stream()
+        try:
+            await self._pump(turn, source, batch, progress)
+        except ProviderError as exc:
+            return await self._close(planned, progress, batch, status="failed", error=exc)
+        except EventsUnavailable as exc:
+            return await self._close(planned, progress, batch, status="failed", error=exc)
+        except asyncio.CancelledError:
+            cancelled = KgentsError("the turn was cancelled", code="cancelled")
+            await asyncio.shield(
+                self._close(planned, progress, batch, status="cancelled", error=cancelled)
+            )
+            raise
+        return await self._close(planned, progress, batch, status="complete", error=None)
+
+    async def _pump(
+        self,
+        turn: Turn,
+        source: AsyncIterator[StreamItem],
+        batch: EventBatch,
+        progress: _Progress,
+    ) -> None:
+        async for item in FluxStream(source).buffer(self._buffer_size):
+            if isinstance(item, Usage):
+                progress.usage = item
+                continue
+            if not item.text:
+                continue
+            await batch.add(chunk_event(turn, index=progress.chunks, text=item.text))
+            progress.text.append(item.text)
+            progress.chunks += 1
+
+    def _final_turn(self, planned: PlannedTurn, progress: _Progress, status: TurnStatus) -> Turn:
+        usage = progress.usage
+        if usage is None:
+            # No usage report (failure, cancellation): bill what was generated, as an estimate.
+            # A request that produced nothing is not billed: the provider refused it.
+            prompt = planned.request if progress.chunks else None
+            usage = Usage(
+                tokens_in=estimate_request_tokens(prompt) if prompt else 0,
+                tokens_out=progress.chunks,
+                model=self._provider.model,
+                estimated=True,
+            )
+        turn = planned.turn
+        return replace(
+            turn,
+            status=status,
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            model=usage.model,
+            estimated=usage.estimated,
+            finished_at=utc_now(),
+        )
+
+    async def _close(
+        self,
+        planned: PlannedTurn,
+        progress: _Progress,
+        batch: EventBatch,
+        *,
+        status: TurnStatus,
+        error: KgentsError | None,
+    ) -> TurnOutcome:
+        turn = planned.turn
+        final = self._final_turn(planned, progress, status)
+        if error is not None:
+            final = replace(final, error_code=error.code)
+        text = "".join(progress.text)
+        message = None
+        if text:
+            message = Message(
+                id=new_id("msg"),
+                session_id=turn.session_id,
+                tenant_id=turn.tenant_id,
+                turn_id=turn.id,
+                role="assistant",
+                content=text,
+                tokens_in=final.tokens_in,
+                tokens_out=final.tokens_out,
+                model=final.model,
+                created_at=final.finished_at or utc_now(),
+            )
+        billed = []
+        if final.tokens_in or final.tokens_out:
+            billed.append(
+                usage_events.llm_tokens(
+                    tenant_id=turn.tenant_id,
+                    session_id=turn.session_id,
+                    turn_id=turn.id,
+                    tokens_in=final.tokens_in,
+                    tokens_out=final.tokens_out,
+                    model=final.model or "unknown",
+                    estimated=final.estimated,
+                    at=final.finished_at or utc_now(),
+                )
+            )
+        stored = await self._store.finish_turn(final, assistant_message=message, events=billed)
+        if stored is None:
+            # Someone else (start-up recovery on another replica) closed this turn first.
+            return TurnOutcome(turn=final, message=None, error=error)
+        await self._publish_end(final, message, progress, batch, error)
+        return TurnOutcome(turn=stored, message=message, error=error)
+
+    async def _publish_end(
+        self,
+        turn: Turn,
+        message: Message | None,
+        progress: _Progress,
+        batch: EventBatch,
+        error: KgentsError | None,
+    ) -> None:
+        if error is None and message is not None:
+            end = complete_event(turn, message=message, chunks=progress.chunks)
+        else:
+            code = error.code if error else "empty_reply"
+            end = error_event(turn, code=code, message=error.message if error else "no reply")
+        try:
+            await batch.add(end)
+            await batch.flush()
+        except EventsUnavailable:
+            # The turn is stored; followers learn its end when they re-read the session.
+            logger.warning("could not publish the end of turn %s", turn.id)

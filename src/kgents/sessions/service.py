@@ -1,0 +1,180 @@
+"""Sessions and their turns: the service the API and the CLI call."""
+
+from dataclasses import dataclass
+
+from kgents.clock import utc_now
+from kgents.config import Budget
+from kgents.errors import BudgetNotAllowed, InvalidInput, NotFound
+from kgents.ids import is_valid_id, new_id
+from kgents.llm.base import GenerationRequest
+from kgents.metering import events as usage_events
+from kgents.records import Message, Session, Turn
+from kgents.sessions.generation import PlannedTurn
+from kgents.sessions.persona import (
+    MAX_TOKENS_BY_BUDGET,
+    MODES,
+    TEMPERATURE_BY_MODE,
+    budget_allows,
+    history_that_fits,
+    system_prompt,
+)
+from kgents.sessions.ports import SessionStore
+from kgents.tenancy.service import Principal
+
+HISTORY_WINDOW = 200  # messages read from the store before trimming to the budget
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    message: str
+    mode: str | None
+    budget: Budget
+
+
+class SessionService:
+    def __init__(self, *, store: SessionStore, max_message_chars: int) -> None:
+        self._store = store
+        self._max_message_chars = max_message_chars
+
+    async def create_session(
+        self, *, tenant_id: str, title: str | None, agent_type: str, mode: str
+    ) -> Session:
+        _check_mode(mode)
+        now = utc_now()
+        session = Session(
+            id=new_id("ses"),
+            tenant_id=tenant_id,
+            title=title,
+            agent_type=agent_type,
+            mode=mode,
+            status="active",
+            message_count=0,
+            tokens_used=0,
+            created_at=now,
+            last_message_at=None,
+        )
+        event = usage_events.session_create(
+            tenant_id=tenant_id, session_id=session.id, agent_type=agent_type, at=now
+        )
+        await self._store.add_session(session, events=[event])
+        return session
+
+    async def list_sessions(
+        self, *, tenant_id: str, limit: int, offset: int
+    ) -> tuple[list[Session], int]:
+        return await self._store.list_sessions(tenant_id, limit=limit, offset=offset)
+
+    async def get_session(self, *, tenant_id: str, session_id: str) -> Session:
+        """The tenant's session; another tenant's session is ``NotFound`` exactly like none."""
+        session = (
+            await self._store.get_session(tenant_id, session_id)
+            if is_valid_id(session_id)
+            else None
+        )
+        if session is None:
+            raise NotFound("session not found")
+        return session
+
+    async def delete_session(self, *, tenant_id: str, session_id: str) -> None:
+        await self.get_session(tenant_id=tenant_id, session_id=session_id)
+        if not await self._store.delete_session(tenant_id, session_id, at=utc_now()):
+            raise NotFound("session not found")
+
+    async def list_messages(
+        self, *, tenant_id: str, session_id: str, limit: int, offset: int
+    ) -> tuple[list[Message], int]:
+        await self.get_session(tenant_id=tenant_id, session_id=session_id)
+        return await self._store.list_messages(session_id, limit=limit, offset=offset)
+
+    async def get_turn(self, *, tenant_id: str, turn_id: str) -> Turn:
+        turn = await self._store.get_turn(tenant_id, turn_id) if is_valid_id(turn_id) else None
+        if turn is None:
+            raise NotFound("turn not found")
+        return turn
+
+    async def start_turn(
+        self, *, principal: Principal, session_id: str, request: TurnRequest
+    ) -> tuple[PlannedTurn, Message]:
+        """Store the user message and a running turn; return what the generation must do.
+
+        Raises ``TurnInProgress`` if the session already runs a turn, ``BudgetNotAllowed`` if
+        the plan does not include the budget.
+        """
+        tenant_id = principal.tenant.id
+        if len(request.message) > self._max_message_chars:
+            raise InvalidInput(
+                f"message is longer than {self._max_message_chars} characters",
+                code="message_too_long",
+            )
+        if not request.message.strip():
+            raise InvalidInput("message is empty", code="message_empty")
+        if not budget_allows(request.budget, principal.plan.max_budget):
+            raise BudgetNotAllowed(
+                f"budget {request.budget.value!r} is not included in plan "
+                f"{principal.tenant.plan!r} (highest: {principal.plan.max_budget.value!r})"
+            )
+        session = await self.get_session(tenant_id=tenant_id, session_id=session_id)
+        mode = request.mode or session.mode
+        _check_mode(mode)
+
+        now = utc_now()
+        turn_id = new_id("turn")
+        user_message = Message(
+            id=new_id("msg"),
+            session_id=session_id,
+            tenant_id=tenant_id,
+            turn_id=turn_id,
+            role="user",
+            content=request.message,
+            tokens_in=0,
+            tokens_out=0,
+            model=None,
+            created_at=now,
+        )
+        turn = Turn(
+            id=turn_id,
+            session_id=session_id,
+            tenant_id=tenant_id,
+            status="running",
+            mode=mode,
+            budget=request.budget.value,
+            user_message_id=user_message.id,
+            assistant_message_id=None,
+            tokens_in=0,
+            tokens_out=0,
+            model=None,
+            estimated=False,
+            error_code=None,
+            first_seq=None,
+            started_at=now,
+            finished_at=None,
+        )
+        generation = await self._generation_request(session_id, request, mode)
+        event = usage_events.session_message(
+            tenant_id=tenant_id,
+            session_id=session_id,
+            turn_id=turn_id,
+            message_length=len(request.message),
+            at=now,
+        )
+        await self._store.start_turn(turn, user_message=user_message, events=[event])
+        return PlannedTurn(turn=turn, request=generation), user_message
+
+    async def _generation_request(
+        self, session_id: str, request: TurnRequest, mode: str
+    ) -> GenerationRequest | None:
+        max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
+        if max_tokens == 0:
+            return None
+        history = await self._store.recent_messages(session_id, limit=HISTORY_WINDOW)
+        return GenerationRequest(
+            system=system_prompt(mode),
+            messages=history_that_fits(history, request.message, budget_tokens=max_tokens),
+            temperature=TEMPERATURE_BY_MODE[mode],
+            max_tokens=max_tokens,
+        )
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InvalidInput(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")

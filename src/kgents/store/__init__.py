@@ -1,0 +1,1 @@
+"""SQLAlchemy async adapter: schema, migrations and repositories for SQLite and PostgreSQL."""

@@ -1,0 +1,279 @@
+"""Sessions, messages and turns in SQL: implements ``kgents.sessions.ports.SessionStore``.
+
+Each method is one transaction. Usage events are staged in the same transaction as the change
+they bill, so a crash can never store one without the other.
+"""
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+from kgents.errors import NotFound, TurnInProgress
+from kgents.records import Message, Role, Session, Turn, TurnStatus, UsageEvent
+from kgents.store.outbox_repo import add_outbox_events
+from kgents.store.schema import MessageRow, SessionRow, TurnRow
+
+
+def session_record(row: SessionRow) -> Session:
+    return Session(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        title=row.title,
+        agent_type=row.agent_type,
+        mode=row.mode,
+        status=row.status,
+        message_count=row.message_count,
+        tokens_used=row.tokens_used,
+        created_at=row.created_at,
+        last_message_at=row.last_message_at,
+    )
+
+
+def message_record(row: MessageRow) -> Message:
+    role: Role = "assistant" if row.role == "assistant" else "user"
+    return Message(
+        id=row.id,
+        session_id=row.session_id,
+        tenant_id=row.tenant_id,
+        turn_id=row.turn_id,
+        role=role,
+        content=row.content,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        model=row.model,
+        created_at=row.created_at,
+    )
+
+
+def turn_record(row: TurnRow) -> Turn:
+    status: TurnStatus = row.status  # type: ignore[assignment]  # the column only holds these
+    return Turn(
+        id=row.id,
+        session_id=row.session_id,
+        tenant_id=row.tenant_id,
+        status=status,
+        mode=row.mode,
+        budget=row.budget,
+        user_message_id=row.user_message_id,
+        assistant_message_id=row.assistant_message_id,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        model=row.model,
+        estimated=row.estimated,
+        error_code=row.error_code,
+        first_seq=row.first_seq,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _message_row(message: Message, position: int) -> MessageRow:
+    return MessageRow(
+        id=message.id,
+        session_id=message.session_id,
+        tenant_id=message.tenant_id,
+        turn_id=message.turn_id,
+        position=position,
+        role=message.role,
+        content=message.content,
+        tokens_in=message.tokens_in,
+        tokens_out=message.tokens_out,
+        model=message.model,
+        created_at=message.created_at,
+    )
+
+
+class SqlSessionStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
+        async with self._sessions.begin() as db:
+            db.add(
+                SessionRow(
+                    id=session.id,
+                    tenant_id=session.tenant_id,
+                    title=session.title,
+                    agent_type=session.agent_type,
+                    mode=session.mode,
+                    status=session.status,
+                    message_count=0,
+                    tokens_used=0,
+                    created_at=session.created_at,
+                    last_message_at=None,
+                    deleted_at=None,
+                )
+            )
+            add_outbox_events(db, events, at=session.created_at)
+
+    async def list_sessions(
+        self, tenant_id: str, *, limit: int, offset: int
+    ) -> tuple[list[Session], int]:
+        live = (SessionRow.tenant_id == tenant_id) & SessionRow.deleted_at.is_(None)
+        async with self._sessions() as db:
+            total = await db.scalar(select(func.count()).select_from(SessionRow).where(live))
+            rows = await db.scalars(
+                select(SessionRow)
+                .where(live)
+                .order_by(SessionRow.created_at.desc(), SessionRow.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [session_record(row) for row in rows], total or 0
+
+    async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
+        async with self._sessions() as db:
+            row = await db.get(SessionRow, session_id)
+            if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
+                return None
+            return session_record(row)
+
+    async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool:
+        """Soft-delete: the session disappears from the API; its turns stay for billing."""
+        async with self._sessions.begin() as db:
+            result = await db.execute(
+                update(SessionRow)
+                .where(
+                    SessionRow.id == session_id,
+                    SessionRow.tenant_id == tenant_id,
+                    SessionRow.deleted_at.is_(None),
+                )
+                .values(deleted_at=at, status="deleted")
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def start_turn(
+        self, turn: Turn, *, user_message: Message, events: Sequence[UsageEvent]
+    ) -> Session:
+        """Store the user message, the running turn and its usage events together.
+
+        Raises ``TurnInProgress`` when the session already has a running turn and ``NotFound``
+        when the session is gone.
+        """
+        try:
+            async with self._sessions.begin() as db:
+                session = await db.get(SessionRow, turn.session_id, with_for_update=True)
+                if session is None or session.deleted_at is not None:
+                    raise NotFound("session not found")
+                db.add(_message_row(user_message, session.message_count))
+                session.message_count += 1
+                session.last_message_at = user_message.created_at
+                db.add(
+                    TurnRow(
+                        id=turn.id,
+                        session_id=turn.session_id,
+                        tenant_id=turn.tenant_id,
+                        status="running",
+                        mode=turn.mode,
+                        budget=turn.budget,
+                        user_message_id=user_message.id,
+                        assistant_message_id=None,
+                        tokens_in=0,
+                        tokens_out=0,
+                        model=None,
+                        estimated=False,
+                        error_code=None,
+                        first_seq=turn.first_seq,
+                        started_at=turn.started_at,
+                        finished_at=None,
+                    )
+                )
+                add_outbox_events(db, events, at=turn.started_at)
+                await db.flush()
+                return session_record(session)
+        except IntegrityError as exc:
+            raise TurnInProgress("a turn is already running in this session") from exc
+
+    async def finish_turn(
+        self,
+        turn: Turn,
+        *,
+        assistant_message: Message | None,
+        events: Sequence[UsageEvent],
+    ) -> Turn | None:
+        """Close a running turn with its final state, reply and usage events, all at once.
+
+        Returns ``None`` (and changes nothing) when the turn was no longer running: whoever
+        closes a turn first wins, so a turn is never finished, or billed, twice.
+        """
+        async with self._sessions.begin() as db:
+            result = await db.execute(
+                update(TurnRow)
+                .where(TurnRow.id == turn.id, TurnRow.status == "running")
+                .values(
+                    status=turn.status,
+                    tokens_in=turn.tokens_in,
+                    tokens_out=turn.tokens_out,
+                    model=turn.model,
+                    estimated=turn.estimated,
+                    error_code=turn.error_code,
+                    assistant_message_id=assistant_message.id if assistant_message else None,
+                    finished_at=turn.finished_at,
+                )
+            )
+            if not getattr(result, "rowcount", 0):
+                return None
+            session = await db.get(SessionRow, turn.session_id, with_for_update=True)
+            if session is None:  # sessions are only soft-deleted, so this means corruption
+                raise NotFound("session of the turn not found")
+            session.tokens_used += turn.tokens_in + turn.tokens_out
+            if assistant_message is not None:
+                db.add(_message_row(assistant_message, session.message_count))
+                session.message_count += 1
+                session.last_message_at = assistant_message.created_at
+            add_outbox_events(db, events, at=turn.finished_at)
+            return replace(
+                turn,
+                assistant_message_id=assistant_message.id if assistant_message else None,
+            )
+
+    async def set_first_seq(self, turn_id: str, seq: int) -> None:
+        async with self._sessions.begin() as db:
+            await db.execute(update(TurnRow).where(TurnRow.id == turn_id).values(first_seq=seq))
+
+    async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
+        async with self._sessions() as db:
+            row = await db.get(TurnRow, turn_id)
+            if row is None or row.tenant_id != tenant_id:
+                return None
+            return turn_record(row)
+
+    async def running_turns(self, *, session_id: str | None = None) -> Sequence[Turn]:
+        query = select(TurnRow).where(TurnRow.status == "running")
+        if session_id is not None:
+            query = query.where(TurnRow.session_id == session_id)
+        async with self._sessions() as db:
+            return [turn_record(row) for row in await db.scalars(query.order_by(TurnRow.id))]
+
+    async def recent_messages(self, session_id: str, *, limit: int) -> list[Message]:
+        """The last ``limit`` messages of a session, oldest first."""
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id)
+                .order_by(MessageRow.position.desc())
+                .limit(limit)
+            )
+            return [message_record(row) for row in reversed(rows.all())]
+
+    async def list_messages(
+        self, session_id: str, *, limit: int, offset: int
+    ) -> tuple[list[Message], int]:
+        async with self._sessions() as db:
+            total = await db.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(MessageRow.session_id == session_id)
+            )
+            rows = await db.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id)
+                .order_by(MessageRow.position)
+                .limit(limit)
+                .offset(offset)
+            )
+            return [message_record(row) for row in rows], total or 0

@@ -1,0 +1,1 @@
+"""Tenants, plans, API keys and admin authentication (service code: no web or driver imports)."""

@@ -1,0 +1,140 @@
+"""Tenants and their API keys: creation, listing, revocation and authentication of requests."""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from kgents.clock import utc_now
+from kgents.config import PlanConfig
+from kgents.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from kgents.ids import is_valid_id, new_id
+from kgents.records import ApiKey, Tenant, TenantStatus
+from kgents.tenancy.keys import (
+    display_prefix,
+    generate_api_key,
+    hash_api_key,
+    looks_like_api_key,
+)
+from kgents.tenancy.ports import TenancyStore
+
+# ``last_used_at`` is refreshed at most this often, so authentication is not a write per request.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+DEFAULT_SCOPES = ("sessions", "usage")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A newly created key: ``secret`` is the full key, shown to its owner this once."""
+
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an authenticated key, its tenant and the tenant's plan."""
+
+    tenant: Tenant
+    key: ApiKey
+    plan: PlanConfig
+
+
+class TenancyService:
+    def __init__(self, *, store: TenancyStore, plans: dict[str, PlanConfig]) -> None:
+        self._store = store
+        self.plans = plans
+
+    def plan(self, name: str) -> PlanConfig:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown plan {name!r}; plans: {', '.join(sorted(self.plans))}"
+            ) from None
+
+    async def create_tenant(self, *, name: str, plan: str) -> Tenant:
+        self.plan(plan)
+        tenant = Tenant(
+            id=new_id("ten"), name=name, plan=plan, status="active", created_at=utc_now()
+        )
+        await self._store.add_tenant(tenant)
+        return tenant
+
+    async def list_tenants(self, *, limit: int, offset: int) -> tuple[list[Tenant], int]:
+        return await self._store.list_tenants(limit=limit, offset=offset)
+
+    async def get_tenant(self, *, tenant_id: str) -> Tenant:
+        tenant = await self._store.get_tenant(tenant_id) if is_valid_id(tenant_id) else None
+        if tenant is None:
+            raise NotFound("tenant not found")
+        return tenant
+
+    async def update_tenant(
+        self, *, tenant_id: str, plan: str | None = None, status: TenantStatus | None = None
+    ) -> Tenant:
+        if plan is not None:
+            self.plan(plan)
+        await self.get_tenant(tenant_id=tenant_id)
+        tenant = await self._store.update_tenant(tenant_id, plan=plan, status=status)
+        if tenant is None:
+            raise NotFound("tenant not found")
+        return tenant
+
+    async def create_api_key(
+        self,
+        *,
+        tenant_id: str,
+        name: str,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        expires_at: datetime | None = None,
+    ) -> IssuedKey:
+        await self.get_tenant(tenant_id=tenant_id)
+        now = utc_now()
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput("expires_at must be in the future")
+        secret = generate_api_key()
+        key = ApiKey(
+            id=new_id("key"),
+            tenant_id=tenant_id,
+            name=name,
+            prefix=display_prefix(secret),
+            scopes=scopes,
+            created_at=now,
+            last_used_at=None,
+            expires_at=expires_at,
+            revoked_at=None,
+        )
+        await self._store.add_api_key(key, key_hash=hash_api_key(secret))
+        return IssuedKey(key=key, secret=secret)
+
+    async def list_api_keys(self, *, tenant_id: str) -> list[ApiKey]:
+        await self.get_tenant(tenant_id=tenant_id)
+        return list(await self._store.list_api_keys(tenant_id))
+
+    async def revoke_api_key(self, *, key_id: str, tenant_id: str | None = None) -> ApiKey:
+        """Revoke a key (idempotent). With ``tenant_id``, a key of another tenant is a 404."""
+        key = await self._store.get_api_key(key_id) if is_valid_id(key_id) else None
+        if key is None or (tenant_id is not None and key.tenant_id != tenant_id):
+            raise NotFound("API key not found")
+        revoked = await self._store.revoke_api_key(key_id, at=utc_now())
+        if revoked is None:
+            raise NotFound("API key not found")
+        return revoked
+
+    async def authenticate(self, raw_key: str) -> Principal:
+        """The principal behind ``raw_key``; ``Unauthenticated`` for anything but a live key."""
+        if not looks_like_api_key(raw_key):
+            raise Unauthenticated("invalid API key")
+        found = await self._store.find_api_key(hash_api_key(raw_key))
+        if found is None:
+            raise Unauthenticated("invalid API key")
+        key, tenant = found
+        now = utc_now()
+        if key.revoked_at is not None:
+            raise Unauthenticated("API key revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthenticated("API key expired")
+        if tenant.status != "active":
+            raise Forbidden("tenant suspended", code="tenant_suspended")
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+            await self._store.touch_api_key(key.id, at=now)
+        return Principal(tenant=tenant, key=key, plan=self.plan(tenant.plan))
