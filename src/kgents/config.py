@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     stream_buffer_size: int = Field(
         default=64, ge=1, description="Bound of every in-process stream buffer."
     )
+    turn_lease_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A running turn not renewed for this long was left by a dead process.",
+    )
     plans: dict[str, PlanConfig] = Field(
         default_factory=lambda: dict(DEFAULT_PLANS),
         description="Plans as JSON, replacing the defaults (free, pro, enterprise, custom).",

@@ -15,14 +15,7 @@ from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, KgentsError, ProviderError
 from kgents.flux import FluxStream
 from kgents.ids import new_id
-from kgents.llm.base import (
-    GenerationRequest,
-    LLMProvider,
-    StreamItem,
-    TextDelta,
-    Usage,
-    estimate_request_tokens,
-)
+from kgents.llm.base import GenerationRequest, LLMProvider, StreamItem, TextDelta, Usage
 from kgents.metering import events as usage_events
 from kgents.records import Message, Turn, TurnStatus
 from kgents.sessions.persona import DORMANT_REPLY
@@ -51,6 +44,20 @@ class _Progress:
     text: list[str]
     chunks: int = 0
     usage: Usage | None = None
+
+
+def user_message_event(turn: Turn, message: Message) -> SessionEvent:
+    return SessionEvent(
+        session_id=turn.session_id,
+        type="user_message",
+        data={
+            "turn_id": turn.id,
+            "message_id": message.id,
+            "content": message.content,
+            "created_at": message.created_at.isoformat(),
+        },
+        msg_id=f"{turn.id}:start",
+    )
 
 
 def chunk_event(turn: Turn, *, index: int, text: str) -> SessionEvent:
@@ -109,6 +116,20 @@ class TurnRunner:
         self._events = events
         self._buffer_size = buffer_size
 
+    async def open(self, planned: PlannedTurn, user_message: Message) -> int:
+        """Publish the turn's ``user_message`` event and return its stream sequence.
+
+        If the event stream is unavailable the turn is closed as ``failed`` (nothing was
+        generated, nothing is billed) and ``EventsUnavailable`` propagates.
+        """
+        try:
+            seq = await self._events.publish(user_message_event(planned.turn, user_message))
+        except EventsUnavailable as exc:
+            await self._close(planned, _Progress(text=[]), None, status="failed", error=exc)
+            raise
+        await self._store.set_first_seq(planned.turn.id, seq)
+        return seq
+
     async def run(self, planned: PlannedTurn) -> TurnOutcome:
         """Generate, publish and store the reply of ``planned``; never raises a domain error.
 
@@ -153,11 +174,11 @@ class TurnRunner:
     def _final_turn(self, planned: PlannedTurn, progress: _Progress, status: TurnStatus) -> Turn:
         usage = progress.usage
         if usage is None:
-            # No usage report (failure, cancellation): bill what was generated, as an estimate.
-            # A request that produced nothing is not billed: the provider refused it.
-            prompt = planned.request if progress.chunks else None
+            # No usage report (failure, cancellation): bill what was generated, as an estimate
+            # (the prompt estimate was stored with the turn). A request that produced nothing
+            # is not billed: the provider refused it.
             usage = Usage(
-                tokens_in=estimate_request_tokens(prompt) if prompt else 0,
+                tokens_in=planned.turn.tokens_in if progress.chunks else 0,
                 tokens_out=progress.chunks,
                 model=self._provider.model,
                 estimated=True,
@@ -177,7 +198,7 @@ class TurnRunner:
         self,
         planned: PlannedTurn,
         progress: _Progress,
-        batch: EventBatch,
+        batch: EventBatch | None,
         *,
         status: TurnStatus,
         error: KgentsError | None,
@@ -219,7 +240,8 @@ class TurnRunner:
         if stored is None:
             # Someone else (start-up recovery on another replica) closed this turn first.
             return TurnOutcome(turn=final, message=None, error=error)
-        await self._publish_end(final, message, progress, batch, error)
+        if batch is not None:
+            await self._publish_end(final, message, progress, batch, error)
         return TurnOutcome(turn=stored, message=message, error=error)
 
     async def _publish_end(

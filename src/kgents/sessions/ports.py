@@ -1,6 +1,6 @@
 """What the sessions service needs from storage and from the event stream."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -32,7 +32,12 @@ class SessionStore(Protocol):
     async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool: ...
 
     async def start_turn(
-        self, turn: Turn, *, user_message: Message, events: Sequence[UsageEvent]
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
     ) -> Session: ...
 
     async def finish_turn(
@@ -40,6 +45,10 @@ class SessionStore(Protocol):
     ) -> Turn | None: ...
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None: ...
+
+    async def renew_leases(self, turn_ids: Sequence[str], *, until: datetime) -> None: ...
+
+    async def expired_turns(self, *, now: datetime) -> Sequence[Turn]: ...
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None: ...
 
@@ -73,4 +82,19 @@ class SessionEventLog(Protocol):
 
     def batch(self) -> EventBatch:
         """A batch publisher for the events of one turn."""
+        ...
+
+    def follow(
+        self, session_id: str, *, after_seq: int | None, from_start: bool = False
+    ) -> AsyncIterator[tuple[int, SessionEvent]]:
+        """Every event of the session after ``after_seq`` (or all retained ones with
+        ``from_start``, or only new ones when neither is given), then live ones, in order."""
+        ...
+
+    async def request_cancel(self, session_id: str) -> None:
+        """Ask whichever replica runs the session's turn to cancel it."""
+        ...
+
+    async def turn_chunks(self, session_id: str, turn_id: str, *, first_seq: int) -> list[str]:
+        """The texts of the ``chunk`` events of a turn, in order (to recover a dead turn)."""
         ...

@@ -1,12 +1,13 @@
 """Sessions and their turns: the service the API and the CLI call."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from kgents.clock import utc_now
 from kgents.config import Budget
-from kgents.errors import BudgetNotAllowed, InvalidInput, NotFound
+from kgents.errors import BudgetNotAllowed, Conflict, InvalidInput, NotFound
 from kgents.ids import is_valid_id, new_id
-from kgents.llm.base import GenerationRequest
+from kgents.llm.base import GenerationRequest, estimate_request_tokens
 from kgents.metering import events as usage_events
 from kgents.records import Message, Session, Turn
 from kgents.sessions.generation import PlannedTurn
@@ -32,9 +33,12 @@ class TurnRequest:
 
 
 class SessionService:
-    def __init__(self, *, store: SessionStore, max_message_chars: int) -> None:
+    def __init__(
+        self, *, store: SessionStore, max_message_chars: int, turn_lease: timedelta
+    ) -> None:
         self._store = store
         self._max_message_chars = max_message_chars
+        self._turn_lease = turn_lease
 
     async def create_session(
         self, *, tenant_id: str, title: str | None, agent_type: str, mode: str
@@ -91,6 +95,14 @@ class SessionService:
         if turn is None:
             raise NotFound("turn not found")
         return turn
+
+    async def running_turn(self, *, tenant_id: str, session_id: str) -> Turn:
+        """The session's running turn; ``Conflict`` (409) when none is running."""
+        await self.get_session(tenant_id=tenant_id, session_id=session_id)
+        running = await self._store.running_turns(session_id=session_id)
+        if not running:
+            raise Conflict("no turn is running in this session", code="no_turn_running")
+        return running[0]
 
     async def start_turn(
         self, *, principal: Principal, session_id: str, request: TurnRequest
@@ -150,6 +162,9 @@ class SessionService:
             finished_at=None,
         )
         generation = await self._generation_request(session_id, request, mode)
+        if generation is not None:
+            # Stored now, so a turn whose process dies can still be billed for its prompt.
+            turn = replace(turn, tokens_in=estimate_request_tokens(generation))
         event = usage_events.session_message(
             tenant_id=tenant_id,
             session_id=session_id,
@@ -157,7 +172,9 @@ class SessionService:
             message_length=len(request.message),
             at=now,
         )
-        await self._store.start_turn(turn, user_message=user_message, events=[event])
+        await self._store.start_turn(
+            turn, user_message=user_message, events=[event], lease_until=now + self._turn_lease
+        )
         return PlannedTurn(turn=turn, request=generation), user_message
 
     async def _generation_request(

@@ -133,6 +133,9 @@ class TurnRow(Base):
     first_seq: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    # Renewed by the process generating the turn; a running turn whose lease expired was left
+    # behind by a dead process and is closed as ``interrupted`` by any replica.
+    lease_expires_at: Mapped[datetime | None]
 
 
 class OutboxRow(Base):

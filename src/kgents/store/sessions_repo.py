@@ -147,7 +147,12 @@ class SqlSessionStore:
             return bool(getattr(result, "rowcount", 0))
 
     async def start_turn(
-        self, turn: Turn, *, user_message: Message, events: Sequence[UsageEvent]
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
     ) -> Session:
         """Store the user message, the running turn and its usage events together.
 
@@ -172,7 +177,7 @@ class SqlSessionStore:
                         budget=turn.budget,
                         user_message_id=user_message.id,
                         assistant_message_id=None,
-                        tokens_in=0,
+                        tokens_in=turn.tokens_in,
                         tokens_out=0,
                         model=None,
                         estimated=False,
@@ -180,6 +185,7 @@ class SqlSessionStore:
                         first_seq=turn.first_seq,
                         started_at=turn.started_at,
                         finished_at=None,
+                        lease_expires_at=lease_until,
                     )
                 )
                 add_outbox_events(db, events, at=turn.started_at)
@@ -234,6 +240,26 @@ class SqlSessionStore:
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
         async with self._sessions.begin() as db:
             await db.execute(update(TurnRow).where(TurnRow.id == turn_id).values(first_seq=seq))
+
+    async def renew_leases(self, turn_ids: Sequence[str], *, until: datetime) -> None:
+        if not turn_ids:
+            return
+        async with self._sessions.begin() as db:
+            await db.execute(
+                update(TurnRow)
+                .where(TurnRow.id.in_(turn_ids), TurnRow.status == "running")
+                .values(lease_expires_at=until)
+            )
+
+    async def expired_turns(self, *, now: datetime) -> Sequence[Turn]:
+        """Running turns whose lease ran out: their process died."""
+        async with self._sessions() as db:
+            rows = await db.scalars(
+                select(TurnRow)
+                .where(TurnRow.status == "running", TurnRow.lease_expires_at < now)
+                .order_by(TurnRow.started_at)
+            )
+            return [turn_record(row) for row in rows]
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
         async with self._sessions() as db:

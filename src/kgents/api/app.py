@@ -1,0 +1,67 @@
+"""``create_app(settings)``: the FastAPI application and its lifespan.
+
+The lifespan opens the platform (database, migrations, LLM provider), the event stream
+(embedded or external NATS JetStream) and the background workers, and closes them in reverse.
+"""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from kgents import __version__
+from kgents.api.body_limit import BodyLimitMiddleware
+from kgents.api.errors import install_error_handlers
+from kgents.api.routes import health, sessions, tenants
+from kgents.config import Settings
+from kgents.platform import build_generation, open_platform
+from kgents.streaming.runtime import open_streaming
+from kgents.tenancy.admin_token import load_or_create_admin_token
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A new application for ``settings``; nothing is shared between two apps."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with (
+            open_platform(settings) as platform,
+            open_streaming(settings, store=platform.session_store) as streaming,
+        ):
+            generation = build_generation(platform, streaming.events)
+            app.state.platform = platform
+            app.state.generation = generation
+            app.state.admin_token = load_or_create_admin_token(settings).value
+            app.state.events_ok = streaming.is_connected
+            await streaming.start_workers(generation)
+            try:
+                yield
+            finally:
+                await generation.supervisor.shutdown(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+
+    app = FastAPI(
+        title="kgents",
+        version=__version__,
+        summary="Conversations with K-gent: streamed over NATS JetStream, metered exactly once.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tenants.router)
+    app.include_router(sessions.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "Last-Event-ID"],
+            expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+        )
+    return app

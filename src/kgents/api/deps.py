@@ -1,0 +1,53 @@
+"""Dependencies for routes: the platform, the admin check and the calling tenant."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from kgents.errors import Unauthenticated
+from kgents.platform import Generation, Platform
+from kgents.tenancy.keys import tokens_match
+from kgents.tenancy.service import Principal
+
+_bearer = HTTPBearer(auto_error=False, description="API key or admin token")
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
+
+
+def get_platform(request: Request) -> Platform:
+    platform: Platform = request.app.state.platform
+    return platform
+
+
+def get_generation(request: Request) -> Generation:
+    generation: Generation = request.app.state.generation
+    return generation
+
+
+PlatformDep = Annotated[Platform, Depends(get_platform)]
+GenerationDep = Annotated[Generation, Depends(get_generation)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+ApiKeyHeaderDep = Annotated[str | None, Depends(_api_key_header)]
+
+
+async def require_admin(request: Request, bearer: BearerDep) -> None:
+    """The admin token, compared in constant time."""
+    expected: str = request.app.state.admin_token
+    if bearer is None or not tokens_match(bearer.credentials, expected):
+        raise Unauthenticated("admin token required")
+
+
+async def get_principal(
+    request: Request, platform: PlatformDep, bearer: BearerDep, api_key: ApiKeyHeaderDep
+) -> Principal:
+    """The tenant behind ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    raw = bearer.credentials if bearer is not None else api_key
+    if not raw:
+        raise Unauthenticated("API key required (Authorization: Bearer <key> or X-API-Key)")
+    principal = await platform.tenancy.authenticate(raw)
+    request.state.principal = principal
+    return principal
+
+
+AdminDep = Depends(require_admin)
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

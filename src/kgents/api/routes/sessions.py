@@ -1,0 +1,180 @@
+"""Sessions, messages, streaming replies, resume and cancel (tenant API key)."""
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from kgents.api.deps import GenerationDep, PlatformDep, PrincipalDep
+from kgents.api.schemas import (
+    ErrorBody,
+    MessageCreate,
+    MessagePublic,
+    MessagesPublic,
+    SessionCreate,
+    SessionPublic,
+    SessionsPublic,
+    TurnCancelled,
+)
+from kgents.api.sse import sse_frames, sse_response
+from kgents.errors import Conflict, InvalidInput
+from kgents.sessions.ports import SessionEvent
+from kgents.sessions.service import TurnRequest
+
+router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
+
+_ERRORS = {
+    401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
+    404: {"model": ErrorBody, "description": "No such session for this tenant"},
+    422: {"model": ErrorBody, "description": "Invalid request"},
+}
+_TURN_ERRORS = {
+    **_ERRORS,
+    402: {"model": ErrorBody, "description": "Token quota of the plan exhausted"},
+    403: {"model": ErrorBody, "description": "Budget not included in the plan"},
+    409: {"model": ErrorBody, "description": "A turn is already running in this session"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
+    429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
+    502: {"model": ErrorBody, "description": "The LLM provider refused the request"},
+    503: {"model": ErrorBody, "description": "LLM provider or event stream unavailable"},
+}
+_SSE = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
+async def create_session(
+    body: SessionCreate, principal: PrincipalDep, platform: PlatformDep
+) -> SessionPublic:
+    session = await platform.sessions.create_session(
+        tenant_id=principal.tenant.id, title=body.title, agent_type=body.agent_type, mode=body.mode
+    )
+    return SessionPublic.of(session)
+
+
+@router.get("", responses=_ERRORS)
+async def list_sessions(
+    principal: PrincipalDep,
+    platform: PlatformDep,
+    limit: int = Query(default=20, ge=1, le=100),
+    offset: int = Query(default=0, ge=0),
+) -> SessionsPublic:
+    sessions, total = await platform.sessions.list_sessions(
+        tenant_id=principal.tenant.id, limit=limit, offset=offset
+    )
+    return SessionsPublic(sessions=[SessionPublic.of(s) for s in sessions], total=total)
+
+
+@router.get("/{session_id}", responses=_ERRORS)
+async def get_session(
+    session_id: str, principal: PrincipalDep, platform: PlatformDep
+) -> SessionPublic:
+    session = await platform.sessions.get_session(
+        tenant_id=principal.tenant.id, session_id=session_id
+    )
+    return SessionPublic.of(session)
+
+
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
+async def delete_session(
+    session_id: str, principal: PrincipalDep, platform: PlatformDep
+) -> Response:
+    await platform.sessions.delete_session(tenant_id=principal.tenant.id, session_id=session_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{session_id}/messages", responses=_ERRORS)
+async def list_messages(
+    session_id: str,
+    principal: PrincipalDep,
+    platform: PlatformDep,
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> MessagesPublic:
+    messages, total = await platform.sessions.list_messages(
+        tenant_id=principal.tenant.id, session_id=session_id, limit=limit, offset=offset
+    )
+    return MessagesPublic(
+        messages=[MessagePublic.of(m) for m in messages], total=total, session_id=session_id
+    )
+
+
+@router.post(
+    "/{session_id}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessagePublic,
+    responses={**_TURN_ERRORS, 200: _SSE},
+)
+async def send_message(
+    session_id: str,
+    body: MessageCreate,
+    request: Request,
+    principal: PrincipalDep,
+    platform: PlatformDep,
+    generation: GenerationDep,
+) -> Response:
+    """Send a message. ``stream=true`` answers with SSE events (``user_message``, ``chunk``…,
+    then ``complete`` or ``error``); ``stream=false`` waits and answers the assistant message."""
+    planned, user_message = await platform.sessions.start_turn(
+        principal=principal,
+        session_id=session_id,
+        request=TurnRequest(message=body.message, mode=body.mode, budget=body.budget),
+    )
+    first_seq, task = await generation.supervisor.launch(planned, user_message)
+    if not body.stream:
+        # Shielded: a client that goes away does not stop the generation; it is still stored.
+        outcome = await asyncio.shield(task)
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.message is None:
+            raise Conflict("the turn ended without a reply", code="empty_reply")
+        return JSONResponse(
+            MessagePublic.of(outcome.message).model_dump(mode="json"),
+            status_code=status.HTTP_201_CREATED,
+        )
+    turn_id = planned.turn.id
+
+    def turn_ended(event: SessionEvent) -> bool:
+        return event.type in ("complete", "error") and event.data.get("turn_id") == turn_id
+
+    events = generation.events.follow(session_id, after_seq=first_seq - 1)
+    return sse_response(sse_frames(events, request=request, stop_when=turn_ended))
+
+
+@router.get("/{session_id}/events", responses={**_ERRORS, 200: _SSE})
+async def follow_events(
+    session_id: str,
+    request: Request,
+    principal: PrincipalDep,
+    platform: PlatformDep,
+    generation: GenerationDep,
+    after: int | None = Query(default=None, ge=0, description="Replay events after this seq"),
+    from_: str | None = Query(default=None, alias="from", description="'start' replays all"),
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """Follow a session's events live; resume with ``Last-Event-ID`` or ``?after=<seq>``."""
+    await platform.sessions.get_session(tenant_id=principal.tenant.id, session_id=session_id)
+    after_seq = after
+    if last_event_id is not None:
+        if not last_event_id.isdigit() or len(last_event_id) > 19:
+            raise InvalidInput("Last-Event-ID must be a stream sequence number")
+        after_seq = int(last_event_id)
+    if from_ not in (None, "start"):
+        raise InvalidInput("from must be 'start'")
+    events = generation.events.follow(
+        session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
+    )
+    return sse_response(sse_frames(events, request=request))
+
+
+@router.post("/{session_id}/cancel", responses={**_ERRORS, 409: _TURN_ERRORS[409]})
+async def cancel_turn(
+    session_id: str, principal: PrincipalDep, platform: PlatformDep, generation: GenerationDep
+) -> TurnCancelled:
+    """Stop the running turn of the session; it is stored as ``cancelled`` with its text so far."""
+    turn = await platform.sessions.running_turn(
+        tenant_id=principal.tenant.id, session_id=session_id
+    )
+    if not generation.supervisor.cancel(session_id):
+        await generation.events.request_cancel(session_id)
+    return TurnCancelled(session_id=session_id, turn_id=turn.id, status="cancelling")

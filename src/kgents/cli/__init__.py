@@ -1,0 +1,1 @@
+"""The ``kgents`` command line (typer)."""

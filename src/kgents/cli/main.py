@@ -1,0 +1,61 @@
+"""The ``kgents`` command: ``serve``, ``db``, ``tenant``, ``key`` and friends."""
+
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from kgents.cli.admin import key_app, tenant_app
+from kgents.cli.common import DataDirOption, console, load_settings
+from kgents.store.engine import database_url, upgrade_database
+from kgents.tenancy.admin_token import load_or_create_admin_token
+
+app = typer.Typer(
+    help="kgents: conversations with K-gent over streaming, metered APIs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(key_app, name="key")
+app.add_typer(db_app, name="db")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run the API server (embedded SQLite and nats-server unless configured otherwise)."""
+    from kgents.api.app import create_app
+
+    settings = load_settings(data_dir, host=host, port=port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = load_or_create_admin_token(settings)
+    if token.created:
+        console.print(f"[bold]Admin token[/bold] (shown once, saved to {token.path}):")
+        console.print(f"  {token.value}")
+        console.print(
+            '  Use it as: curl -H "Authorization: Bearer $(cat '
+            f'{token.path})" http://{settings.host}:{settings.port}/v1/tenants'
+        )
+    elif token.path is not None:
+        console.print(f"Admin token: in {token.path}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=15,
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDirOption = None) -> None:
+    """Apply all database migrations."""
+    settings = load_settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url(settings)
+    upgrade_database(url)
+    console.print(f"database at {url.render_as_string(hide_password=True)} is up to date")

@@ -1,0 +1,97 @@
+"""The composition root: builds every adapter and service from ``Settings``, and closes them.
+
+The API's lifespan and the CLI both open a ``Platform``; nothing lives in module globals, so a
+test can run several platforms (replicas) in one process.
+"""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kgents.config import Settings
+from kgents.llm.base import LLMProvider
+from kgents.llm.factory import build_provider
+from kgents.sessions.generation import TurnRunner
+from kgents.sessions.ports import SessionEventLog
+from kgents.sessions.service import SessionService
+from kgents.sessions.supervisor import TurnSupervisor
+from kgents.store.engine import create_engine, database_url, upgrade_database_async
+from kgents.store.outbox_repo import SqlOutboxStore
+from kgents.store.sessions_repo import SqlSessionStore
+from kgents.store.tenancy_repo import SqlTenancyStore
+from kgents.tenancy.service import TenancyService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    engine: AsyncEngine
+    tenancy: TenancyService
+    sessions: SessionService
+    session_store: SqlSessionStore
+    outbox: SqlOutboxStore
+    provider: LLMProvider
+
+    async def database_ok(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:  # any failure means "not ok" for /health
+            logger.warning("database health check failed", exc_info=True)
+            return False
+        return True
+
+
+@dataclass
+class Generation:
+    """The parts that run turns: they need the event stream, so only the server builds them."""
+
+    events: SessionEventLog
+    runner: TurnRunner
+    supervisor: TurnSupervisor
+
+
+@contextlib.asynccontextmanager
+async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Platform]:
+    """Connect to the database (migrating it first) and build the services."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = database_url(settings)
+    if migrate:
+        await upgrade_database_async(url)
+    engine = create_engine(url)
+    provider = build_provider(settings)
+    session_store = SqlSessionStore(engine)
+    try:
+        yield Platform(
+            settings=settings,
+            engine=engine,
+            tenancy=TenancyService(store=SqlTenancyStore(engine), plans=settings.plans),
+            sessions=SessionService(
+                store=session_store,
+                max_message_chars=settings.max_message_chars,
+                turn_lease=timedelta(seconds=settings.turn_lease_seconds),
+            ),
+            session_store=session_store,
+            outbox=SqlOutboxStore(engine),
+            provider=provider,
+        )
+    finally:
+        await provider.aclose()
+        await engine.dispose()
+
+
+def build_generation(platform: Platform, events: SessionEventLog) -> Generation:
+    runner = TurnRunner(
+        store=platform.session_store,
+        provider=platform.provider,
+        events=events,
+        buffer_size=platform.settings.stream_buffer_size,
+    )
+    return Generation(events=events, runner=runner, supervisor=TurnSupervisor(runner))

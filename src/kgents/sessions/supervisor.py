@@ -1,0 +1,67 @@
+"""Keeps the detached generation tasks of this process: start, cancel, drain on shutdown."""
+
+import asyncio
+import logging
+
+from kgents.records import Message
+from kgents.sessions.generation import PlannedTurn, TurnOutcome, TurnRunner
+
+logger = logging.getLogger(__name__)
+
+
+class TurnSupervisor:
+    """Owns every running generation task, so none outlives the process unnoticed."""
+
+    def __init__(self, runner: TurnRunner) -> None:
+        self._runner = runner
+        self._by_session: dict[str, asyncio.Task[TurnOutcome]] = {}
+
+    async def launch(
+        self, planned: PlannedTurn, user_message: Message
+    ) -> "tuple[int, asyncio.Task[TurnOutcome]]":
+        """Publish the turn's first event, then generate detached; return (first seq, task)."""
+        first_seq = await self._runner.open(planned, user_message)
+        return first_seq, self.spawn(planned)
+
+    def spawn(self, planned: PlannedTurn) -> "asyncio.Task[TurnOutcome]":
+        """Start generating ``planned`` detached from the caller (an HTTP request may go away)."""
+        task = asyncio.create_task(self._runner.run(planned), name=f"turn:{planned.turn.id}")
+        session_id = planned.turn.session_id
+        self._by_session[session_id] = task
+        task.add_done_callback(lambda done: self._forget(session_id, done))
+        return task
+
+    def _forget(self, session_id: str, task: "asyncio.Task[TurnOutcome]") -> None:
+        if self._by_session.get(session_id) is task:
+            del self._by_session[session_id]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("generation task failed", exc_info=task.exception())
+
+    def cancel(self, session_id: str) -> bool:
+        """Cancel the turn running here for ``session_id``; False if none runs in this process."""
+        task = self._by_session.get(session_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def running_turn_ids(self) -> list[str]:
+        return [
+            task.get_name().removeprefix("turn:")
+            for task in self._by_session.values()
+            if not task.done()
+        ]
+
+    @property
+    def active(self) -> int:
+        return len(self._by_session)
+
+    async def shutdown(self, *, grace_seconds: float) -> None:
+        """Let running turns finish for ``grace_seconds``, then cancel (and so store) the rest."""
+        tasks = list(self._by_session.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,77 @@
+"""One error body everywhere: validation, unknown routes, huge bodies, long messages."""
+
+import pytest
+
+from tests.conftest import Api
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_unknown_route_and_method(api: Api) -> None:
+    response = await api.client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+    response = await api.client.put("/v1/tenants", headers=api.admin)
+    assert response.status_code == 405
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_huge_body_is_413_and_stores_nothing(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    huge = b'{"title": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    response = await api.client.post("/v1/kgent/sessions", content=huge, headers=headers)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+    async def chunks():  # no Content-Length: the limit must hold for streamed bodies too
+        yield b'{"title": "'
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b'"}'
+
+    response = await api.client.post("/v1/kgent/sessions", content=chunks(), headers=headers)
+    assert response.status_code == 413
+    listed = await api.client.get("/v1/kgent/sessions", headers={"X-API-Key": key})
+    assert listed.json()["total"] == 0
+
+
+async def test_message_limits_and_wrong_types(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    headers = {"X-API-Key": key}
+    session = (await api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()
+    path = f"/v1/kgent/sessions/{session['id']}/messages"
+    bad_bodies = [
+        {"message": "x" * 32_001, "stream": False},
+        {"message": "", "stream": False},
+        {"message": 12, "stream": False},
+        {"message": "hi", "mode": "shout", "stream": False},
+        {"message": "hi", "budget": "infinite", "stream": False},
+        {"message": "hi", "stream": "maybe"},
+        {"stream": False},
+    ]
+    for body in bad_bodies:
+        response = await api.client.post(path, json=body, headers=headers)
+        assert response.status_code == 422, (body, response.text)
+        assert set(response.json()["error"]) == {"code", "message"}
+    ok = await api.client.post(
+        path, json={"message": "x" * 32_000, "stream": False}, headers=headers
+    )
+    assert ok.status_code == 201
+    messages = (await api.client.get(path, headers=headers)).json()
+    assert messages["total"] == 2
+
+
+async def test_bad_pagination_is_422(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    for query in ("limit=0", "limit=1000", "offset=-1", "limit=abc"):
+        response = await api.client.get(f"/v1/kgent/sessions?{query}", headers={"X-API-Key": key})
+        assert response.status_code == 422, query
+
+
+async def test_health(api: Api) -> None:
+    response = await api.client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["components"] == {"database": "ok", "llm": "ok", "nats": "ok"}

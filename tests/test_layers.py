@@ -1,0 +1,78 @@
+"""Layers only call downward: walk every module's imports and fail on an upward reach.
+
+api/, cli/                      (top: HTTP and command line)
+platform.py                     (composition root)
+tenancy/, sessions/, metering/  (services: no web, NATS or database driver imports)
+store/, streaming/, llm/        (adapters: never import api/, cli/ or platform)
+flux/                           (pure code)
+config, errors, records, clock, ids   (leaves)
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "kgents"
+LEAVES = {"config", "errors", "records", "clock", "ids"}
+SERVICES = {"tenancy", "sessions", "metering"}
+ADAPTERS = {"store", "streaming", "llm"}
+TOP = {"api", "cli", "platform"}
+# The provider interface lives beside its adapters (STYLE.md) but is a port services may use.
+INTERFACES = {"kgents.llm.base"}
+DRIVERS = {
+    "fastapi",
+    "starlette",
+    "nats",
+    "sqlalchemy",
+    "asyncpg",
+    "aiosqlite",
+    "uvicorn",
+    "alembic",
+}
+
+FORBIDDEN: dict[str, set[str]] = {
+    **{leaf: SERVICES | ADAPTERS | TOP | {"flux"} for leaf in LEAVES},
+    "flux": SERVICES | ADAPTERS | TOP | LEAVES,
+    **{service: ADAPTERS | TOP | DRIVERS for service in SERVICES},
+    **{adapter: TOP for adapter in ADAPTERS},
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def layer_of(name: str) -> str | None:
+    """The layer an imported module belongs to (first package under kgents, or a driver)."""
+    parts = name.split(".")
+    if parts[0] == "kgents" and len(parts) > 1:
+        return parts[1]
+    return parts[0] if parts[0] in DRIVERS else None
+
+
+def modules() -> list[Path]:
+    return sorted(path for path in SRC.rglob("*.py") if "migrations" not in path.parts)
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_module_only_imports_downward(path: Path) -> None:
+    relative = path.relative_to(SRC)
+    own_layer = relative.parts[0].removesuffix(".py")
+    forbidden = FORBIDDEN.get(own_layer, set())
+    reaching_up = sorted(
+        name
+        for name in imported_modules(path)
+        if name not in INTERFACES
+        and (layer := layer_of(name)) is not None
+        and layer in forbidden
+        and layer != own_layer
+    )
+    assert not reaching_up, f"{relative} imports {reaching_up} from a layer above it"
