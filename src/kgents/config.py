@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(
         default=None,
-        description="Model name for openai/anthropic (default gpt-4o-mini / claude-sonnet-4-5).",
+        description="Model name for openai/anthropic (default gpt-4o-mini / claude-sonnet-4-6).",
     )
     llm_timeout_seconds: float = Field(
         default=60.0, gt=0, description="Timeout of one provider request."

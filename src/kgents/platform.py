@@ -22,8 +22,10 @@ from kgents.sessions.service import SessionService
 from kgents.sessions.supervisor import TurnSupervisor
 from kgents.store.engine import create_engine, database_url, upgrade_database_async
 from kgents.store.outbox_repo import SqlOutboxStore
+from kgents.store.rate_limit_repo import SqlRequestCounter
 from kgents.store.sessions_repo import SqlSessionStore
 from kgents.store.tenancy_repo import SqlTenancyStore
+from kgents.tenancy.rate_limit import RateLimiter
 from kgents.tenancy.service import TenancyService
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class Platform:
     session_store: SqlSessionStore
     outbox: SqlOutboxStore
     provider: LLMProvider
+    rate_limiter: RateLimiter
+    request_counter: SqlRequestCounter
 
     async def database_ok(self) -> bool:
         try:
@@ -68,6 +72,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
     engine = create_engine(url)
     provider = build_provider(settings)
     session_store = SqlSessionStore(engine)
+    request_counter = SqlRequestCounter(engine)
     try:
         yield Platform(
             settings=settings,
@@ -81,6 +86,8 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             session_store=session_store,
             outbox=SqlOutboxStore(engine),
             provider=provider,
+            rate_limiter=RateLimiter(request_counter),
+            request_counter=request_counter,
         )
     finally:
         await provider.aclose()

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.anyio
 
 
 def assert_utc(value: str) -> None:
-    assert value.endswith("Z") or value.endswith("+00:00"), value
+    assert value.endswith(("Z", "+00:00")), value
     assert datetime.fromisoformat(value).utcoffset() == timedelta(0)
 
 

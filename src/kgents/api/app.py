@@ -15,10 +15,14 @@ from kgents import __version__
 from kgents.api.body_limit import BodyLimitMiddleware
 from kgents.api.errors import install_error_handlers
 from kgents.api.routes import health, sessions, tenants
+from kgents.api.usage_middleware import RequestUsageMiddleware
+from kgents.clock import utc_now
 from kgents.config import Settings
 from kgents.platform import build_generation, open_platform
+from kgents.records import UsageEvent
 from kgents.streaming.runtime import open_streaming
 from kgents.tenancy.admin_token import load_or_create_admin_token
+from kgents.workers import running_workers
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +36,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
             open_platform(settings) as platform,
-            open_streaming(settings, store=platform.session_store) as streaming,
+            open_streaming(settings) as streaming,
         ):
             generation = build_generation(platform, streaming.events)
             app.state.platform = platform
             app.state.generation = generation
             app.state.admin_token = load_or_create_admin_token(settings).value
             app.state.events_ok = streaming.is_connected
-            await streaming.start_workers(generation)
-            try:
-                yield
-            finally:
-                await generation.supervisor.shutdown(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+            async with running_workers(platform, streaming, generation) as relay:
+                app.state.relay = relay
+                try:
+                    yield
+                finally:
+                    await generation.supervisor.shutdown(grace_seconds=SHUTDOWN_GRACE_SECONDS)
 
     app = FastAPI(
         title="kgents",
@@ -55,6 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tenants.router)
     app.include_router(sessions.router)
+
+    async def record_usage(events: list[UsageEvent]) -> None:
+        await app.state.platform.outbox.add(events, at=utc_now())
+
+    app.add_middleware(RequestUsageMiddleware, record=record_usage)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -8,6 +8,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from kgents.errors import Unauthenticated
 from kgents.platform import Generation, Platform
 from kgents.tenancy.keys import tokens_match
+from kgents.tenancy.rate_limit import RateLimitExceeded
 from kgents.tenancy.service import Principal
 
 _bearer = HTTPBearer(auto_error=False, description="API key or admin token")
@@ -46,6 +47,14 @@ async def get_principal(
         raise Unauthenticated("API key required (Authorization: Bearer <key> or X-API-Key)")
     principal = await platform.tenancy.authenticate(raw)
     request.state.principal = principal
+    request.state.tenant_id = principal.tenant.id  # for api.request metering
+    try:
+        request.state.rate_status = await platform.rate_limiter.hit(
+            key_id=principal.key.id, limit=principal.plan.requests_per_minute
+        )
+    except RateLimitExceeded as exc:
+        request.state.rate_status = exc.status
+        raise
     return principal
 
 

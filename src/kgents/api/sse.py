@@ -13,7 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from kgents.sessions.ports import SessionEvent
+from kgents.sessions.ports import FollowedEvent, Follower, SessionEvent
 
 HEARTBEAT_SECONDS = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -34,7 +34,7 @@ def sse_comment(text: str) -> bytes:
 
 
 async def sse_frames(
-    events: AsyncIterator[tuple[int, SessionEvent]],
+    follower: Follower,
     *,
     request: Request,
     stop_when: Callable[[SessionEvent], bool] | None = None,
@@ -45,13 +45,13 @@ async def sse_frames(
     Waiting for the next event is raced against a heartbeat timer; the client's disconnect is
     noticed at the next heartbeat or write at the latest, and the follower is then closed.
     """
-    iterator = events.__aiter__()
-    pending: asyncio.Task[tuple[int, SessionEvent]] | None = None
+    iterator = follower.__aiter__()
+    pending: asyncio.Task[FollowedEvent] | None = None
     try:
         yield sse_comment("connected")
         while True:
             if pending is None:
-                pending = asyncio.ensure_future(iterator.__anext__())
+                pending = asyncio.ensure_future(_next(iterator))
             done, _ = await asyncio.wait({pending}, timeout=heartbeat_seconds)
             if not done:
                 if await request.is_disconnected():
@@ -59,21 +59,24 @@ async def sse_frames(
                 yield sse_comment("heartbeat")
                 continue
             try:
-                seq, event = pending.result()
+                followed = pending.result()
             except StopAsyncIteration:
                 return
             finally:
                 pending = None
-            yield sse_frame(event_id=seq, event=event.type, data=event.data)
+            event = followed.event
+            yield sse_frame(event_id=followed.seq, event=event.type, data=event.data)
             if stop_when is not None and stop_when(event):
                 return
     finally:
         if pending is not None:
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await follower.aclose()
+
+
+async def _next(iterator: AsyncIterator[FollowedEvent]) -> FollowedEvent:
+    return await iterator.__anext__()
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:

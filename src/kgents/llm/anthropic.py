@@ -10,7 +10,7 @@ parameters with HTTP 400, so the mode reaches the model through the system promp
 The SDK's own retries are off (``max_retries=0``) for the reason given in ``kgents.llm.openai``.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anthropic
 import anyio
@@ -36,7 +36,7 @@ from kgents.llm.base import (
     estimate_tokens,
 )
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+DEFAULT_MODEL = "claude-sonnet-4-6"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 CHECK_TIMEOUT_SECONDS = 5.0
 _NAME = "anthropic"
@@ -65,7 +65,7 @@ class AnthropicProvider:
             max_retries=0,
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield each text delta as the API sends it, then one ``Usage``.
 
         Raises ``ProviderError`` (codes in ``kgents.llm.errors``), also after some deltas.
@@ -149,7 +149,7 @@ class AnthropicProvider:
                 # An ``event: error`` inside the stream, e.g. ``overloaded_error``.
                 return errors.from_error_event(_NAME, error_type, detail)
             return errors.from_status(_NAME, exc.status_code, detail)
-        return errors.malformed(_NAME, type(exc).__name__)
+        return errors.unexpected(_NAME, exc, started=started)
 
 
 def _input_tokens(usage: object) -> int:

@@ -99,6 +99,13 @@ def malformed(provider: str, what: str) -> ProviderError:
     return provider_error(FAILED, f"{provider} sent a malformed stream: {what}")
 
 
+def unexpected(provider: str, exc: Exception, *, started: bool) -> ProviderError:
+    """Any other failure: a malformed stream once the reply started, else a failed request."""
+    if started:
+        return malformed(provider, type(exc).__name__)
+    return provider_error(FAILED, f"the request to {provider} failed ({type(exc).__name__})")
+
+
 def error_fields(body: object) -> tuple[str | None, str | None]:
     """``(type, message)`` of an error body shaped ``{"error": {...}}`` or ``{...}``."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):

@@ -9,7 +9,7 @@ seconds before the first token, and every failure already reaches the caller wit
 flag, so the decision to try again stays with the caller.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import openai
 from openai.types.chat import (
@@ -60,7 +60,7 @@ class OpenAIProvider:
             max_retries=0,
         )
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield each text delta as the server sends it, then one ``Usage``.
 
         Raises ``ProviderError`` (codes in ``kgents.llm.errors``), also after some deltas.
@@ -143,7 +143,7 @@ class OpenAIProvider:
             # An ``{"error": ...}`` object sent as a stream event.
             error_type, detail = errors.error_fields(exc.body)
             return errors.from_error_event(_NAME, error_type, errors.redact(detail, self._api_key))
-        return errors.malformed(_NAME, type(exc).__name__)
+        return errors.unexpected(_NAME, exc, started=started)
 
 
 def _messages(request: GenerationRequest) -> list[ChatCompletionMessageParam]:

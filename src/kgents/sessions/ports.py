@@ -61,6 +61,24 @@ class SessionStore(Protocol):
     ) -> tuple[list[Message], int]: ...
 
 
+class FollowedEvent(Protocol):
+    """A session event read back from the stream, with its stream sequence."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def event(self) -> SessionEvent: ...
+
+
+class Follower(Protocol):
+    """An open follower: iterate it for events in stream order; ``aclose`` it when done."""
+
+    def __aiter__(self) -> AsyncIterator[FollowedEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class EventBatch(Protocol):
     """Publishes one turn's events without a round trip each; acks are awaited in batches."""
 
@@ -84,11 +102,13 @@ class SessionEventLog(Protocol):
         """A batch publisher for the events of one turn."""
         ...
 
-    def follow(
+    async def open_follower(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
-    ) -> AsyncIterator[tuple[int, SessionEvent]]:
-        """Every event of the session after ``after_seq`` (or all retained ones with
-        ``from_start``, or only new ones when neither is given), then live ones, in order."""
+    ) -> "Follower":
+        """Start following a session: every event after ``after_seq`` (or all retained ones
+        with ``from_start``, or only new ones when neither is given), then live ones, in order.
+
+        Raises ``EventsUnavailable`` here, before anything is sent to a client."""
         ...
 
     async def request_cancel(self, session_id: str) -> None:

@@ -42,6 +42,11 @@ class SqlOutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
 
+    async def add(self, events: Sequence[UsageEvent], *, at: datetime) -> None:
+        """Store events that bill no other change (``api.request``) in their own transaction."""
+        async with self._sessions.begin() as db:
+            add_outbox_events(db, events, at=at)
+
     async def pending(self, *, limit: int) -> Sequence[UsageEvent]:
         """The oldest unsent events."""
         async with self._sessions() as db:

@@ -231,7 +231,7 @@ class SqlSessionStore:
                 db.add(_message_row(assistant_message, session.message_count))
                 session.message_count += 1
                 session.last_message_at = assistant_message.created_at
-            add_outbox_events(db, events, at=turn.finished_at)
+            add_outbox_events(db, events, at=turn.finished_at or turn.started_at)
             return replace(
                 turn,
                 assistant_message_id=assistant_message.id if assistant_message else None,

@@ -1,7 +1,7 @@
 """Sessions, messages, streaming replies, resume and cancel (tenant API key)."""
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -24,12 +24,12 @@ from kgents.sessions.service import TurnRequest
 
 router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
     404: {"model": ErrorBody, "description": "No such session for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid request"},
 }
-_TURN_ERRORS = {
+_TURN_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     402: {"model": ErrorBody, "description": "Token quota of the plan exhausted"},
     403: {"model": ErrorBody, "description": "Budget not included in the plan"},
@@ -39,7 +39,7 @@ _TURN_ERRORS = {
     502: {"model": ErrorBody, "description": "The LLM provider refused the request"},
     503: {"model": ErrorBody, "description": "LLM provider or event stream unavailable"},
 }
-_SSE = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+_SSE: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -137,8 +137,8 @@ async def send_message(
     def turn_ended(event: SessionEvent) -> bool:
         return event.type in ("complete", "error") and event.data.get("turn_id") == turn_id
 
-    events = generation.events.follow(session_id, after_seq=first_seq - 1)
-    return sse_response(sse_frames(events, request=request, stop_when=turn_ended))
+    follower = await generation.events.open_follower(session_id, after_seq=first_seq - 1)
+    return sse_response(sse_frames(follower, request=request, stop_when=turn_ended))
 
 
 @router.get("/{session_id}/events", responses={**_ERRORS, 200: _SSE})
@@ -161,10 +161,10 @@ async def follow_events(
         after_seq = int(last_event_id)
     if from_ not in (None, "start"):
         raise InvalidInput("from must be 'start'")
-    events = generation.events.follow(
+    follower = await generation.events.open_follower(
         session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
     )
-    return sse_response(sse_frames(events, request=request))
+    return sse_response(sse_frames(follower, request=request))
 
 
 @router.post("/{session_id}/cancel", responses={**_ERRORS, 409: _TURN_ERRORS[409]})

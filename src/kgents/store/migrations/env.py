@@ -5,6 +5,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
+from kgents.store import limits_schema, metering_schema  # noqa: F401  (register their tables)
 from kgents.store.engine import create_engine
 from kgents.store.schema import Base
 

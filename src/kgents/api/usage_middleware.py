@@ -1,0 +1,65 @@
+"""Per-request bookkeeping of authenticated requests: rate-limit headers and ``api.request``.
+
+When the response starts, the ``X-RateLimit-*`` headers found by authentication are added, and
+an ``api.request`` usage event with the final status code is stored in the outbox before the
+status line leaves, so a request that was answered is never missing from metering.
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kgents.clock import utc_now
+from kgents.metering import events as usage_events
+from kgents.records import UsageEvent
+from kgents.tenancy.rate_limit import RateStatus
+
+logger = logging.getLogger(__name__)
+
+RecordUsage = Callable[[list[UsageEvent]], Awaitable[None]]
+
+
+class RequestUsageMiddleware:
+    def __init__(self, app: ASGIApp, *, record: RecordUsage) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+
+        async def send_with_usage(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                rate: RateStatus | None = state.get("rate_status")
+                if rate is not None:
+                    headers = list(message.get("headers", []))
+                    headers.extend(
+                        (name.lower().encode(), value.encode())
+                        for name, value in rate.headers().items()
+                    )
+                    message["headers"] = headers
+                tenant_id: str | None = state.get("tenant_id")
+                if tenant_id is not None:
+                    await self._record(scope, tenant_id, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, send_with_usage)
+
+    async def _record(self, scope: Scope, tenant_id: str, status_code: int) -> None:
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or scope.get("path", "")
+        event = usage_events.api_request(
+            tenant_id=tenant_id,
+            endpoint=endpoint,
+            method=scope.get("method", ""),
+            status_code=status_code,
+            at=utc_now(),
+        )
+        try:
+            await self.record([event])
+        except Exception:
+            # Never turn an answered request into a failure; the miss is logged loudly.
+            logger.exception("could not record api.request for tenant %s", tenant_id)

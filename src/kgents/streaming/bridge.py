@@ -1,0 +1,300 @@
+"""``JetStreamEventLog``: the sessions' event stream on JetStream (implements ``SessionEventLog``).
+
+- ``publish`` waits for the ack and returns the stream sequence (one round trip).
+- ``batch()`` publishes asynchronously and awaits acks in batches: at most ``window`` acks are
+  outstanding; half the window is awaited when it fills, and ``flush()`` awaits the rest.
+- ``follow`` is an ordered ephemeral consumer filtered on ``kgent.session.<id>.>``: replay from a
+  sequence (or from the start, or only new events), then live, in order, bounded buffering.
+- ``turn_chunks`` reads back what a dead turn generated, for start-up recovery.
+- ``request_cancel`` / ``subscribe_cancels`` signal cancellation across replicas (core NATS).
+
+Nothing waits without a bound: each ack wait has ``ack_timeout``; while NATS is disconnected
+publishing fails at once with ``EventsUnavailable``.
+"""
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats.js.errors
+
+from kgents.errors import EventsUnavailable
+from kgents.sessions.ports import SessionEvent
+from kgents.streaming.acks import AckFuture, await_acks, cancel_all
+from kgents.streaming.cancel import CancelSubscription, publish_cancel, subscribe_cancels
+from kgents.streaming.connection import NATS_ERRORS, NatsConnection
+from kgents.streaming.consumer import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    DEFAULT_OUTAGE_SECONDS,
+    OrderedConsumer,
+    StartPosition,
+)
+from kgents.streaming.subjects import session_subject, session_wildcard
+from kgents.streaming.topology import EVENTS_STREAM
+from kgents.streaming.wire import ReceivedEvent, decode_session_event, encode_session_event
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ACK_TIMEOUT = 5.0
+DEFAULT_ACK_WINDOW = 256
+DEFAULT_FOLLOW_BATCH = 128
+DEFAULT_READ_TIMEOUT = 10.0
+
+
+class JetStreamBatch:
+    """Publishes the events of one turn without a round trip each (``EventBatch``)."""
+
+    def __init__(self, conn: NatsConnection, *, window: int, ack_timeout: float) -> None:
+        if window < 2:
+            raise ValueError("window must be at least 2")
+        self._conn = conn
+        self._window = window
+        self._ack_timeout = ack_timeout
+        self._pending: deque[AckFuture] = deque()
+        self.published = 0
+        """Events acknowledged so far."""
+        self.first_seq: int | None = None
+        """Stream sequence of the first acknowledged event of this batch."""
+        self.last_seq: int | None = None
+        """Stream sequence of the last acknowledged event of this batch."""
+
+    async def add(self, event: SessionEvent) -> None:
+        """Publish ``event``; waits for the older half of the window when it is full."""
+        message = encode_session_event(event)
+        self._conn.require_connected()
+        js = self._conn.js
+        try:
+            future = await js.publish_async(
+                message.subject,
+                message.payload,
+                headers=message.headers,
+            )
+        except NATS_ERRORS as exc:
+            self._abandon()
+            raise EventsUnavailable(f"event stream unavailable: publish failed ({exc})") from exc
+        self._pending.append(future)
+        if len(self._pending) >= self._window:
+            await self._settle(self._window // 2)
+
+    async def flush(self) -> None:
+        """Wait until every event added so far is acknowledged."""
+        await self._settle(len(self._pending))
+
+    async def _settle(self, count: int) -> None:
+        futures = [self._pending.popleft() for _ in range(min(count, len(self._pending)))]
+        try:
+            acks = await await_acks(futures, wait_seconds=self._ack_timeout, lost=self._conn.lost)
+        except (EventsUnavailable, asyncio.CancelledError):
+            self._abandon()
+            raise
+        for ack in acks:
+            if self.first_seq is None:
+                self.first_seq = ack.seq
+            self.last_seq = ack.seq
+        self.published += len(acks)
+
+    def _abandon(self) -> None:
+        cancel_all(self._pending)
+        self._pending.clear()
+
+
+class JetStreamEventLog:
+    """The ``SessionEventLog`` on the ``kgent-events`` stream."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        *,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
+        ack_window: int = DEFAULT_ACK_WINDOW,
+        follow_batch: int = DEFAULT_FOLLOW_BATCH,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
+        stream: str = EVENTS_STREAM,
+    ) -> None:
+        self._conn = conn
+        self._ack_timeout = ack_timeout
+        self._ack_window = ack_window
+        self._follow_batch = follow_batch
+        self._heartbeat = heartbeat_seconds
+        self._outage = outage_seconds
+        self._stream = stream
+
+    @property
+    def connection(self) -> NatsConnection:
+        return self._conn
+
+    def is_connected(self) -> bool:
+        """True while NATS is reachable (for ``/health``)."""
+        return self._conn.is_connected
+
+    async def publish(self, event: SessionEvent) -> int:
+        """Publish and wait for the ack; return the event's stream sequence.
+
+        Republishing an event with the same ``msg_id`` within the duplicate window stores
+        nothing and returns the sequence of the first copy.
+        """
+        message = encode_session_event(event)
+        self._conn.require_connected()
+        ack = await self._conn.guard(
+            self._conn.js.publish(
+                message.subject,
+                message.payload,
+                timeout=self._ack_timeout,
+                headers=message.headers,
+            ),
+            action="publishing an event",
+        )
+        return int(ack.seq)
+
+    def batch(self) -> JetStreamBatch:
+        """A batch publisher for the events of one turn."""
+        return JetStreamBatch(self._conn, window=self._ack_window, ack_timeout=self._ack_timeout)
+
+    async def open_follower(
+        self, session_id: str, *, after_seq: int | None, from_start: bool = False
+    ) -> "SessionFollower":
+        """Start following a session now (``EventsUnavailable`` raised here, not later)."""
+        consumer = OrderedConsumer(
+            self._conn,
+            stream=self._stream,
+            filter_subject=session_wildcard(session_id),
+            start=StartPosition(after_seq=after_seq, from_start=from_start),
+            batch=self._follow_batch,
+            heartbeat_seconds=self._heartbeat,
+            outage_seconds=self._outage,
+        )
+        await consumer.start()
+        return SessionFollower(consumer)
+
+    async def follow(
+        self, session_id: str, *, after_seq: int | None, from_start: bool = False
+    ) -> AsyncIterator[tuple[int, SessionEvent]]:
+        """Every event of the session after ``after_seq`` (or all retained ones with
+        ``from_start``, or only new ones when neither is given), then live ones, in order.
+
+        Yields ``(stream sequence, event)``. Closing the iterator deletes the consumer.
+        """
+        follower = await self.open_follower(session_id, after_seq=after_seq, from_start=from_start)
+        try:
+            async for received in follower:
+                yield received.seq, received.event
+        finally:
+            await follower.aclose()
+
+    async def last_sequence(self, session_id: str) -> int | None:
+        """The stream sequence of the session's latest retained event (``None``: no event)."""
+        subject = session_wildcard(session_id)
+        try:
+            message = await self._conn.guard(
+                self._conn.js.get_last_msg(self._stream, subject), action="reading the last event"
+            )
+        except EventsUnavailable as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NotFoundError):
+                return None
+            raise
+        return int(message.seq) if message.seq is not None else None
+
+    async def turn_chunks(self, session_id: str, turn_id: str, *, first_seq: int) -> list[str]:
+        """The texts of the ``chunk`` events of a turn, in order (to recover a dead turn)."""
+        events = await self.read_turn_chunks(session_id, turn_id, first_seq=first_seq)
+        return [str(event.data.get("text", "")) for event in events]
+
+    async def read_turn_chunks(
+        self,
+        session_id: str,
+        turn_id: str,
+        *,
+        first_seq: int,
+        wait_seconds: float = DEFAULT_READ_TIMEOUT,
+    ) -> list[SessionEvent]:
+        """The ``chunk`` events of ``turn_id`` stored from ``first_seq`` on, in index order.
+
+        Reads up to the end of the stream as it is now; a repeated chunk index counts once.
+        Raises ``EventsUnavailable`` if that takes longer than ``wait_seconds``.
+        """
+        consumer = OrderedConsumer(
+            self._conn,
+            stream=self._stream,
+            filter_subject=session_subject(session_id, "chunk"),
+            start=StartPosition(after_seq=max(first_seq, 1) - 1),
+            batch=DEFAULT_ACK_WINDOW,
+            heartbeat_seconds=self._heartbeat,
+            outage_seconds=wait_seconds,
+        )
+        try:
+            async with asyncio.timeout(wait_seconds):
+                async with consumer:
+                    return await _collect_chunks(consumer, turn_id)
+        except TimeoutError as exc:
+            raise EventsUnavailable(
+                f"event stream unavailable: reading turn {turn_id} took over {wait_seconds}s"
+            ) from exc
+
+    async def request_cancel(self, session_id: str) -> None:
+        """Ask whichever replica runs the session's turn to cancel it."""
+        await publish_cancel(self._conn, session_id, wait_seconds=self._ack_timeout)
+
+    async def subscribe_cancels(
+        self, callback: Callable[[str], Awaitable[None]]
+    ) -> CancelSubscription:
+        """Call ``callback(session_id)`` for every cancel request of any replica."""
+        return await subscribe_cancels(self._conn, callback)
+
+
+async def _collect_chunks(consumer: OrderedConsumer, turn_id: str) -> list[SessionEvent]:
+    by_index: dict[int, SessionEvent] = {}
+    unindexed: list[SessionEvent] = []
+    remaining = consumer.initial_pending
+    while remaining > 0:
+        message = await consumer.next()
+        remaining = message.pending
+        received = decode_session_event(
+            seq=message.seq, subject=message.subject, payload=message.data, headers=message.headers
+        )
+        if received is None or received.event.data.get("turn_id") != turn_id:
+            continue
+        index = received.event.data.get("index")
+        if isinstance(index, int):
+            by_index.setdefault(index, received.event)
+        else:
+            unindexed.append(received.event)
+    return [by_index[i] for i in sorted(by_index)] + unindexed
+
+
+class SessionFollower:
+    """An open follower of one session: async iterator of ``ReceivedEvent`` in stream order."""
+
+    def __init__(self, consumer: OrderedConsumer) -> None:
+        self._consumer = consumer
+
+    @property
+    def last_seq(self) -> int:
+        """The stream sequence of the last event read (or the start position)."""
+        return self._consumer.last_seq
+
+    def __aiter__(self) -> "SessionFollower":
+        return self
+
+    async def __anext__(self) -> ReceivedEvent:
+        while True:
+            message = await self._consumer.next()
+            received = decode_session_event(
+                seq=message.seq,
+                subject=message.subject,
+                payload=message.data,
+                headers=message.headers,
+            )
+            if received is not None:
+                return received
+
+    async def aclose(self) -> None:
+        """Stop following: unsubscribe and delete the consumer."""
+        await self._consumer.close()
+
+    async def __aenter__(self) -> "SessionFollower":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

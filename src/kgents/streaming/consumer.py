@@ -1,0 +1,345 @@
+"""Ordered ephemeral consumers: read one filtered slice of a stream in order, with bounded memory.
+
+This is JetStream's "ordered consumer" done with pull requests (as the newer NATS clients do):
+an ephemeral, memory-backed, ack-less consumer that the server forgets soon after we stop
+pulling. The client asks for ``batch`` messages at a time and asks again only once the caller
+has taken them, so at most one batch is ever buffered however slow the caller is. (nats-py's
+push-based ordered consumer lets the server's flow-control window, megabytes per follower,
+pile up in the client, and loses messages when a bounded buffer overflows.)
+
+Ordering and gap-freedom come from the consumer sequence: any gap, a missed heartbeat, a
+reconnect or a vanished consumer makes us recreate the consumer from the last stream sequence
+we handed out plus one. The caller sees each stream sequence at most once, in increasing order.
+"""
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+
+from kgents.errors import EventsUnavailable
+from kgents.streaming.connection import (
+    CLEANUP_ERRORS,
+    NATS_ERRORS,
+    NatsConnection,
+    events_unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 256
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+DEFAULT_EXPIRES_SECONDS = 30.0
+DEFAULT_OUTAGE_SECONDS = 30.0
+INACTIVE_THRESHOLD_SECONDS = 120.0
+DELETE_TIMEOUT_SECONDS = 1.0
+_WAIT_SLICE_SECONDS = 1.0
+_RETRY_SECONDS = 0.25
+_HEARTBEATS_MISSED = 2.5
+
+
+@dataclass(frozen=True, slots=True)
+class StartPosition:
+    """Where a consumer starts: after a stream sequence, at the first retained one, or new only.
+
+    ``after_seq`` wins over ``from_start``; with neither, only messages published after the
+    consumer was created are delivered.
+    """
+
+    after_seq: int | None = None
+    from_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMessage:
+    """One stored message as read by an ordered consumer."""
+
+    seq: int
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+    pending: int
+    """How many matching messages were still stored after this one when it was delivered."""
+    time: datetime
+
+
+class OrderedConsumer:
+    """Reads ``filter_subject`` of ``stream`` in order; ``await start()``, then ``next()``.
+
+    Also an async iterator and an async context manager (``close()`` on exit).
+    ``next()`` keeps going through NATS outages shorter than ``outage_seconds`` and raises
+    ``EventsUnavailable`` after a longer one.
+    """
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        *,
+        stream: str,
+        filter_subject: str,
+        start: StartPosition,
+        batch: int = DEFAULT_BATCH,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        expires_seconds: float = DEFAULT_EXPIRES_SECONDS,
+        outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self._conn = conn
+        self._stream = stream
+        self._filter = filter_subject
+        self._start = start
+        self._batch = batch
+        self._heartbeat = min(heartbeat_seconds, expires_seconds / 2)
+        self._expires = expires_seconds
+        self._outage = outage_seconds
+        self._sub: Subscription | None = None
+        self._consumer: str | None = None
+        self._last_seq = 0  # the last stream sequence handed to the caller
+        self._next_dseq = 1  # the consumer sequence expected next
+        self._owed = 0  # messages the current pull request may still deliver
+        self._quiet_since = time.monotonic()
+        self._reconnects = 0
+        self._initial_pending = 0
+        self._closed = False
+        self._resets = 0
+        self._started = False
+
+    @property
+    def last_seq(self) -> int:
+        """The stream sequence of the last message returned (0 before the first)."""
+        return self._last_seq
+
+    @property
+    def initial_pending(self) -> int:
+        """How many matching messages were stored after the start position at ``start()``."""
+        return self._initial_pending
+
+    @property
+    def resets(self) -> int:
+        """How many times the consumer was recreated (gaps, outages)."""
+        return self._resets
+
+    async def start(self) -> "OrderedConsumer":
+        """Create the consumer; raises ``EventsUnavailable`` if NATS is unreachable."""
+        self._conn.require_connected()
+        start = self._start
+        if start.after_seq is not None:
+            policy, opt_start = api.DeliverPolicy.BY_START_SEQUENCE, start.after_seq + 1
+            self._last_seq = start.after_seq
+        elif start.from_start:
+            policy, opt_start = api.DeliverPolicy.ALL, None
+        else:
+            policy, opt_start = api.DeliverPolicy.NEW, None
+        self._reconnects = self._conn.reconnects
+        info = await self._create(policy, opt_start)
+        self._started = True
+        self._initial_pending = info.num_pending or 0
+        if info.delivered is not None:
+            # For "new only", the server starts after its current last sequence: remember it,
+            # so a consumer recreated before the first message neither replays nor skips.
+            self._last_seq = max(self._last_seq, info.delivered.stream_seq)
+        return self
+
+    async def next(self) -> StreamMessage:
+        """The next message in stream order; waits for it as long as needed."""
+        if not self._started:
+            raise RuntimeError("OrderedConsumer.start() was not awaited")
+        outage_started: float | None = None
+        while True:
+            if self._closed:
+                raise EventsUnavailable("event stream unavailable: the follower was closed")
+            try:
+                message = await self._next_once()
+            except EventsUnavailable:
+                now = time.monotonic()
+                outage_started = outage_started or now
+                if now - outage_started >= self._outage:
+                    raise
+                if self._conn.is_connected:
+                    await asyncio.sleep(_RETRY_SECONDS)  # up, but the stream refused: retry
+                else:
+                    await self._conn.wait_reconnected(_RETRY_SECONDS * 2)
+                continue
+            outage_started = None
+            if message is not None:
+                return message
+
+    async def _next_once(self) -> StreamMessage | None:
+        """One step: a message, or ``None`` after handling a status, a gap or a reset."""
+        if self._conn.reconnects != self._reconnects:
+            self._reconnects = self._conn.reconnects
+            await self._reset("reconnected")
+            return None
+        if self._sub is None or self._consumer is None:
+            await self._reset("no consumer")
+            return None
+        if self._owed <= 0:
+            await self._pull()
+        sub = self._sub
+        try:
+            msg = await sub.next_msg(timeout=_WAIT_SLICE_SECONDS)
+        except nats.errors.TimeoutError:
+            if time.monotonic() - self._quiet_since > self._heartbeat * _HEARTBEATS_MISSED:
+                await self._reset("heartbeats missed")
+            return None
+        except nats.errors.ConnectionClosedError as exc:
+            self._closed = True
+            raise EventsUnavailable("event stream unavailable: connection closed") from exc
+        self._quiet_since = time.monotonic()
+        status = (msg.headers or {}).get(api.Header.STATUS.value)
+        if status:
+            await self._on_status(status, msg)
+            return None
+        return await self._on_message(msg)
+
+    async def _on_status(self, status: str, msg: Msg) -> None:
+        if status == api.StatusCode.CONTROL_MESSAGE.value:  # idle heartbeat
+            last = (msg.headers or {}).get(api.Header.LAST_CONSUMER.value)
+            if last is not None and last.isdigit() and int(last) >= self._next_dseq:
+                await self._reset("gap seen in heartbeat")
+            return
+        if status in (api.StatusCode.REQUEST_TIMEOUT.value, api.StatusCode.NO_MESSAGES.value):
+            self._owed = 0  # the pull request ended: ask again
+            return
+        description = (msg.headers or {}).get(api.Header.DESCRIPTION.value, "")
+        await self._reset(f"status {status} {description}".strip())
+
+    async def _on_message(self, msg: Msg) -> StreamMessage | None:
+        try:
+            meta = msg.metadata
+        except nats.errors.NotJSMessageError:
+            return None
+        self._owed -= 1
+        if meta.sequence.consumer != self._next_dseq:
+            await self._reset(
+                f"consumer sequence {meta.sequence.consumer}, expected {self._next_dseq}"
+            )
+            return None
+        self._next_dseq += 1
+        if meta.sequence.stream <= self._last_seq:
+            return None  # already handed out before a reset
+        self._last_seq = meta.sequence.stream
+        return StreamMessage(
+            seq=meta.sequence.stream,
+            subject=msg.subject,
+            data=msg.data,
+            headers=msg.headers,
+            pending=meta.num_pending,
+            time=meta.timestamp.astimezone(UTC),
+        )
+
+    async def _pull(self) -> None:
+        if self._consumer is None or self._sub is None:
+            raise EventsUnavailable("event stream unavailable: no consumer to pull from")
+        subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self._stream}.{self._consumer}"
+        request = {
+            "batch": self._batch,
+            "expires": int(self._expires * 1e9),
+            "idle_heartbeat": int(self._heartbeat * 1e9),
+        }
+        with events_unavailable("pulling messages"):
+            self._conn.require_connected()
+            await self._conn.client.publish(
+                subject, json.dumps(request).encode(), reply=self._sub.subject
+            )
+        self._owed = self._batch
+        self._quiet_since = time.monotonic()
+
+    async def _create(
+        self, policy: api.DeliverPolicy, opt_start_seq: int | None
+    ) -> api.ConsumerInfo:
+        """A fresh inbox and a fresh consumer (the old ones are dropped first)."""
+        await self._drop()
+        name = f"kgf_{secrets.token_hex(10)}"
+        config = api.ConsumerConfig(
+            name=name,
+            deliver_policy=policy,
+            opt_start_seq=opt_start_seq,
+            ack_policy=api.AckPolicy.NONE,
+            max_deliver=1,
+            filter_subject=self._filter,
+            replay_policy=api.ReplayPolicy.INSTANT,
+            inactive_threshold=max(INACTIVE_THRESHOLD_SECONDS, 2 * self._expires),
+            num_replicas=1,
+            mem_storage=True,
+        )
+        nc = self._conn.client
+        with events_unavailable("creating a consumer"):
+            self._conn.require_connected()
+            # One pull request is outstanding at a time, so the inbox holds at most one batch
+            # plus a few statuses: that is the bound (in messages; bytes are bounded by
+            # batch x max payload, so no byte limit that could drop and loop is set).
+            self._sub = await nc.subscribe(
+                nc.new_inbox(), pending_msgs_limit=2 * self._batch + 64, pending_bytes_limit=0
+            )
+        info = await self._conn.guard(
+            self._conn.js.add_consumer(self._stream, config=config), action="creating a consumer"
+        )
+        self._consumer = info.name
+        self._next_dseq = 1
+        self._owed = 0
+        self._quiet_since = time.monotonic()
+        return info
+
+    async def _reset(self, reason: str) -> None:
+        """Recreate the consumer right after the last message handed out."""
+        self._resets += 1
+        logger.debug("ordered consumer on %s reset: %s", self._filter, reason)
+        await self._create(api.DeliverPolicy.BY_START_SEQUENCE, self._last_seq + 1)
+
+    async def _drop(self) -> None:
+        """Forget the current inbox and delete the current consumer (best effort, bounded)."""
+        sub, consumer = self._sub, self._consumer
+        self._sub = None
+        self._consumer = None
+        if sub is not None and not self._conn.client.is_closed:
+            try:
+                await sub.unsubscribe()
+            except CLEANUP_ERRORS as exc:
+                logger.debug("unsubscribing a follower inbox: %s", exc)
+        if consumer is not None and self._conn.is_connected:
+            self._conn.run_detached(self._delete_consumer(consumer))
+
+    async def _delete_consumer(self, name: str) -> None:
+        try:
+            await asyncio.wait_for(
+                self._conn.js.delete_consumer(self._stream, name), DELETE_TIMEOUT_SECONDS
+            )
+        except NATS_ERRORS as exc:
+            # It expires on its own after the inactivity threshold.
+            logger.debug("deleting consumer %s: %s", name, exc)
+
+    async def close(self) -> None:
+        """Stop reading: unsubscribe and delete the consumer. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.shield(self._conn.run_detached(self._drop()))
+
+    async def __aenter__(self) -> "OrderedConsumer":
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> "OrderedConsumer":
+        return self
+
+    async def __anext__(self) -> StreamMessage:
+        return await self.next()

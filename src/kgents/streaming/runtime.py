@@ -1,0 +1,54 @@
+"""The event stream of a running platform: embedded or external NATS, streams, publishers.
+
+``open_streaming(settings)`` starts the embedded nats-server when ``KGENTS_NATS_URL`` is unset
+(store in ``<data-dir>/jetstream``), connects, makes sure both streams exist with the limits of
+DESIGN.md, and yields the session event log and the usage publisher. Closing it disconnects and
+stops the embedded server.
+"""
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from kgents.config import Settings
+from kgents.streaming.bridge import JetStreamEventLog
+from kgents.streaming.connection import NatsConnection
+from kgents.streaming.embedded import EmbeddedNats
+from kgents.streaming.topology import ensure_streams
+from kgents.streaming.usage import JetStreamUsagePublisher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Streaming:
+    connection: NatsConnection
+    events: JetStreamEventLog
+    usage: JetStreamUsagePublisher
+    embedded: EmbeddedNats | None
+
+    def is_connected(self) -> bool:
+        return self.connection.is_connected
+
+
+@contextlib.asynccontextmanager
+async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
+    embedded: EmbeddedNats | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.nats_url:
+            servers = settings.nats_url
+        else:
+            embedded = EmbeddedNats(settings.data_dir)
+            servers = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+            logger.info("embedded nats-server at %s (store %s)", servers, embedded.store_dir)
+        connection = await NatsConnection.connect(servers)
+        stack.push_async_callback(connection.close)
+        await ensure_streams(connection, replicas=settings.nats_replicas)
+        yield Streaming(
+            connection=connection,
+            events=JetStreamEventLog(connection),
+            usage=JetStreamUsagePublisher(connection),
+            embedded=embedded,
+        )

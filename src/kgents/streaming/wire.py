@@ -1,0 +1,152 @@
+"""How events look on the wire: JSON bodies, ``Nats-Msg-Id`` headers, RFC 3339 UTC times.
+
+A session event on ``kgent.session.<session_id>.<type>``::
+
+    headers: Nats-Msg-Id: <event.msg_id>            (only when the event has one)
+    body:    {"type": "chunk", "session_id": "ses_…", "time": "2026-01-02T03:04:05.123456Z",
+              "data": {...}}
+
+A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object::
+
+    headers: Nats-Msg-Id: <source>:<id>
+    body:    {"specversion": "1.0", "id": "…", "source": "kgents-api", "type": "llm.tokens",
+              "subject": "<tenant id>", "time": "…Z", "datacontenttype": "application/json",
+              "data": {...}}
+"""
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, get_args
+
+from kgents.clock import as_utc, utc_now
+from kgents.errors import InvalidInput
+from kgents.records import UsageEvent
+from kgents.sessions.ports import SessionEvent, SessionEventType
+from kgents.streaming.subjects import event_type_of, session_id_of, session_subject, usage_subject
+
+logger = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+SESSION_EVENT_TYPES: frozenset[str] = frozenset(get_args(SessionEventType))
+_MAX_MSG_ID_LENGTH = 256
+# One encoder for every message: json.dumps with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WireMessage:
+    """A message ready to publish."""
+
+    subject: str
+    payload: bytes
+    headers: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A session event read back from the stream, with its stream sequence and publish time."""
+
+    seq: int
+    event: SessionEvent
+    time: datetime | None
+
+
+def rfc3339(value: datetime) -> str:
+    """``value`` as RFC 3339 in UTC with a ``Z`` suffix (naive values are taken to be UTC)."""
+    return as_utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_rfc3339(value: object) -> datetime | None:
+    """An aware UTC datetime from an RFC 3339 string, or ``None`` when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return as_utc(parsed)
+
+
+def _msg_id_headers(msg_id: str | None) -> dict[str, str] | None:
+    if msg_id is None:
+        return None
+    # A header value is one line of the NATS protocol: no CR/LF, bounded length.
+    if not msg_id or len(msg_id) > _MAX_MSG_ID_LENGTH or any(c in msg_id for c in "\r\n\0"):
+        raise InvalidInput("invalid message id", code="invalid_msg_id")
+    return {MSG_ID_HEADER: msg_id}
+
+
+def encode_session_event(event: SessionEvent, *, at: datetime | None = None) -> WireMessage:
+    """The subject, JSON body and dedupe header of ``event`` (ids validated on the way)."""
+    if event.type not in SESSION_EVENT_TYPES:
+        raise InvalidInput(f"unknown session event type {event.type!r}", code="invalid_event")
+    body = {
+        "type": event.type,
+        "session_id": event.session_id,
+        "time": rfc3339(at or utc_now()),
+        "data": event.data,
+    }
+    return WireMessage(
+        subject=session_subject(event.session_id, event.type),
+        payload=_ENCODER.encode(body).encode(),
+        headers=_msg_id_headers(event.msg_id),
+    )
+
+
+def decode_session_event(
+    *, seq: int, subject: str, payload: bytes, headers: Mapping[str, str] | None
+) -> ReceivedEvent | None:
+    """The event stored at ``seq``, or ``None`` (logged) if the message is not one of ours."""
+    session_id = session_id_of(subject)
+    subject_type = event_type_of(subject)
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if (
+        session_id is None
+        or not isinstance(body, dict)
+        or body.get("type") != subject_type
+        or subject_type not in SESSION_EVENT_TYPES
+        or not isinstance(body.get("data", {}), dict)
+    ):
+        logger.warning("skipping malformed session event at seq %d on %s", seq, subject)
+        return None
+    event = SessionEvent(
+        session_id=session_id,
+        type=subject_type,  # type: ignore[arg-type]  # checked against SESSION_EVENT_TYPES
+        data=body.get("data") or {},
+        msg_id=(headers or {}).get(MSG_ID_HEADER),
+    )
+    return ReceivedEvent(seq=seq, event=event, time=parse_rfc3339(body.get("time")))
+
+
+def usage_msg_id(event: UsageEvent) -> str:
+    """The dedupe id of a usage event: unique per ``(source, id)``, like the meter store's key."""
+    return f"{event.source}:{event.id}"
+
+
+def cloudevent(event: UsageEvent) -> dict[str, Any]:
+    """``event`` as a CloudEvents 1.0 JSON object (structured mode)."""
+    return {
+        "specversion": event.specversion,
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "subject": event.subject,
+        "time": rfc3339(event.time),
+        "datacontenttype": "application/json",
+        "data": event.data,
+    }
+
+
+def encode_usage_event(event: UsageEvent) -> WireMessage:
+    """The subject, CloudEvents body and dedupe header of a usage event."""
+    return WireMessage(
+        subject=usage_subject(event.type),
+        payload=_ENCODER.encode(cloudevent(event)).encode(),
+        headers=_msg_id_headers(usage_msg_id(event)),
+    )

@@ -1,0 +1,96 @@
+"""The demo provider: deterministic, word by word, exact usage, no network."""
+
+import time
+
+import pytest
+
+from kgents.llm.base import ChatMessage, GenerationRequest
+from kgents.llm.demo import MODEL_NAME, DemoProvider, compose_reply
+from tests.llm.streams import drain, sample_request
+
+pytestmark = pytest.mark.anyio
+
+
+def ask(message: str, *, temperature: float = 0.4, max_tokens: int = 512) -> GenerationRequest:
+    return GenerationRequest(
+        system="Be brief.",
+        messages=(ChatMessage(role="user", content=message),),
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
+async def test_the_same_question_in_the_same_mode_gets_the_same_reply() -> None:
+    provider = DemoProvider(token_delay_ms=0)
+
+    first = await drain(provider, ask("How do I start?"))
+    second = await drain(provider, ask("How do I start?"))
+
+    assert first.deltas == second.deltas
+    assert first.usage == second.usage
+
+
+async def test_the_reply_depends_on_the_question_and_the_mode() -> None:
+    provider = DemoProvider(token_delay_ms=0)
+
+    replies = {
+        (await drain(provider, ask(question, temperature=temperature))).text
+        for question in ("How do I start?", "What is next?")
+        for temperature in (0.4, 0.8)
+    }
+
+    assert len(replies) == 4
+
+
+@pytest.mark.parametrize("question", [f"question {n}" for n in range(25)])
+def test_replies_are_40_to_120_words(question: str) -> None:
+    assert 40 <= len(compose_reply(question, 0.5)) <= 120
+
+
+async def test_streams_one_word_per_delta() -> None:
+    drained = await drain(DemoProvider(token_delay_ms=0), ask("Tell me something."))
+
+    assert drained.deltas[0] == drained.deltas[0].strip()
+    assert all(d.startswith(" ") and " " not in d[1:] for d in drained.deltas[1:])
+    assert drained.text.split() == compose_reply("Tell me something.", 0.4)
+
+
+async def test_usage_is_exact_word_counts() -> None:
+    request = sample_request()
+
+    drained = await drain(DemoProvider(token_delay_ms=0), request)
+
+    words_in = len(request.system.split()) + sum(len(m.content.split()) for m in request.messages)
+    assert drained.usage.tokens_in == words_in
+    assert drained.usage.tokens_out == len(drained.deltas)
+    assert drained.usage.model == MODEL_NAME
+    assert drained.usage.estimated is False
+
+
+async def test_max_tokens_caps_the_reply() -> None:
+    drained = await drain(DemoProvider(token_delay_ms=0), ask("Go on.", max_tokens=5))
+
+    assert len(drained.deltas) == 5
+    assert drained.usage.tokens_out == 5
+
+
+async def test_the_delay_setting_spaces_the_words() -> None:
+    request = ask("Go on.", max_tokens=6)
+
+    started = time.monotonic()
+    drained = await drain(DemoProvider(token_delay_ms=30), request)
+    slow = time.monotonic() - started
+
+    assert all(gap >= 0.02 for gap in drained.gaps), drained.gaps
+    assert slow >= 0.15
+
+    started = time.monotonic()
+    await drain(DemoProvider(token_delay_ms=0), request)
+    assert time.monotonic() - started < 0.1
+
+
+async def test_check_and_aclose() -> None:
+    provider = DemoProvider()
+
+    assert await provider.check() is True
+    await provider.aclose()

@@ -1,0 +1,82 @@
+"""The provider error table: stable codes, retryable flags, no secrets in messages."""
+
+import pytest
+
+from kgents.llm import errors
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "provider_bad_request"),
+        (401, "provider_auth_failed"),
+        (403, "provider_auth_failed"),
+        (404, "provider_bad_request"),
+        (408, "provider_timeout"),
+        (422, "provider_bad_request"),
+        (429, "provider_rate_limited"),
+        (500, "provider_unavailable"),
+        (502, "provider_unavailable"),
+        (503, "provider_unavailable"),
+        (529, "provider_unavailable"),
+        (302, "provider_error"),
+    ],
+)
+def test_status_codes(status: int, code: str) -> None:
+    assert errors.code_for_status(status) == code
+
+
+def test_only_transient_failures_are_retryable() -> None:
+    assert errors.RETRYABLE_CODES == {
+        "provider_unreachable",
+        "provider_timeout",
+        "provider_rate_limited",
+        "provider_unavailable",
+    }
+    assert errors.provider_error("provider_timeout", "x").retryable is True
+    assert errors.provider_error("provider_bad_request", "x").retryable is False
+
+
+def test_auth_failures_carry_no_provider_text() -> None:
+    error = errors.from_status("openai", 401, "Incorrect API key provided: sk-abc...xyz")
+
+    assert error.code == "provider_auth_failed"
+    assert "sk-" not in error.message
+
+
+@pytest.mark.parametrize(
+    ("error_type", "code"),
+    [
+        ("overloaded_error", "provider_unavailable"),
+        ("rate_limit_error", "provider_rate_limited"),
+        ("invalid_request_error", "provider_bad_request"),
+        ("something_new", "provider_error"),
+        (None, "provider_error"),
+    ],
+)
+def test_error_events_inside_a_stream(error_type: str | None, code: str) -> None:
+    assert errors.from_error_event("anthropic", error_type, None).code == code
+
+
+def test_redact_removes_the_secret_and_caps_the_length() -> None:
+    secret = "sk-live-abcdefghijklmnop"
+
+    assert errors.redact(f"bad key {secret}!", secret) == "bad key [redacted]!"
+    assert len(errors.redact("x" * 5000, secret) or "") <= 300
+    assert errors.redact("", secret) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"type": "rate_limit_error", "message": "slow down"}},
+        {"type": "rate_limit_error", "message": "slow down"},
+    ],
+)
+def test_error_fields_reads_both_body_shapes(body: object) -> None:
+    assert errors.error_fields(body) == ("rate_limit_error", "slow down")
+
+
+def test_error_fields_tolerates_anything_else() -> None:
+    assert errors.error_fields("Internal Server Error") == (None, None)
+    assert errors.error_fields({"error": "nope"}) == (None, None)

@@ -1,0 +1,155 @@
+"""NATS down: refused at once with ``EventsUnavailable``; NATS back: everything resumes."""
+
+import asyncio
+import time
+
+import pytest
+
+from kgents.errors import EventsUnavailable, InvalidInput
+from kgents.ids import new_id
+from kgents.sessions.ports import SessionEvent
+from kgents.streaming.bridge import JetStreamEventLog
+from kgents.streaming.connection import NatsConnection, parse_servers
+from kgents.streaming.embedded import free_port
+from kgents.streaming.topology import ensure_streams
+from tests.support.nats import NatsServer
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+def event(session_id: str, index: int) -> SessionEvent:
+    return SessionEvent(
+        session_id=session_id,
+        type="chunk",
+        data={"text": str(index), "index": index},
+        msg_id=f"turn_{session_id}:{index}",
+    )
+
+
+def test_server_lists() -> None:
+    assert parse_servers("nats://a:4222, nats://b:4222,") == ["nats://a:4222", "nats://b:4222"]
+    with pytest.raises(InvalidInput):
+        parse_servers(" , ")
+    with pytest.raises(InvalidInput):
+        parse_servers("nats://a b:4222")
+
+
+async def test_connecting_to_nothing_fails_quickly() -> None:
+    started = time.monotonic()
+    with pytest.raises(EventsUnavailable):
+        await NatsConnection.connect(f"nats://127.0.0.1:{free_port()}", connect_timeout=1.0)
+    assert time.monotonic() - started < 3.0
+
+
+async def test_a_cluster_list_with_a_dead_member_connects(nats: NatsServer) -> None:
+    conn = await NatsConnection.connect(f"nats://127.0.0.1:{free_port()},{nats.url}")
+    try:
+        assert conn.is_connected
+        assert conn.connected_url == nats.url
+    finally:
+        await conn.close()
+
+
+async def test_refused_quickly_while_down_then_recovers(own_nats: NatsServer) -> None:
+    conn = await NatsConnection.connect(own_nats.url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        log = JetStreamEventLog(conn, ack_timeout=2.0)
+        session_id = new_id("ses")
+        assert await log.publish(event(session_id, 0)) == 1
+
+        own_nats.kill()
+
+        async def down() -> bool:
+            return not conn.is_connected
+
+        await eventually(down)
+        assert not log.is_connected()
+        started = time.monotonic()
+        with pytest.raises(EventsUnavailable):
+            await log.publish(event(session_id, 1))
+        with pytest.raises(EventsUnavailable):
+            await log.batch().add(event(session_id, 1))
+        with pytest.raises(EventsUnavailable):
+            await log.open_follower(session_id, after_seq=0)
+        with pytest.raises(EventsUnavailable):
+            await log.request_cancel(session_id)
+        assert time.monotonic() - started < 0.5
+
+        own_nats.start()  # same port, same store
+
+        async def up() -> bool:
+            return conn.is_connected
+
+        await eventually(up)
+        assert conn.reconnects == 1
+        assert await log.publish(event(session_id, 1)) == 2  # the store survived the crash
+    finally:
+        await conn.close()
+
+
+async def test_a_follower_resumes_after_a_restart(own_nats: NatsServer) -> None:
+    conn = await NatsConnection.connect(own_nats.url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        log = JetStreamEventLog(conn, heartbeat_seconds=1.0, outage_seconds=8.0)
+        session_id = new_id("ses")
+        follower = await log.open_follower(session_id, after_seq=None, from_start=True)
+        seen: list[int] = []
+
+        async def read(n: int) -> None:
+            async for received in follower:
+                seen.append(received.event.data["index"])
+                if len(seen) == n:
+                    return
+
+        try:
+            for i in range(3):
+                await log.publish(event(session_id, i))
+            async with asyncio.timeout(5):
+                await read(3)
+            reading = asyncio.create_task(read(6))
+            await asyncio.sleep(0.1)  # the follower waits inside a pull request
+
+            await asyncio.to_thread(own_nats.stop)  # the event loop keeps running meanwhile
+
+            async def down() -> bool:
+                return not conn.is_connected
+
+            await eventually(down)
+            await asyncio.to_thread(own_nats.start)
+
+            async def reconnected() -> bool:
+                return conn.reconnects == 1
+
+            await eventually(reconnected)
+            for i in range(3, 6):
+                await log.publish(event(session_id, i))
+            async with asyncio.timeout(8):
+                await reading
+            assert seen == [0, 1, 2, 3, 4, 5]
+        finally:
+            await follower.aclose()
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_fails_when_acks_do_not_come(own_nats: NatsServer) -> None:
+    conn = await NatsConnection.connect(own_nats.url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        log = JetStreamEventLog(conn, ack_timeout=0.5)
+        session_id = new_id("ses")
+        batch = log.batch()
+        await batch.add(event(session_id, 0))
+        await batch.flush()
+        own_nats.kill()
+        started = time.monotonic()
+        with pytest.raises(EventsUnavailable):
+            for i in range(1, 2000):
+                await batch.add(event(session_id, i))
+            await batch.flush()
+        assert time.monotonic() - started < 3.0
+    finally:
+        await conn.close()

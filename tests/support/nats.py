@@ -1,0 +1,141 @@
+"""A real nats-server with JetStream for tests, on 127.0.0.1 and a free port.
+
+``running_nats_server(store_dir)`` yields the URL of a server that runs for the block.
+``nats_server(store_dir)`` yields the ``NatsServer`` itself, for outage tests: ``kill()`` or
+``stop()`` it, then ``start()`` it again on the same port and store (the data survives).
+Whatever happens, the process is stopped by its PID when the block ends.
+"""
+
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from kgents.streaming.embedded import find_nats_server, free_port
+
+START_TIMEOUT_SECONDS = 10.0
+STOP_TIMEOUT_SECONDS = 5.0
+HOST = "127.0.0.1"
+
+
+class NatsServer:
+    """One nats-server process (``-js``) with its store in ``store_dir``; port kept across
+    restarts."""
+
+    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port or free_port(HOST)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> str:
+        """Start the server (again) and wait until it answers with JetStream; return its URL."""
+        if self.running:
+            return self.url
+        self._reap()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        with (self.store_dir / "nats-server.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    str(find_nats_server()),
+                    "-js",
+                    "-a",
+                    HOST,
+                    "-p",
+                    str(self.port),
+                    "-sd",
+                    str(self.store_dir),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not _answers_with_jetstream(self.port):
+            if not self.running or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server did not start on port {self.port}")
+            time.sleep(0.02)
+        return self.url
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM, SIGKILL after a timeout) and wait for the process."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL, no clean shutdown."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.kill()
+        self._reap()
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            self._process.wait(STOP_TIMEOUT_SECONDS)
+            self._process = None
+
+    def __enter__(self) -> "NatsServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def nats_server(store_dir: Path, *, port: int | None = None) -> Iterator[NatsServer]:
+    """A started ``NatsServer``, stopped by PID at the end of the block."""
+    server = NatsServer(store_dir, port=port)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def running_nats_server(store_dir: Path) -> Iterator[str]:
+    """The URL of a nats-server with JetStream that runs for the block."""
+    with nats_server(store_dir) as server:
+        yield server.url
+
+
+def _answers_with_jetstream(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as sock, sock.makefile("rb") as f:
+            line = f.readline()
+    except OSError:
+        return False
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        return json.loads(line[5:]).get("jetstream") is True
+    except ValueError:
+        return False

@@ -1,0 +1,15 @@
+"""Waiting in tests without sleeping blindly: poll a condition until it holds, bounded."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, seconds: float = 5.0, every: float = 0.02
+) -> None:
+    """Return as soon as ``await check()`` is true; fail with ``TimeoutError`` after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(every)
