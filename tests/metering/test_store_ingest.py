@@ -1,7 +1,7 @@
 """Exactly-once ingest into the meter store: dedupe, atomicity, values."""
 
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
@@ -136,10 +136,14 @@ async def test_a_failing_batch_stores_nothing(store: SqlMeterStore, engine: Asyn
     ("event", "message"),
     [
         (
-            UsageEvent(id="naive", type="sample", subject="s", time=datetime(2026, 3, 2)),  # noqa: DTZ001
+            UsageEvent(id="naive", type="sample", subject="s", time=T0.replace(tzinfo=None)),
             "time must be an aware datetime",
         ),
         (UsageEvent(id="", type="sample", subject="s", time=T0), "id must be a non-empty"),
+        (
+            UsageEvent(id="far", type="sample", subject="s", time=datetime(9999, 1, 1, tzinfo=UTC)),
+            "time must be between years 1000 and 9000",
+        ),
         (UsageEvent(id="x", type="sample", subject="", time=T0), "subject must be a non-empty"),
         (UsageEvent(id="x" * 257, type="sample", subject="s", time=T0), "at most 256"),
         (

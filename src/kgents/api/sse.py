@@ -13,9 +13,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from kgents.errors import EventsUnavailable, KgentsError
 from kgents.sessions.ports import FollowedEvent, Follower, SessionEvent
 
 HEARTBEAT_SECONDS = 15.0
+END_GRACE_SECONDS = 3.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -29,6 +31,10 @@ def sse_frame(*, event_id: int | None, event: str, data: dict[str, Any]) -> byte
     return ("\n".join(lines) + "\n\n").encode()
 
 
+def error_body_of(error: KgentsError) -> dict[str, dict[str, str]]:
+    return {"error": {"code": error.code, "message": error.message}}
+
+
 def sse_comment(text: str) -> bytes:
     return f": {text}\n\n".encode()
 
@@ -38,22 +44,43 @@ async def sse_frames(
     *,
     request: Request,
     stop_when: Callable[[SessionEvent], bool] | None = None,
+    turn_end: "asyncio.Future[SessionEvent] | None" = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> AsyncIterator[bytes]:
-    """Frames for ``events`` until ``stop_when`` says so or the client goes away.
+    """Frames for ``follower``'s events until ``stop_when`` says so or the client goes away.
 
     Waiting for the next event is raced against a heartbeat timer; the client's disconnect is
     noticed at the next heartbeat or write at the latest, and the follower is then closed.
+    ``turn_end`` resolves with the end event of the turn being streamed: if the stream cannot
+    deliver it (NATS went away) within ``END_GRACE_SECONDS``, it is sent from there, without id.
     """
     iterator = follower.__aiter__()
     pending: asyncio.Task[FollowedEvent] | None = None
+    end_deadline: float | None = None
+    loop = asyncio.get_running_loop()
     try:
         yield sse_comment("connected")
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(_next(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=heartbeat_seconds)
-            if not done:
+            waiting: set[asyncio.Future[Any]] = {pending}
+            timeout = heartbeat_seconds
+            if turn_end is not None:
+                if not turn_end.done():
+                    waiting.add(turn_end)
+                else:
+                    end_deadline = end_deadline or loop.time() + END_GRACE_SECONDS
+                    timeout = min(timeout, max(0.0, end_deadline - loop.time()))
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if pending not in done:
+                if end_deadline is not None and loop.time() >= end_deadline and turn_end:
+                    end = turn_end.result()
+                    yield sse_frame(event_id=None, event=end.type, data=end.data)
+                    return
+                if turn_end is not None and turn_end in done:
+                    continue
                 if await request.is_disconnected():
                     return
                 yield sse_comment("heartbeat")
@@ -61,6 +88,12 @@ async def sse_frames(
             try:
                 followed = pending.result()
             except StopAsyncIteration:
+                return
+            except EventsUnavailable as exc:
+                # Headers are sent: say why the stream ends; the client resumes later.
+                yield sse_frame(
+                    event_id=None, event="error", data={"error": error_body_of(exc)["error"]}
+                )
                 return
             finally:
                 pending = None

@@ -19,12 +19,18 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from kgents.errors import InvalidInput
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
-from kgents.metering.rollup import RollupState, epoch_minute, minute_start
+from kgents.metering.rollup import (
+    EARLIEST,
+    LATEST,
+    RollupState,
+    epoch_minute,
+    minute_start,
+)
 
 _EPOCH_DAY = date(1970, 1, 1)
 _MINUTES_PER_DAY = 1440
@@ -35,6 +41,13 @@ SHIFT_MINUTES = SHIFT_DAYS * _MINUTES_PER_DAY
 _OFFSET_SAMPLE_MINUTES = 360
 
 Bucketing = Literal["total", "minute", "hour", "day", "month"]
+_BUCKETING: dict[WindowSize | None, Bucketing] = {
+    None: "total",
+    WindowSize.MINUTE: "minute",
+    WindowSize.HOUR: "hour",
+    WindowSize.DAY: "day",
+    WindowSize.MONTH: "month",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +73,7 @@ class MeterQuery:
     to: datetime | None
     window_size: WindowSize | None
     time_zone: ZoneInfo
+    bucketing: Bucketing
 
     @property
     def from_minute(self) -> int | None:
@@ -68,18 +82,6 @@ class MeterQuery:
     @property
     def to_minute(self) -> int | None:
         return None if self.to is None else epoch_minute(self.to)
-
-    @property
-    def bucketing(self) -> Bucketing:
-        if self.window_size is None:
-            return "total"
-        mapping: dict[WindowSize, Bucketing] = {
-            WindowSize.MINUTE: "minute",
-            WindowSize.HOUR: "hour",
-            WindowSize.DAY: "day",
-            WindowSize.MONTH: "month",
-        }
-        return mapping[self.window_size]
 
     @property
     def all_groups(self) -> bool:
@@ -110,14 +112,8 @@ def build_query(
     chosen_subjects = tuple(dict.fromkeys(subjects)) if subjects else None
     if chosen_subjects is not None:
         by_subject = True  # OpenMeter: filtering by subject also groups by it
-    for name, bound in (("from", from_), ("to", to)):
-        if bound is None:
-            continue
-        if bound.tzinfo is None or bound.utcoffset() is None:
-            raise InvalidInput(f"'{name}' must carry a time zone offset")
-        if bound.second or bound.microsecond:
-            raise InvalidInput(f"'{name}' must fall on a whole minute (usage is kept per minute)")
-    if from_ is not None and to is not None and from_ >= to:
+    start, end = _bound("from", from_), _bound("to", to)
+    if start is not None and end is not None and start >= end:
         raise InvalidInput("'from' must be before 'to'")
     try:
         size = None if window_size is None else WindowSize(window_size)
@@ -125,18 +121,32 @@ def build_query(
         raise InvalidInput(f"windowSize must be one of {', '.join(WindowSize)}") from None
     try:
         zone = ZoneInfo(window_time_zone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidInput(f"unknown windowTimeZone {window_time_zone!r}") from None
     return MeterQuery(
         meter=meter,
         subjects=chosen_subjects,
         by_subject=by_subject,
         group_by=tuple(keys),
-        from_=None if from_ is None else from_.astimezone(UTC),
-        to=None if to is None else to.astimezone(UTC),
+        from_=start,
+        to=end,
         window_size=size,
         time_zone=zone,
+        bucketing=_BUCKETING[size],
     )
+
+
+def _bound(name: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInput(f"'{name}' must carry a time zone offset")
+    instant = value.astimezone(UTC)
+    if not EARLIEST <= instant < LATEST:
+        raise InvalidInput(f"'{name}' must be between {EARLIEST.year} and {LATEST.year}")
+    if instant.second or instant.microsecond:
+        raise InvalidInput(f"'{name}' must fall on a whole minute (usage is kept per minute)")
+    return instant
 
 
 def utc_offset_minutes(zone: ZoneInfo, minute: int) -> int:
@@ -239,13 +249,13 @@ def final_value(aggregation: MeterAggregation, state: RollupState) -> float | No
     raise ValueError(f"{aggregation} is not computed from rollup state")
 
 
-def sort_rows(rows: list[QueryRow]) -> list[QueryRow]:
-    """Time order, then subject and group values, so equal queries give equal answers."""
-    return sorted(
-        rows,
-        key=lambda row: (
-            row.window_start,
-            row.subject or "",
-            tuple((value is not None, value or "") for value in row.group_by.values()),
-        ),
+def row_order(
+    window_start: datetime, subject: str | None, groups: Sequence[str | None]
+) -> tuple[Any, ...]:
+    """Rows go in time order, then by subject and group values (``null`` first), so equal
+    queries give equal answers."""
+    return (
+        window_start,
+        subject or "",
+        *[("", "") if value is None else ("1", value) for value in groups],
     )

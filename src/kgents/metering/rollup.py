@@ -23,6 +23,10 @@ from kgents.metering.meters import Meter, MeterAggregation
 from kgents.records import UsageEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Times usage may carry: far enough from datetime's limits that window arithmetic in any zone
+# cannot overflow.
+EARLIEST = datetime(1000, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _MINUTE = timedelta(minutes=1)
 _MICROSECOND = timedelta(microseconds=1)
 _MICROSECONDS_PER_MINUTE = 60_000_000

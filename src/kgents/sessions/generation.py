@@ -37,6 +37,15 @@ class TurnOutcome:
     turn: Turn
     message: Message | None
     error: KgentsError | None
+    chunks: int = 0
+
+    def end_event(self) -> SessionEvent:
+        """The ``complete`` or ``error`` event that ends this turn for its followers."""
+        if self.error is None and self.message is not None:
+            return complete_event(self.turn, message=self.message, chunks=self.chunks)
+        code = self.error.code if self.error else "empty_reply"
+        text = self.error.message if self.error else "no reply"
+        return error_event(self.turn, code=code, message=text)
 
 
 @dataclass(slots=True)
@@ -133,8 +142,8 @@ class TurnRunner:
     async def run(self, planned: PlannedTurn) -> TurnOutcome:
         """Generate, publish and store the reply of ``planned``; never raises a domain error.
 
-        If the task is cancelled, the turn is stored as ``cancelled`` with what was generated,
-        and the cancellation propagates.
+        If the task is cancelled, the turn is stored as ``cancelled`` with what was generated
+        and that outcome is returned.
         """
         turn = planned.turn
         progress = _Progress(text=[])
@@ -147,11 +156,12 @@ class TurnRunner:
         except EventsUnavailable as exc:
             return await self._close(planned, progress, batch, status="failed", error=exc)
         except asyncio.CancelledError:
+            # Cancelling the task is how a turn is cancelled on purpose (or at shutdown): the
+            # turn is stored as ``cancelled`` and this task ends normally with that outcome.
             cancelled = KgentsError("the turn was cancelled", code="cancelled")
-            await asyncio.shield(
+            return await asyncio.shield(
                 self._close(planned, progress, batch, status="cancelled", error=cancelled)
             )
-            raise
         return await self._close(planned, progress, batch, status="complete", error=None)
 
     async def _pump(
@@ -239,27 +249,16 @@ class TurnRunner:
         stored = await self._store.finish_turn(final, assistant_message=message, events=billed)
         if stored is None:
             # Someone else (start-up recovery on another replica) closed this turn first.
-            return TurnOutcome(turn=final, message=None, error=error)
+            return TurnOutcome(turn=final, message=None, error=error, chunks=progress.chunks)
+        outcome = TurnOutcome(turn=stored, message=message, error=error, chunks=progress.chunks)
         if batch is not None:
-            await self._publish_end(final, message, progress, batch, error)
-        return TurnOutcome(turn=stored, message=message, error=error)
+            await self._publish_end(outcome, batch)
+        return outcome
 
-    async def _publish_end(
-        self,
-        turn: Turn,
-        message: Message | None,
-        progress: _Progress,
-        batch: EventBatch,
-        error: KgentsError | None,
-    ) -> None:
-        if error is None and message is not None:
-            end = complete_event(turn, message=message, chunks=progress.chunks)
-        else:
-            code = error.code if error else "empty_reply"
-            end = error_event(turn, code=code, message=error.message if error else "no reply")
+    async def _publish_end(self, outcome: TurnOutcome, batch: EventBatch) -> None:
         try:
-            await batch.add(end)
+            await batch.add(outcome.end_event())
             await batch.flush()
         except EventsUnavailable:
-            # The turn is stored; followers learn its end when they re-read the session.
-            logger.warning("could not publish the end of turn %s", turn.id)
+            # The turn is stored; followers learn its end when the stream is back.
+            logger.warning("could not publish the end of turn %s", outcome.turn.id)

@@ -94,6 +94,10 @@ class EventBatch(Protocol):
 class SessionEventLog(Protocol):
     """The durable, ordered event stream of sessions (JetStream in production and in tests)."""
 
+    def is_connected(self) -> bool:
+        """False while the event stream is unreachable: new turns are then refused."""
+        ...
+
     async def publish(self, event: SessionEvent) -> int:
         """Publish and wait for the ack; return the event's stream sequence."""
         ...

@@ -59,10 +59,17 @@ from kgents.metering.query import (
     local_day_minute,
     month_starts,
     offset_segments,
-    sort_rows,
+    row_order,
     window_bounds,
 )
-from kgents.metering.rollup import MeterSet, RollupDelta, RollupState, minute_start
+from kgents.metering.rollup import (
+    EARLIEST,
+    LATEST,
+    MeterSet,
+    RollupDelta,
+    RollupState,
+    minute_start,
+)
 from kgents.records import UsageEvent
 from kgents.store.metering_schema import (
     MeterDeadLetterRow,
@@ -178,7 +185,7 @@ class SqlMeterStore:
                 # Holds off concurrent ingest so no event slips between the scan and commit.
                 await connection.execute(text("LOCK TABLE meter_events IN SHARE MODE"))
             definitions = select(_DEFINITIONS.c.slug, _DEFINITIONS.c.fingerprint)
-            known: dict[str, str] = dict(await connection.execute(definitions))
+            known: dict[str, str] = dict((await connection.execute(definitions)).all())
             fingerprints = {meter.slug: meter_fingerprint(meter) for meter in self._meters}
             stale = [m for m in self._meters if known.get(m.slug) != fingerprints[m.slug]]
             gone = [slug for slug in known if slug not in fingerprints]
@@ -343,9 +350,11 @@ class _IngestSql:
             else:
                 groups = ("(" + ", ".join("?" * width) + ")" for _ in range(rows))
             # Only column names and placeholders go into the text; values are parameters.
+            head = f"INSERT INTO meter_events ({self.events_columns}) VALUES "  # noqa: S608
             sql = self._events_sql[rows] = (
-                f"INSERT INTO meter_events ({self.events_columns}) VALUES {', '.join(groups)} "  # noqa: S608
-                "ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
+                head
+                + ", ".join(groups)
+                + " ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
             )
         return sql
 
@@ -474,6 +483,8 @@ def _check_event(event: UsageEvent) -> None:
             )
     if not isinstance(event.time, datetime) or event.time.utcoffset() is None:
         raise InvalidInput(f"event {event.id!r}: time must be an aware datetime")
+    if not EARLIEST <= event.time < LATEST:
+        raise InvalidInput(f"event {event.id!r}: time must be between years 1000 and 9000")
     if not isinstance(event.data, dict):
         raise InvalidInput(f"event {event.id!r}: data must be a JSON object")
 
@@ -485,6 +496,7 @@ class _QueryRun:
         self.connection = connection
         self.query = query
         self.months: list[date] = []
+        self._bucketed = False
         self._group_cache: dict[str, GroupTuple] = {}
 
     async def rows(self) -> list[QueryRow]:
@@ -503,6 +515,7 @@ class _QueryRun:
             lo = first if lo is None else lo
             hi = last + 1 if hi is None else hi
         bucket = self._bucket(lo, hi)
+        self._bucketed = bucket is not None
         states, minutes = await self._states(bucket)
         if query.meter.aggregation is MeterAggregation.LATEST:
             await self._latest(bucket, states)
@@ -510,11 +523,12 @@ class _QueryRun:
         if query.meter.aggregation is MeterAggregation.UNIQUE_COUNT:
             distinct = await self._distinct(bucket)
         rows = []
+        aggregation = query.meter.aggregation
         for key, state in states.items():
             if distinct is not None:
                 value: float | None = float(distinct.get(key, 0))
             else:
-                value = final_value(query.meter.aggregation, state)
+                value = final_value(aggregation, state)
             if value is None:
                 continue
             start, end = self._window(key[0], minutes[key])
@@ -527,7 +541,10 @@ class _QueryRun:
                     group_by=dict(zip(query.group_by, key[2], strict=True)),
                 )
             )
-        return sort_rows(rows)
+        rows.sort(
+            key=lambda row: row_order(row.window_start, row.subject, [*row.group_by.values()])
+        )
+        return rows
 
     def _filters(self, table: Table) -> list[ColumnElement[bool]]:
         query = self.query
@@ -594,17 +611,22 @@ class _QueryRun:
             columns.append(table.c.group_key)
         return columns
 
-    def _key(self, row: Any) -> ResultKey:
-        mapping = row._mapping
-        bucket = mapping["bucket"] if "bucket" in mapping else 0
-        if self.query.bucketing == "day":
-            bucket -= SHIFT_DAYS
-        subject = mapping["subject"] if self.query.by_subject else None
+    def _key(self, row: Sequence[Any]) -> ResultKey:
+        """The result key of a row whose first columns are those of ``_grouped``."""
+        index = 0
+        bucket = 0
+        if self._bucketed:
+            bucket = int(row[0]) - (SHIFT_DAYS if self.query.bucketing == "day" else 0)
+            index = 1
+        subject = None
+        if self.query.by_subject:
+            subject = row[index]
+            index += 1
         groups: GroupTuple = ()
         if self.query.group_by:
-            raw = mapping["group_key"]
+            raw = row[index]
             groups = self._group_cache.get(raw) or self._project(raw)
-        return int(bucket), subject, groups
+        return bucket, subject, groups
 
     def _project(self, raw: str) -> GroupTuple:
         values = json.loads(raw)
@@ -631,24 +653,20 @@ class _QueryRun:
             statement = statement.group_by(*grouped)
         states: dict[ResultKey, RollupState] = {}
         minutes: dict[ResultKey, tuple[int, int]] = {}
-        for row in await self.connection.execute(statement):
-            if not row.event_count:
+        width = len(grouped)
+        for row in (await self.connection.execute(statement)).all():
+            count, value_count, value_sum, low, high, first, last = row[width:]
+            if not count:
                 continue
             key = self._key(row)
-            state = RollupState(
-                event_count=int(row.event_count),
-                value_count=int(row.value_count),
-                value_sum=float(row.value_sum),
-                value_min=row.value_min,
-                value_max=row.value_max,
-            )
+            state = RollupState(int(count), int(value_count), float(value_sum), low, high)
             if key in states:
                 states[key].merge(state)
-                first, last = minutes[key]
-                minutes[key] = (min(first, row.first_minute), max(last, row.last_minute))
+                earliest, latest = minutes[key]
+                minutes[key] = (min(earliest, first), max(latest, last))
             else:
                 states[key] = state
-                minutes[key] = (row.first_minute, row.last_minute)
+                minutes[key] = (first, last)
         return states, minutes
 
     async def _latest(
@@ -674,10 +692,12 @@ class _QueryRun:
             .subquery()
         )
         statement = select(ranked).where(ranked.c["rank"] == 1)
-        for row in await self.connection.execute(statement):
+        width = len(grouped)
+        for row in (await self.connection.execute(statement)).all():
+            at_us, value = row[width], row[width + 1]
             state = states.get(self._key(row))
-            if state is not None and state.latest_after(row.latest_us, row.latest_value):
-                state.latest_us, state.latest_value = row.latest_us, row.latest_value
+            if state is not None and state.latest_after(at_us, value):
+                state.latest_us, state.latest_value = at_us, value
 
     async def _distinct(
         self, bucket: Callable[[Table], ColumnElement[int]] | None
@@ -691,15 +711,15 @@ class _QueryRun:
             ).where(*self._filters(_VALUES))
             if grouped:
                 statement = statement.group_by(*grouped)
-            for row in await self.connection.execute(statement):
-                counts[self._key(row)] = int(row.distinct_count)
+            for row in (await self.connection.execute(statement)).all():
+                counts[self._key(row)] = int(row[-1])
             return counts
         # Grouping by some of the meter's group keys: distinct values must be unioned across
         # the groups that collapse into one, so they are collected here rather than counted.
         sets: dict[ResultKey, set[str]] = {}
         statement = select(*grouped, t.value).distinct().where(*self._filters(_VALUES))
-        for row in await self.connection.execute(statement):
-            sets.setdefault(self._key(row), set()).add(row.value)
+        for row in (await self.connection.execute(statement)).all():
+            sets.setdefault(self._key(row), set()).add(row[-1])
         return {key: len(values) for key, values in sets.items()}
 
     def _window(self, bucket: int, minutes: tuple[int, int]) -> tuple[datetime, datetime]:

@@ -16,6 +16,8 @@ becomes one subject token, so ``llm.tokens`` is published on ``kgent.usage.llm.t
 consumer can filter on ``kgent.usage.llm.>``. Each part is validated like an id.
 """
 
+import functools
+
 from kgents.errors import InvalidInput
 from kgents.ids import is_valid_id
 
@@ -35,6 +37,7 @@ def _token(value: str, what: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)  # every chunk of a turn asks for the same subject
 def session_subject(session_id: str, event_type: str) -> str:
     """``kgent.session.<session_id>.<event_type>``: where one session event is stored."""
     return f"{SESSION_PREFIX}.{_token(session_id, 'session id')}.{_token(event_type, 'event type')}"

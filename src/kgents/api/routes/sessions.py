@@ -18,7 +18,7 @@ from kgents.api.schemas import (
     TurnCancelled,
 )
 from kgents.api.sse import sse_frames, sse_response
-from kgents.errors import Conflict, InvalidInput
+from kgents.errors import Conflict, EventsUnavailable, InvalidInput
 from kgents.sessions.ports import SessionEvent
 from kgents.sessions.service import TurnRequest
 
@@ -115,6 +115,9 @@ async def send_message(
 ) -> Response:
     """Send a message. ``stream=true`` answers with SSE events (``user_message``, ``chunk``…,
     then ``complete`` or ``error``); ``stream=false`` waits and answers the assistant message."""
+    if not generation.events.is_connected():
+        # Refuse before storing anything: a turn must be able to publish its events.
+        raise EventsUnavailable("the event stream is unavailable; try again shortly")
     planned, user_message = await platform.sessions.start_turn(
         principal=principal,
         session_id=session_id,
@@ -137,8 +140,18 @@ async def send_message(
     def turn_ended(event: SessionEvent) -> bool:
         return event.type in ("complete", "error") and event.data.get("turn_id") == turn_id
 
+    async def end_of_turn() -> SessionEvent:
+        return (await asyncio.shield(task)).end_event()
+
     follower = await generation.events.open_follower(session_id, after_seq=first_seq - 1)
-    return sse_response(sse_frames(follower, request=request, stop_when=turn_ended))
+    return sse_response(
+        sse_frames(
+            follower,
+            request=request,
+            stop_when=turn_ended,
+            turn_end=asyncio.ensure_future(end_of_turn()),
+        )
+    )
 
 
 @router.get("/{session_id}/events", responses={**_ERRORS, 200: _SSE})

@@ -1,0 +1,5 @@
+"""``python -m kgents`` runs the command line."""
+
+from kgents.cli.main import app
+
+app()

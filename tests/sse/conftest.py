@@ -1,0 +1,60 @@
+"""A live server (uvicorn in a thread) with a tenant, a key and a client, for SSE tests."""
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kgents.config import Settings
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.support.servers import server_in_thread
+
+TOKEN_DELAY_MS = 40
+
+
+@dataclass
+class Live:
+    base_url: str
+    client: httpx.AsyncClient
+    key: str
+    settings: Settings
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+    async def new_session(self) -> str:
+        response = await self.client.post("/v1/kgent/sessions", json={}, headers=self.headers)
+        assert response.status_code == 201, response.text
+        session_id: str = response.json()["id"]
+        return session_id
+
+
+@pytest.fixture
+def live_settings(tmp_path: Path, nats_url: str) -> Settings:
+    return make_settings(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'kgents.db'}",
+        nats_url,
+        demo_token_delay_ms=TOKEN_DELAY_MS,
+        turn_lease_seconds=2,
+    )
+
+
+@pytest.fixture
+def live_url(live_settings: Settings) -> Iterator[str]:
+    with server_in_thread(live_settings) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+async def live(live_url: str, live_settings: Settings) -> AsyncIterator[Live]:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=live_url, timeout=30) as client:
+        tenant = await client.post(
+            "/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=admin
+        )
+        key = await client.post(f"/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin)
+        yield Live(base_url=live_url, client=client, key=key.json()["key"], settings=live_settings)

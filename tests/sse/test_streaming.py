@@ -1,0 +1,218 @@
+"""Real SSE over a real server: token-by-token delivery, resume, fan-out, cancel, conflicts."""
+
+import asyncio
+import time
+
+import pytest
+
+from tests.sse.conftest import Live
+from tests.support.sse import SseEvent, read_events
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.anyio
+
+
+async def stream_turn(live: Live, session_id: str, message: str = "Tell me more") -> list[SseEvent]:
+    events = []
+    async with live.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{session_id}/messages",
+        json={"message": message},
+        headers=live.headers,
+    ) as response:
+        assert response.status_code == 200
+        async for event in read_events(response):
+            events.append(event)
+    return events
+
+
+async def test_reply_streams_token_by_token(live: Live) -> None:
+    session_id = await live.new_session()
+    arrivals: list[tuple[float, SseEvent]] = []
+    async with live.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{session_id}/messages",
+        json={"message": "How do I start?"},
+        headers=live.headers,
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        async for event in read_events(response):
+            arrivals.append((time.monotonic(), event))
+    kinds = [event.event for _, event in arrivals]
+    assert kinds[0] == "user_message" and kinds[-1] == "complete"
+    chunks = [event for _, event in arrivals if event.event == "chunk"]
+    assert 40 <= len(chunks) <= 120
+    assert [c.data["index"] for c in chunks] == list(range(len(chunks)))
+    ids = [event.id for _, event in arrivals]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+    complete = arrivals[-1][1].data
+    assert complete["text"] == "".join(c.data["text"] for c in chunks)
+    assert complete["chunks"] == len(chunks) and complete["tokens_out"] == len(chunks)
+    first_chunk_at = next(t for t, e in arrivals if e.event == "chunk")
+    # With 40 ms between tokens the reply takes 1.6 s or more: the first chunk must come
+    # long before the last, or the server re-chunked a finished text.
+    assert arrivals[-1][0] - first_chunk_at > 1.0
+
+
+async def test_resume_after_disconnect_returns_exactly_the_missing_events(live: Live) -> None:
+    session_id = await live.new_session()
+    seen: list[SseEvent] = []
+    async with live.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{session_id}/messages",
+        json={"message": "resume me"},
+        headers=live.headers,
+    ) as response:
+        async for event in read_events(response):
+            seen.append(event)
+            if event.event == "chunk" and event.data["index"] == 4:
+                break  # the client drops mid-turn
+    last_id = seen[-1].id
+    rest: list[SseEvent] = []
+    async with live.client.stream(
+        "GET",
+        f"/v1/kgent/sessions/{session_id}/events",
+        headers={**live.headers, "Last-Event-ID": str(last_id)},
+    ) as response:
+        assert response.status_code == 200
+        async for event in read_events(response):
+            rest.append(event)
+            if event.event in ("complete", "error"):
+                break
+    everything = seen + rest
+    ids = [e.id for e in everything]
+    assert len(ids) == len(set(ids)), "no duplicates"
+    assert ids == sorted(ids)
+    chunks = [e for e in everything if e.event == "chunk"]
+    assert [c.data["index"] for c in chunks] == list(range(len(chunks))), "no gap"
+    assert rest[-1].event == "complete"
+    assert rest[-1].data["text"] == "".join(c.data["text"] for c in chunks)
+
+
+async def test_resume_with_after_query_and_replay_from_start(live: Live) -> None:
+    session_id = await live.new_session()
+    original = await stream_turn(live, session_id)
+    middle = original[len(original) // 2]
+
+    async def replay(query: str) -> list[SseEvent]:
+        got: list[SseEvent] = []
+        async with live.client.stream(
+            "GET", f"/v1/kgent/sessions/{session_id}/events?{query}", headers=live.headers
+        ) as response:
+            async for event in read_events(response):
+                got.append(event)
+                if event.event == "complete":
+                    break
+        return got
+
+    assert [e.id for e in await replay(f"after={middle.id}")] == [
+        e.id for e in original if e.id is not None and middle.id is not None and e.id > middle.id
+    ]
+    assert [e.id for e in await replay("from=start")] == [e.id for e in original]
+
+
+async def test_many_followers_each_receive_every_event_in_order(live: Live) -> None:
+    session_id = await live.new_session()
+    ready = asyncio.Barrier(4)
+
+    async def follow() -> list[SseEvent]:
+        got: list[SseEvent] = []
+        async with live.client.stream(
+            "GET", f"/v1/kgent/sessions/{session_id}/events", headers=live.headers
+        ) as response:
+            await ready.wait()
+            async for event in read_events(response):
+                got.append(event)
+                if event.event == "complete":
+                    break
+        return got
+
+    followers = [asyncio.create_task(follow()) for _ in range(3)]
+    await ready.wait()
+    await asyncio.sleep(0.2)  # the followers' consumers exist before the turn starts
+    posted = await stream_turn(live, session_id)
+    results = await asyncio.wait_for(asyncio.gather(*followers), timeout=30)
+    for got in results:
+        assert [e.id for e in got] == [e.id for e in posted]
+
+
+async def test_disconnect_does_not_stop_the_generation(live: Live) -> None:
+    session_id = await live.new_session()
+    async with live.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{session_id}/messages",
+        json={"message": "keep going without me"},
+        headers=live.headers,
+    ) as response:
+        async for event in read_events(response):
+            if event.event == "chunk":
+                break
+
+    async def saved() -> bool:
+        messages = await live.client.get(
+            f"/v1/kgent/sessions/{session_id}/messages", headers=live.headers
+        )
+        return messages.json()["total"] == 2
+
+    await eventually(saved, seconds=20)
+    session = (
+        await live.client.get(f"/v1/kgent/sessions/{session_id}", headers=live.headers)
+    ).json()
+    assert session["tokens_used"] > 0
+
+
+async def test_second_message_while_running_is_409_and_cancel_stops_the_turn(live: Live) -> None:
+    session_id = await live.new_session()
+    events: list[SseEvent] = []
+    async with live.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{session_id}/messages",
+        json={"message": "a long answer please"},
+        headers=live.headers,
+    ) as response:
+        async for event in read_events(response):
+            events.append(event)
+            if event.event == "chunk" and event.data["index"] == 2:
+                busy = await live.client.post(
+                    f"/v1/kgent/sessions/{session_id}/messages",
+                    json={"message": "me too", "stream": False},
+                    headers=live.headers,
+                )
+                assert busy.status_code == 409
+                assert busy.json()["error"]["code"] == "turn_in_progress"
+                cancelled = await live.client.post(
+                    f"/v1/kgent/sessions/{session_id}/cancel", headers=live.headers
+                )
+                assert cancelled.status_code == 200
+                assert cancelled.json()["status"] == "cancelling"
+    assert events[-1].event == "error"
+    assert events[-1].data["error"]["code"] == "cancelled"
+    partial = "".join(e.data["text"] for e in events if e.event == "chunk")
+    messages = (
+        await live.client.get(f"/v1/kgent/sessions/{session_id}/messages", headers=live.headers)
+    ).json()["messages"]
+    assert messages[-1]["role"] == "assistant" and messages[-1]["content"] == partial
+    nothing = await live.client.post(
+        f"/v1/kgent/sessions/{session_id}/cancel", headers=live.headers
+    )
+    assert nothing.status_code == 409
+    assert nothing.json()["error"]["code"] == "no_turn_running"
+    # The session takes new messages again.
+    again = await stream_turn(live, session_id, "and now?")
+    assert again[-1].event == "complete"
+
+
+async def test_bad_resume_positions(live: Live) -> None:
+    session_id = await live.new_session()
+    for headers, query in [
+        ({"Last-Event-ID": "abc"}, ""),
+        ({"Last-Event-ID": "-1"}, ""),
+        ({}, "after=-5"),
+        ({}, "from=yesterday"),
+    ]:
+        response = await live.client.get(
+            f"/v1/kgent/sessions/{session_id}/events?{query}", headers={**live.headers, **headers}
+        )
+        assert response.status_code == 422, (headers, query)
