@@ -57,11 +57,11 @@ async def test_openai_defaults_to_gpt_4o_mini() -> None:
         await provider.aclose()
 
 
-async def test_anthropic_defaults_to_claude_sonnet_4_5() -> None:
+async def test_anthropic_defaults_to_claude_sonnet_4_6() -> None:
     provider = build_provider(settings(llm_provider="anthropic", anthropic_api_key="sk-ant-x"))
     try:
         assert isinstance(provider, AnthropicProvider)
-        assert (provider.name, provider.model) == ("anthropic", "claude-sonnet-4-5")
+        assert (provider.name, provider.model) == ("anthropic", "claude-sonnet-4-6")
     finally:
         await provider.aclose()
 

@@ -1,6 +1,8 @@
 """Meter queries on the store: aggregations, windows, time zones, bounds, subjects, groups."""
 
+import random
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -390,3 +392,54 @@ async def test_totals_by_subject(store: SqlMeterStore) -> None:
     )
 
     assert await store.totals_by_subject("llm_tokens_out") == {"a": 40.0, "b": 20.0}
+
+
+@pytest.mark.parametrize("slug", ["sample_sum", "sample_min", "sample_max", "sample_latest"])
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "Asia/Kolkata"])
+async def test_hour_and_day_windows_agree_with_minutes_regrouped(
+    store: SqlMeterStore, slug: str, zone: str
+) -> None:
+    # Hourly rollups answer whole-hour zones; Kolkata (+05:30) reads minutes. Both must agree
+    # with minute windows regrouped here, across the autumn DST change in Berlin.
+    rng = random.Random(7)
+    start = utc(2026, 10, 24, 20)
+    events = [
+        sample(
+            rng.choice([rng.randint(-50, 50), "12.5", None]),
+            at=start + timedelta(seconds=rng.randrange(30 * 3600)),
+            subject=rng.choice(["a", "b"]),
+            region=rng.choice(["eu", "us", None]),
+        )
+        for _ in range(600)
+    ]
+    for first in range(0, 600, 150):
+        await store.ingest(events[first : first + 150])
+    by_minute = await store.query(slug, group_by=["subject", "region"], window_size="MINUTE")
+    local = ZoneInfo(zone)
+
+    def hour(at: datetime) -> datetime:
+        return at.replace(minute=0)
+
+    def day(at: datetime) -> datetime:
+        return at.replace(hour=0, minute=0)
+
+    for window_size, floor in (("HOUR", hour), ("DAY", day)):
+        expected: dict[tuple[datetime, str | None, str | None], list[QueryRow]] = {}
+        for row in by_minute:
+            window = floor(row.window_start.astimezone(local)).astimezone(UTC)
+            expected.setdefault((window, row.subject, row.group_by["region"]), []).append(row)
+        rows = await store.query(
+            slug, group_by=["subject", "region"], window_size=window_size, window_time_zone=zone
+        )
+
+        assert len(rows) == len(expected)
+        for row in rows:
+            parts = expected[row.window_start, row.subject, row.group_by["region"]]
+            if slug == "sample_sum":
+                assert row.value == pytest.approx(sum(part.value for part in parts))
+            elif slug == "sample_min":
+                assert row.value == min(part.value for part in parts)
+            elif slug == "sample_max":
+                assert row.value == max(part.value for part in parts)
+            else:
+                assert row.value == max(parts, key=lambda part: part.window_start).value

@@ -81,7 +81,7 @@ async def test_batch_publish_and_flush(event_log: JetStreamEventLog, session_id:
     try:
         items = await take(replay, 1000)
     finally:
-        await replay.aclose()  # type: ignore[attr-defined]
+        await replay.aclose()
     assert [event.data["index"] for _, event in items] == list(range(1000))
     assert [seq for seq, _ in items] == list(range(batch.first_seq, batch.last_seq + 1))
 
@@ -112,7 +112,7 @@ async def test_follow_from_a_sequence_replays_then_follows_live(
         assert event.data["index"] == 6
         await nothing_more(events, 0.3)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 async def test_follow_only_new_events(event_log: JetStreamEventLog, session_id: str) -> None:
@@ -140,8 +140,8 @@ async def test_two_followers_each_get_every_event_in_order(
         await batch.flush()
         got_first, got_second = await asyncio.gather(take(first, 200), take(second, 200))
     finally:
-        await first.aclose()  # type: ignore[attr-defined]
-        await second.aclose()  # type: ignore[attr-defined]
+        await first.aclose()
+        await second.aclose()
     assert [e.data["index"] for _, e in got_first] == list(range(200))
     assert got_first == got_second
 
@@ -159,7 +159,7 @@ async def test_a_follower_sees_only_its_session(
         assert {e.session_id for _, e in items} == {session_id}
         await nothing_more(events, 0.3)
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 async def test_a_slow_follower_loses_nothing(conn: NatsConnection, session_id: str) -> None:
@@ -197,6 +197,21 @@ async def test_closing_a_follower_deletes_its_consumer(
     await eventually(deleted)
 
 
+async def test_closing_a_follower_ends_its_iteration(
+    event_log: JetStreamEventLog, session_id: str
+) -> None:
+    follower = await event_log.open_follower(session_id, after_seq=None)
+
+    async def drain() -> list[int]:
+        return [received.seq async for received in follower]
+
+    reading = asyncio.create_task(drain())
+    await asyncio.sleep(0.1)
+    await follower.aclose()
+    async with asyncio.timeout(WAIT):
+        assert await reading == []
+
+
 async def test_malformed_messages_are_skipped(
     event_log: JetStreamEventLog, conn: NatsConnection, session_id: str
 ) -> None:
@@ -210,7 +225,7 @@ async def test_malformed_messages_are_skipped(
         [(got, _)] = await take(events, 1)
         assert got == seq
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
 
 
 async def test_turn_chunks_recount_a_dead_turn(

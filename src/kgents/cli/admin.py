@@ -44,11 +44,15 @@ def tenant_list(data_dir: DataDirOption = None) -> None:
     async def list_() -> None:
         async with open_platform(settings) as platform:
             tenants, total = await platform.tenancy.list_tenants(limit=1000, offset=0)
-        table = Table("id", "name", "plan", "status", "created_at", title=f"{total} tenants")
+        table = Table(title=f"{total} tenants")
+        table.add_column("id", no_wrap=True)
+        table.add_column("name")
+        table.add_column("plan")
+        table.add_column("status")
+        table.add_column("created (UTC)", no_wrap=True)
         for tenant in tenants:
-            table.add_row(
-                tenant.id, tenant.name, tenant.plan, tenant.status, tenant.created_at.isoformat()
-            )
+            created = tenant.created_at.strftime("%Y-%m-%d %H:%M")
+            table.add_row(tenant.id, tenant.name, tenant.plan, tenant.status, created)
         console.print(table)
 
     run(list_())

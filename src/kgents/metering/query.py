@@ -34,6 +34,8 @@ from kgents.metering.rollup import (
 
 _EPOCH_DAY = date(1970, 1, 1)
 _MINUTES_PER_DAY = 1440
+_ONE_MINUTE = timedelta(minutes=1)
+_ONE_HOUR = timedelta(hours=1)
 # Offset added before integer division in SQL so it never sees a negative number.
 SHIFT_DAYS = 10_000_000
 SHIFT_MINUTES = SHIFT_DAYS * _MINUTES_PER_DAY
@@ -210,10 +212,10 @@ def window_bounds(
     match query.bucketing:
         case "minute":
             start = minute_start(bucket)
-            return start, start + timedelta(minutes=1)
+            return start, start + _ONE_MINUTE
         case "hour":
             start = minute_start(bucket)
-            return start, start + timedelta(hours=1)
+            return start, start + _ONE_HOUR
         case "day":
             day = _EPOCH_DAY + timedelta(days=bucket)
             return (

@@ -17,6 +17,7 @@ Queries read rollups only. Windows are computed in SQL with integer arithmetic o
 """
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -67,6 +68,7 @@ from kgents.metering.rollup import (
     LATEST,
     MeterSet,
     RollupDelta,
+    RollupKey,
     RollupState,
     minute_start,
 )
@@ -75,12 +77,14 @@ from kgents.store.metering_schema import (
     MeterDeadLetterRow,
     MeterDefinitionRow,
     MeterEventRow,
+    MeterHourlyRollupRow,
     MeterRollupRow,
     MeterRollupValueRow,
 )
 
 _EVENTS: Table = MeterEventRow.__table__  # type: ignore[assignment]
 _ROLLUPS: Table = MeterRollupRow.__table__  # type: ignore[assignment]
+_HOURLY: Table = MeterHourlyRollupRow.__table__  # type: ignore[assignment]
 _VALUES: Table = MeterRollupValueRow.__table__  # type: ignore[assignment]
 _DEFINITIONS: Table = MeterDefinitionRow.__table__  # type: ignore[assignment]
 _DEAD_LETTERS: Table = MeterDeadLetterRow.__table__  # type: ignore[assignment]
@@ -191,7 +195,7 @@ class SqlMeterStore:
             gone = [slug for slug in known if slug not in fingerprints]
             dropped = [meter.slug for meter in stale] + gone
             if dropped:
-                for table in (_ROLLUPS, _VALUES):
+                for table in (_ROLLUPS, _HOURLY, _VALUES):
                     await connection.execute(delete(table).where(table.c.meter.in_(dropped)))
                 await connection.execute(
                     delete(_DEFINITIONS).where(_DEFINITIONS.c.slug.in_(dropped))
@@ -333,6 +337,7 @@ class _IngestSql:
         self.events_columns = ", ".join(column.name for column in _EVENTS.columns)
         # Rows below are tuples in table column order; _compiled checks the SQL expects that.
         self.upsert_rollups = _compiled(_upsert_rollups(insert(_ROLLUPS)), dialect, _ROLLUP_FIELDS)
+        self.upsert_hourly = _compiled(_upsert_rollups(insert(_HOURLY)), dialect, _ROLLUP_FIELDS)
         self.insert_values = _compiled(
             insert(_VALUES).on_conflict_do_nothing(), dialect, _VALUE_FIELDS
         )
@@ -397,31 +402,43 @@ class _IngestSql:
         return inserted
 
     async def write_delta(self, connection: AsyncConnection, delta: RollupDelta) -> None:
-        """Merge ``delta`` into the rollups, in key order (see the module docstring)."""
+        """Merge ``delta`` into the minute and hour rollups, in key order (see the module
+        docstring)."""
         if delta.states:
-            rows = [
-                (
-                    meter,
-                    subject,
-                    minute,
-                    group,
-                    state.event_count,
-                    state.value_count,
-                    state.value_sum,
-                    state.value_min,
-                    state.value_max,
-                    state.latest_us,
-                    state.latest_value,
-                )
-                for (meter, subject, group, minute), state in sorted(delta.states.items())
-            ]
-            await connection.exec_driver_sql(self.upsert_rollups, rows)
+            hourly: dict[RollupKey, RollupState] = {}
+            for (meter, subject, group, minute), state in delta.states.items():
+                hour = (meter, subject, group, minute - minute % 60)
+                if hour in hourly:
+                    hourly[hour].merge(state)
+                else:
+                    hourly[hour] = dataclasses.replace(state)
+            for sql, states in ((self.upsert_rollups, delta.states), (self.upsert_hourly, hourly)):
+                await connection.exec_driver_sql(sql, _rollup_rows(states))
         if delta.distinct:
             values = [
                 (meter, subject, minute, group, value)
                 for meter, subject, group, minute, value in sorted(delta.distinct)
             ]
             await connection.exec_driver_sql(self.insert_values, values)
+
+
+def _rollup_rows(states: dict[RollupKey, RollupState]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            meter,
+            subject,
+            minute,
+            group,
+            state.event_count,
+            state.value_count,
+            state.value_sum,
+            state.value_min,
+            state.value_max,
+            state.latest_us,
+            state.latest_value,
+        )
+        for (meter, subject, group, minute), state in sorted(states.items())
+    ]
 
 
 _ROLLUP_FIELDS = [column.name for column in _ROLLUPS.columns]
@@ -442,8 +459,8 @@ def _compiled(statement: Any, dialect: Dialect, fields: list[str]) -> str:
 
 
 def _upsert_rollups(statement: Any) -> Any:
-    """``INSERT ... ON CONFLICT DO UPDATE`` merging a minute's state into the stored one."""
-    new, old = statement.excluded, _ROLLUPS.c
+    """``INSERT ... ON CONFLICT DO UPDATE`` merging a window's state into the stored one."""
+    new, old = statement.excluded, statement.table.c
     newer = and_(
         new.latest_us.is_not(None),
         or_(
@@ -496,25 +513,35 @@ class _QueryRun:
         self.connection = connection
         self.query = query
         self.months: list[date] = []
+        self.table = _ROLLUPS
         self._bucketed = False
         self._group_cache: dict[str, GroupTuple] = {}
+        self._windows: dict[int, tuple[datetime, datetime]] = {}
 
     async def rows(self) -> list[QueryRow]:
         query = self.query
         lo, hi = query.from_minute, query.to_minute
-        if query.bucketing in ("hour", "day", "month") and (lo is None or hi is None):
-            first, last = (
-                await self.connection.execute(
-                    select(
-                        func.min(_ROLLUPS.c.window_minute), func.max(_ROLLUPS.c.window_minute)
-                    ).where(*self._filters(_ROLLUPS))
-                )
-            ).one()
-            if first is None:
-                return []
-            lo = first if lo is None else lo
-            hi = last + 1 if hi is None else hi
-        bucket = self._bucket(lo, hi)
+        segments: list[tuple[int, int]] = []
+        if query.bucketing in ("hour", "day", "month"):
+            if lo is None or hi is None:
+                # The hourly table spans the same minutes in whole hours: enough to find the
+                # zone's offsets and months for the range.
+                first, last = (
+                    await self.connection.execute(
+                        select(
+                            func.min(_HOURLY.c.window_minute), func.max(_HOURLY.c.window_minute)
+                        ).where(*self._filters(_HOURLY, hours=True))
+                    )
+                ).one()
+                if first is None:
+                    return []
+                lo = first if lo is None else lo
+                hi = last + 60 if hi is None else hi
+            segments = offset_segments(query.time_zone, lo, hi)
+            if query.bucketing == "month":
+                self.months = month_starts(query.time_zone, lo, hi)
+        self.table = _HOURLY if self._hourly_will_do(segments) else _ROLLUPS
+        bucket = self._bucket(segments)
         self._bucketed = bucket is not None
         states, minutes = await self._states(bucket)
         if query.meter.aggregation is MeterAggregation.LATEST:
@@ -546,33 +573,44 @@ class _QueryRun:
         )
         return rows
 
-    def _filters(self, table: Table) -> list[ColumnElement[bool]]:
+    def _filters(self, table: Table, *, hours: bool = False) -> list[ColumnElement[bool]]:
+        """The query's meter, subjects and range; ``hours`` widens the range to whole hours."""
         query = self.query
         filters = [table.c.meter == query.meter.slug]
         if query.subjects is not None:
             filters.append(table.c.subject.in_(query.subjects))
-        if query.from_minute is not None:
-            filters.append(table.c.window_minute >= query.from_minute)
-        if query.to_minute is not None:
-            filters.append(table.c.window_minute < query.to_minute)
+        lo, hi = query.from_minute, query.to_minute
+        if lo is not None:
+            filters.append(table.c.window_minute >= (lo - lo % 60 if hours else lo))
+        if hi is not None:
+            filters.append(table.c.window_minute < hi)
         return filters
 
+    def _hourly_will_do(self, segments: Sequence[tuple[int, int]]) -> bool:
+        """Whether hour rollups answer the query exactly: windows of an hour or more, bounds
+        on whole hours, and zone offsets (and their changes) on whole hours."""
+        query = self.query
+        if query.bucketing == "minute":
+            return False
+        if query.bucketing == "total" and (query.from_ is None or query.to is None):
+            return False  # the window is then the first and last minute with usage
+        bounds = [query.from_minute, query.to_minute]
+        if any(bound is not None and bound % 60 for bound in bounds):
+            return False
+        return all(offset % 60 == 0 and start % 60 == 0 for start, offset in segments[1:]) and (
+            not segments or segments[0][1] % 60 == 0
+        )
+
     def _bucket(
-        self, lo: int | None, hi: int | None
+        self, segments: Sequence[tuple[int, int]]
     ) -> Callable[[Table], ColumnElement[int]] | None:
         """A function giving the bucket expression for a table's ``window_minute``."""
         query = self.query
         kind = query.bucketing
-        if kind == "total":
-            return None
+        if kind == "total" or (kind == "month" and len(self.months) == 1):
+            return None  # one window: nothing to tell apart (and GROUP BY 0 is a position)
         if kind == "minute":
             return lambda table: table.c.window_minute
-        assert lo is not None and hi is not None  # noqa: S101 -- set by rows() for these kinds
-        segments = offset_segments(query.time_zone, lo, hi)
-        if kind == "month":
-            self.months = month_starts(query.time_zone, lo, hi)
-            if len(self.months) == 1:
-                return None  # one window: nothing to tell apart (and GROUP BY 0 is a position)
 
         def expression(table: Table) -> ColumnElement[int]:
             minute = table.c.window_minute
@@ -637,8 +675,8 @@ class _QueryRun:
     async def _states(
         self, bucket: Callable[[Table], ColumnElement[int]] | None
     ) -> tuple[dict[ResultKey, RollupState], dict[ResultKey, tuple[int, int]]]:
-        t = _ROLLUPS.c
-        grouped = self._grouped(_ROLLUPS, bucket)
+        t = self.table.c
+        grouped = self._grouped(self.table, bucket)
         statement: Select[Any] = select(
             *grouped,
             func.sum(t.event_count).label("event_count"),
@@ -648,7 +686,7 @@ class _QueryRun:
             func.max(t.value_max).label("value_max"),
             func.min(t.window_minute).label("first_minute"),
             func.max(t.window_minute).label("last_minute"),
-        ).where(*self._filters(_ROLLUPS))
+        ).where(*self._filters(self.table))
         if grouped:
             statement = statement.group_by(*grouped)
         states: dict[ResultKey, RollupState] = {}
@@ -674,8 +712,8 @@ class _QueryRun:
         bucket: Callable[[Table], ColumnElement[int]] | None,
         states: dict[ResultKey, RollupState],
     ) -> None:
-        t = _ROLLUPS.c
-        grouped = self._grouped(_ROLLUPS, bucket)
+        t = self.table.c
+        grouped = self._grouped(self.table, bucket)
         ranked = (
             select(
                 *grouped,
@@ -688,7 +726,7 @@ class _QueryRun:
                 )
                 .label("rank"),
             )
-            .where(*self._filters(_ROLLUPS), t.latest_us.is_not(None))
+            .where(*self._filters(self.table), t.latest_us.is_not(None))
             .subquery()
         )
         statement = select(ranked).where(ranked.c["rank"] == 1)
@@ -728,4 +766,7 @@ class _QueryRun:
             start = query.from_ if query.from_ is not None else minute_start(minutes[0])
             end = query.to if query.to is not None else minute_start(minutes[1] + 1)
             return start, end
-        return window_bounds(query, bucket, self.months)
+        bounds = self._windows.get(bucket)
+        if bounds is None:
+            bounds = self._windows[bucket] = window_bounds(query, bucket, self.months)
+        return bounds

@@ -5,6 +5,7 @@
 - ``meter_rollups``: mergeable aggregate state per meter, subject, group and UTC minute
   (``window_minute`` = whole minutes since 1970-01-01T00:00Z, integer so windows of any size
   and time zone are integer arithmetic in SQL on both backends).
+- ``meter_rollups_hourly``: the same per UTC hour, written in the same transaction.
 - ``meter_rollup_values``: the distinct values of UNIQUE_COUNT meters per minute.
 - ``meter_definitions``: the definition each meter's rollups were built with, so a changed or
   new meter is rebuilt from ``meter_events``.
@@ -32,13 +33,8 @@ class MeterEventRow(Base):
     ingested_at: Mapped[datetime]
 
 
-class MeterRollupRow(Base):
-    __tablename__ = "meter_rollups"
-    __table_args__ = (
-        Index("ix_meter_rollups_meter_minute", "meter", "window_minute"),
-        # Clustered on the key on SQLite: an upsert touches one B-tree instead of two.
-        {"sqlite_with_rowid": False},
-    )
+class _RollupColumns:
+    """Mergeable aggregate state of one meter, subject, group and window."""
 
     meter: Mapped[str] = mapped_column(String(64), primary_key=True)
     subject: Mapped[str] = mapped_column(String(256), primary_key=True)
@@ -51,6 +47,26 @@ class MeterRollupRow(Base):
     value_max: Mapped[float | None] = mapped_column(Double)
     latest_us: Mapped[int | None] = mapped_column(BigInteger)
     latest_value: Mapped[float | None] = mapped_column(Double)
+
+
+class MeterRollupRow(_RollupColumns, Base):
+    __tablename__ = "meter_rollups"
+    __table_args__ = (
+        Index("ix_meter_rollups_meter_minute", "meter", "window_minute"),
+        # Clustered on the key on SQLite: an upsert touches one B-tree instead of two.
+        {"sqlite_with_rowid": False},
+    )
+
+
+class MeterHourlyRollupRow(_RollupColumns, Base):
+    """The same state per UTC hour (``window_minute`` is the hour's first minute): windows of
+    an hour or more in zones of whole-hour offsets read these, 60 times fewer rows at most."""
+
+    __tablename__ = "meter_rollups_hourly"
+    __table_args__ = (
+        Index("ix_meter_rollups_hourly_meter_minute", "meter", "window_minute"),
+        {"sqlite_with_rowid": False},
+    )
 
 
 class MeterRollupValueRow(Base):

@@ -1,9 +1,16 @@
 """Everything NATS (adapter): subjects, stream topology, the embedded nats-server, the
 connection, the JetStream event log of sessions, cancel signals and the usage publisher.
 
-Modules, each with one job: ``subjects`` (validated subject names), ``topology`` (the two
-streams), ``embedded`` (nats-server child process), ``connection`` (client and error
-translation), ``wire`` (event encoding), ``acks`` (bounded ack waits), ``consumer`` (ordered
-ephemeral pull consumer), ``bridge`` (``JetStreamEventLog``), ``cancel`` (core-NATS cancel
-requests), ``usage`` (``JetStreamUsagePublisher``).
+Modules, each with one job:
+
+- ``subjects``: validated subject names;
+- ``topology``: the two streams, created or updated idempotently;
+- ``embedded``: the nats-server child process of the zero-config mode;
+- ``connection``: the client, its state, and driver errors as ``EventsUnavailable``;
+- ``wire``: how events are encoded (JSON, CloudEvents, ``Nats-Msg-Id``);
+- ``pipeline``: pipelined publishing, acks counted in batches;
+- ``consumer``: ordered ephemeral pull consumers (followers, read-back);
+- ``bridge``: ``JetStreamEventLog``, the sessions' ``SessionEventLog``;
+- ``cancel``: cancel requests across replicas (core NATS);
+- ``usage``: ``JetStreamUsagePublisher`` for the outbox relay.
 """

@@ -14,22 +14,21 @@ publishing fails at once with ``EventsUnavailable``.
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import nats.js.errors
 
 from kgents.errors import EventsUnavailable
 from kgents.sessions.ports import SessionEvent
-from kgents.streaming.acks import AckFuture, await_acks, cancel_all
 from kgents.streaming.cancel import CancelSubscription, publish_cancel, subscribe_cancels
-from kgents.streaming.connection import NATS_ERRORS, NatsConnection
+from kgents.streaming.connection import NatsConnection
 from kgents.streaming.consumer import (
     DEFAULT_HEARTBEAT_SECONDS,
     DEFAULT_OUTAGE_SECONDS,
     OrderedConsumer,
     StartPosition,
 )
+from kgents.streaming.pipeline import AckRouter, PipelinedBatch
 from kgents.streaming.subjects import session_subject, session_wildcard
 from kgents.streaming.topology import EVENTS_STREAM
 from kgents.streaming.wire import ReceivedEvent, decode_session_event, encode_session_event
@@ -43,60 +42,56 @@ DEFAULT_READ_TIMEOUT = 10.0
 
 
 class JetStreamBatch:
-    """Publishes the events of one turn without a round trip each (``EventBatch``)."""
+    """Publishes the events of one turn without a round trip each (``EventBatch``).
 
-    def __init__(self, conn: NatsConnection, *, window: int, ack_timeout: float) -> None:
+    At most ``window`` acks are outstanding: when the window is full, ``add`` waits until half
+    of them are back; ``flush`` waits for all. Any failure (no ack within ``ack_timeout``, the
+    connection dropped, the stream refused an event) raises ``EventsUnavailable`` and sticks.
+    """
+
+    def __init__(
+        self, router: AckRouter, conn: NatsConnection, *, window: int, ack_timeout: float
+    ) -> None:
         if window < 2:
             raise ValueError("window must be at least 2")
+        self._router = router
         self._conn = conn
         self._window = window
         self._ack_timeout = ack_timeout
-        self._pending: deque[AckFuture] = deque()
-        self.published = 0
+        self._batch: PipelinedBatch | None = None
+
+    @property
+    def published(self) -> int:
         """Events acknowledged so far."""
-        self.first_seq: int | None = None
-        """Stream sequence of the first acknowledged event of this batch."""
-        self.last_seq: int | None = None
-        """Stream sequence of the last acknowledged event of this batch."""
+        return self._batch.acknowledged if self._batch is not None else 0
+
+    @property
+    def first_seq(self) -> int | None:
+        """Stream sequence of the batch's first event, once acknowledged."""
+        return self._batch.seqs.get(0) if self._batch is not None else None
+
+    @property
+    def last_seq(self) -> int | None:
+        """Stream sequence of the batch's last acknowledged event."""
+        if self._batch is None or not self._batch.seqs:
+            return None
+        return max(self._batch.seqs.values())
 
     async def add(self, event: SessionEvent) -> None:
         """Publish ``event``; waits for the older half of the window when it is full."""
         message = encode_session_event(event)
-        self._conn.require_connected()
-        js = self._conn.js
-        try:
-            future = await js.publish_async(
-                message.subject,
-                message.payload,
-                headers=message.headers,
+        batch = self._batch
+        if batch is None:
+            self._conn.require_connected()
+            batch = self._batch = await self._router.open_batch(
+                window=self._window, ack_timeout=self._ack_timeout, what="session events"
             )
-        except NATS_ERRORS as exc:
-            self._abandon()
-            raise EventsUnavailable(f"event stream unavailable: publish failed ({exc})") from exc
-        self._pending.append(future)
-        if len(self._pending) >= self._window:
-            await self._settle(self._window // 2)
+        await batch.publish(message.subject, message.payload, message.headers)
 
     async def flush(self) -> None:
         """Wait until every event added so far is acknowledged."""
-        await self._settle(len(self._pending))
-
-    async def _settle(self, count: int) -> None:
-        futures = [self._pending.popleft() for _ in range(min(count, len(self._pending)))]
-        try:
-            acks = await await_acks(futures, wait_seconds=self._ack_timeout, lost=self._conn.lost)
-        except (EventsUnavailable, asyncio.CancelledError):
-            self._abandon()
-            raise
-        for ack in acks:
-            if self.first_seq is None:
-                self.first_seq = ack.seq
-            self.last_seq = ack.seq
-        self.published += len(acks)
-
-    def _abandon(self) -> None:
-        cancel_all(self._pending)
-        self._pending.clear()
+        if self._batch is not None:
+            await self._batch.flush()
 
 
 class JetStreamEventLog:
@@ -114,6 +109,7 @@ class JetStreamEventLog:
         stream: str = EVENTS_STREAM,
     ) -> None:
         self._conn = conn
+        self._router = AckRouter(conn)
         self._ack_timeout = ack_timeout
         self._ack_window = ack_window
         self._follow_batch = follow_batch
@@ -150,7 +146,9 @@ class JetStreamEventLog:
 
     def batch(self) -> JetStreamBatch:
         """A batch publisher for the events of one turn."""
-        return JetStreamBatch(self._conn, window=self._ack_window, ack_timeout=self._ack_timeout)
+        return JetStreamBatch(
+            self._router, self._conn, window=self._ack_window, ack_timeout=self._ack_timeout
+        )
 
     async def open_follower(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
@@ -170,7 +168,7 @@ class JetStreamEventLog:
 
     async def follow(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
-    ) -> AsyncIterator[tuple[int, SessionEvent]]:
+    ) -> AsyncGenerator[tuple[int, SessionEvent], None]:
         """Every event of the session after ``after_seq`` (or all retained ones with
         ``from_start``, or only new ones when neither is given), then live ones, in order.
 
@@ -279,7 +277,7 @@ class SessionFollower:
 
     async def __anext__(self) -> ReceivedEvent:
         while True:
-            message = await self._consumer.next()
+            message = await self._consumer.__anext__()
             received = decode_session_event(
                 seq=message.seq,
                 subject=message.subject,

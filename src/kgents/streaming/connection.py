@@ -79,7 +79,8 @@ class NatsConnection:
         self._reconnects = 0
         self._background: set[asyncio.Task[Any]] = set()
         self._reconnected = asyncio.Event()
-        self._lost = asyncio.Event()  # set from a disconnect until the next reconnect
+        # Resolved by a disconnect; a fresh one is armed at each reconnect.
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
 
     @classmethod
@@ -165,8 +166,8 @@ class NatsConnection:
             raise EventsUnavailable("event stream unavailable: NATS is disconnected")
 
     @property
-    def lost(self) -> asyncio.Event:
-        """Set as soon as the current connection drops (a fresh one is armed on reconnect).
+    def lost(self) -> "asyncio.Future[None]":
+        """Resolved as soon as the current connection drops (a fresh one is armed on reconnect).
 
         Waits for replies race against it: a reply to a request sent on a dropped connection
         never comes, so there is no point waiting out its timeout.
@@ -177,13 +178,11 @@ class NatsConnection:
         """Await a request; ``EventsUnavailable`` as soon as the connection drops, on a driver
         error, or when the request times out."""
         self.require_connected()
-        lost = self._lost
         task = asyncio.ensure_future(operation)
-        watcher = asyncio.ensure_future(lost.wait())
         try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            racers: list[asyncio.Future[Any]] = [task, self._lost]
+            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watcher.cancel()
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -236,7 +235,8 @@ class NatsConnection:
         logger.warning("nats: %s", _describe(exc))
 
     async def _on_disconnected(self) -> None:
-        self._lost.set()
+        if not self._lost.done():
+            self._lost.set_result(None)
         if not self._closing:
             logger.warning("nats: disconnected")
 
@@ -245,7 +245,8 @@ class NatsConnection:
         logger.info("nats: reconnected to %s", self.connected_url)
         # Wake everyone waiting for this reconnect, and arm a fresh event for the next one.
         event, self._reconnected = self._reconnected, asyncio.Event()
-        self._lost = asyncio.Event()
+        if self._lost.done():
+            self._lost = asyncio.get_running_loop().create_future()
         event.set()
 
     async def _on_closed(self) -> None:

@@ -126,6 +126,10 @@ class OrderedConsumer:
         return self._initial_pending
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def resets(self) -> int:
         """How many times the consumer was recreated (gaps, outages)."""
         return self._resets
@@ -342,4 +346,9 @@ class OrderedConsumer:
         return self
 
     async def __anext__(self) -> StreamMessage:
-        return await self.next()
+        try:
+            return await self.next()
+        except EventsUnavailable:
+            if self._closed:  # closed by its owner while waiting: the iteration just ends
+                raise StopAsyncIteration from None
+            raise

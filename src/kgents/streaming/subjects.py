@@ -37,9 +37,13 @@ def _token(value: str, what: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=4096)  # every chunk of a turn asks for the same subject
 def session_subject(session_id: str, event_type: str) -> str:
     """``kgent.session.<session_id>.<event_type>``: where one session event is stored."""
+    return _session_subject(session_id, event_type)
+
+
+@functools.lru_cache(maxsize=4096)  # every chunk of a turn asks for the same subject
+def _session_subject(session_id: str, event_type: str) -> str:
     return f"{SESSION_PREFIX}.{_token(session_id, 'session id')}.{_token(event_type, 'event type')}"
 
 

@@ -1,4 +1,4 @@
-"""meter store: ingested events, per-minute rollups, distinct values, definitions, dead letters
+"""meter store: ingested events, minute and hour rollups, distinct values, definitions, dead letters
 
 Revision ID: 0002
 Revises: 0001
@@ -28,25 +28,24 @@ def upgrade() -> None:
         sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("source", "id"),
     )
-    op.create_table(
-        "meter_rollups",
-        sa.Column("meter", sa.String(length=64), nullable=False),
-        sa.Column("subject", sa.String(length=256), nullable=False),
-        sa.Column("window_minute", sa.BigInteger(), nullable=False),
-        sa.Column("group_key", sa.Text(), nullable=False),
-        sa.Column("event_count", sa.BigInteger(), nullable=False),
-        sa.Column("value_count", sa.BigInteger(), nullable=False),
-        sa.Column("value_sum", sa.Double(), nullable=False),
-        sa.Column("value_min", sa.Double(), nullable=True),
-        sa.Column("value_max", sa.Double(), nullable=True),
-        sa.Column("latest_us", sa.BigInteger(), nullable=True),
-        sa.Column("latest_value", sa.Double(), nullable=True),
-        sa.PrimaryKeyConstraint("meter", "subject", "window_minute", "group_key"),
-        sqlite_with_rowid=False,
-    )
-    op.create_index(
-        "ix_meter_rollups_meter_minute", "meter_rollups", ["meter", "window_minute"], unique=False
-    )
+    for table in ("meter_rollups", "meter_rollups_hourly"):
+        op.create_table(
+            table,
+            sa.Column("meter", sa.String(length=64), nullable=False),
+            sa.Column("subject", sa.String(length=256), nullable=False),
+            sa.Column("window_minute", sa.BigInteger(), nullable=False),
+            sa.Column("group_key", sa.Text(), nullable=False),
+            sa.Column("event_count", sa.BigInteger(), nullable=False),
+            sa.Column("value_count", sa.BigInteger(), nullable=False),
+            sa.Column("value_sum", sa.Double(), nullable=False),
+            sa.Column("value_min", sa.Double(), nullable=True),
+            sa.Column("value_max", sa.Double(), nullable=True),
+            sa.Column("latest_us", sa.BigInteger(), nullable=True),
+            sa.Column("latest_value", sa.Double(), nullable=True),
+            sa.PrimaryKeyConstraint("meter", "subject", "window_minute", "group_key"),
+            sqlite_with_rowid=False,
+        )
+        op.create_index(f"ix_{table}_meter_minute", table, ["meter", "window_minute"], unique=False)
     op.create_table(
         "meter_rollup_values",
         sa.Column("meter", sa.String(length=64), nullable=False),
@@ -90,6 +89,7 @@ def downgrade() -> None:
     op.drop_table("meter_definitions")
     op.drop_index("ix_meter_rollup_values_meter_minute", table_name="meter_rollup_values")
     op.drop_table("meter_rollup_values")
-    op.drop_index("ix_meter_rollups_meter_minute", table_name="meter_rollups")
-    op.drop_table("meter_rollups")
+    for table in ("meter_rollups_hourly", "meter_rollups"):
+        op.drop_index(f"ix_{table}_meter_minute", table_name=table)
+        op.drop_table(table)
     op.drop_table("meter_events")

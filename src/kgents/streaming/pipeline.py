@@ -1,0 +1,204 @@
+"""Pipelined JetStream publishing: many messages in flight, acks counted in batches.
+
+A JetStream publish is a core NATS publish with a reply subject; the stream answers with an ack
+(``{"stream": …, "seq": …}`` or ``{"error": …}``). nats-py's ``publish_async`` makes a future,
+a random token and a dataclass per message; here one subscription per connection
+(``<inbox>.<batch>.<index>``) routes each ack to its batch, which only counts acks and
+remembers sequences. The producer waits only when ``window`` acks are outstanding (until half
+are back) and at ``flush()``. Every wait is bounded by ``ack_timeout`` and ends at once when
+the connection drops (acks sent to a dropped connection never arrive).
+"""
+
+import asyncio
+import json
+import logging
+import re
+import weakref
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from kgents.errors import EventsUnavailable
+from kgents.streaming.connection import NATS_ERRORS, NatsConnection, events_unavailable
+
+logger = logging.getLogger(__name__)
+
+_NO_RESPONDERS = "503"
+_SEQ = re.compile(rb'"seq"\s*:\s*(\d+)')
+
+
+class AckRouter:
+    """Routes the acks of pipelined publishes on one connection to their batches."""
+
+    def __init__(self, conn: NatsConnection) -> None:
+        self._conn = conn
+        self._prefix = conn.client.new_inbox()
+        self._sub: Subscription | None = None
+        self._lock = asyncio.Lock()
+        self._batches: weakref.WeakValueDictionary[str, PipelinedBatch] = (
+            weakref.WeakValueDictionary()
+        )
+        self._next_id = 0
+
+    async def open_batch(
+        self, *, window: int, ack_timeout: float, what: str = "events"
+    ) -> "PipelinedBatch":
+        """A new batch; the ack subscription is made on first use."""
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    with events_unavailable("subscribing to publish acks"):
+                        self._sub = await self._conn.client.subscribe(
+                            f"{self._prefix}.*.*", cb=self._on_ack
+                        )
+        self._next_id += 1
+        batch_id = format(self._next_id, "x")
+        batch = PipelinedBatch(
+            self._conn,
+            reply_prefix=f"{self._prefix}.{batch_id}.",
+            window=window,
+            ack_timeout=ack_timeout,
+            what=what,
+        )
+        self._batches[batch_id] = batch
+        return batch
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, batch_id, index = msg.subject.rsplit(".", 2)
+        batch = self._batches.get(batch_id)
+        if batch is not None:
+            batch.on_ack(int(index), msg)
+
+
+class PipelinedBatch:
+    """Publishes messages without waiting for each ack; at most ``window`` outstanding."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        *,
+        reply_prefix: str,
+        window: int,
+        ack_timeout: float,
+        what: str,
+    ) -> None:
+        if window < 2:
+            raise ValueError("window must be at least 2")
+        self._conn = conn
+        self._client = conn.client
+        self._reply_prefix = reply_prefix
+        self._window = window
+        self._ack_timeout = ack_timeout
+        self._what = what
+        self._sent = 0
+        self._acked = 0
+        self._target = 0  # wake the waiter once this many acks are in
+        self._waiter: asyncio.Future[None] | None = None
+        self._failure: str | None = None
+        self.seqs: dict[int, int] = {}
+        """Stream sequence of each acknowledged message, by publish index (0-based)."""
+
+    @property
+    def sent(self) -> int:
+        return self._sent
+
+    @property
+    def acknowledged(self) -> int:
+        return self._acked
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Send one message; waits for acks only when the window is full."""
+        self._raise_failure()
+        if not self._client.is_connected:
+            raise EventsUnavailable("event stream unavailable: NATS is disconnected")
+        index = self._sent
+        try:
+            await self._client.publish(
+                subject, payload, reply=f"{self._reply_prefix}{index}", headers=headers
+            )
+        except NATS_ERRORS as exc:
+            self._fail(f"publish failed ({exc})")
+            raise EventsUnavailable(
+                f"event stream unavailable: publishing {self._what} failed"
+            ) from exc
+        self._sent += 1
+        if self._sent - self._acked >= self._window:
+            await self._wait_for(self._sent - self._window // 2)
+
+    async def flush(self) -> None:
+        """Wait until every message sent so far is acknowledged."""
+        await self._wait_for(self._sent)
+
+    def on_ack(self, index: int, msg: Msg) -> None:
+        """Count one ack (called by the router for this batch's reply subjects)."""
+        if index >= self._sent or index in self.seqs or self._failure is not None:
+            return
+        error = _ack_error(msg)
+        if error is not None:
+            self._fail(f"{self._what} not stored ({error})")
+        else:
+            self.seqs[index] = _ack_seq(msg)
+            self._acked += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self._failure is not None or self._acked >= self._target:
+                waiter.set_result(None)
+
+    async def _wait_for(self, acked: int) -> None:
+        self._raise_failure()
+        if self._acked >= acked:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        lost = self._conn.lost
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self._waiter, self._target = waiter, acked
+        lost.add_done_callback(wake)
+        timer = loop.call_later(self._ack_timeout, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            lost.remove_done_callback(wake)
+            self._waiter = None
+        if self._failure is None and self._acked < acked:
+            reason = "connection lost" if lost.done() else f"no ack within {self._ack_timeout}s"
+            self._fail(f"{acked - self._acked} {self._what} not acknowledged ({reason})")
+        self._raise_failure()
+
+    def _fail(self, reason: str) -> None:
+        if self._failure is None:
+            self._failure = reason
+            logger.warning("publishing %s failed: %s", self._what, reason)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise EventsUnavailable(f"event stream unavailable: {self._failure}")
+
+
+def _ack_error(msg: Msg) -> str | None:
+    headers = msg.headers
+    if headers and headers.get("Status") == _NO_RESPONDERS:
+        return "no stream for the subject"
+    if b'"error"' not in msg.data:
+        return None
+    try:
+        body: Any = json.loads(msg.data)
+    except ValueError:
+        return "unreadable ack"
+    error = body.get("error") if isinstance(body, dict) else None
+    if error is None:
+        return None
+    return str(error.get("description", error)) if isinstance(error, dict) else str(error)
+
+
+def _ack_seq(msg: Msg) -> int:
+    match = _SEQ.search(msg.data)  # cheaper than parsing the whole ack as JSON
+    return int(match.group(1)) if match else 0
