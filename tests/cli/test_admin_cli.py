@@ -1,5 +1,6 @@
 """``kgents tenant|key|db``: the CLI works on the database directly, no server needed."""
 
+import asyncio
 import re
 import stat
 import subprocess
@@ -11,6 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kgents.cli.main import app
+from kgents.streaming.connection import NatsConnection
+from kgents.streaming.topology import ensure_streams
 from tests.support.servers import free_port, wait_healthy
 
 runner = CliRunner()
@@ -97,3 +100,24 @@ def test_serve_first_start_creates_token_and_binds_localhost(tmp_path: Path, nat
     text = output.decode()
     assert token in text and "Authorization: Bearer" in text  # printed once, with a hint
     assert f"http://127.0.0.1:{port}" in text or "127.0.0.1" in text
+
+
+def test_nats_streams(tmp_path: Path, nats_url: str) -> None:
+    async def create_streams() -> None:
+        connection = await NatsConnection.connect(nats_url)
+        try:
+            await ensure_streams(connection, replicas=1)
+        finally:
+            await connection.close()
+
+    asyncio.run(create_streams())
+    env = {"KGENTS_NATS_URL": nats_url, "COLUMNS": "200"}
+    output = invoke("nats", "streams", "--data-dir", str(tmp_path), env=env)
+    assert "kgent-events" in output and "kgent-usage" in output
+    assert "168h" in output and "720h" in output
+
+
+def test_nats_streams_with_the_embedded_server(tmp_path: Path) -> None:
+    output = invoke("nats", "streams", "--data-dir", str(tmp_path / "data"), env={"COLUMNS": "200"})
+    assert "kgent-events" in output
+    assert not (tmp_path / "data" / "nats.json").exists()  # the temporary server was stopped

@@ -7,6 +7,7 @@ import uvicorn
 
 from kgents.cli.admin import key_app, tenant_app
 from kgents.cli.common import DataDirOption, console, load_settings
+from kgents.cli.nats import nats_app
 from kgents.store.engine import database_url, upgrade_database
 from kgents.tenancy.admin_token import load_or_create_admin_token
 
@@ -19,6 +20,7 @@ db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
+app.add_typer(nats_app, name="nats")
 
 
 @app.command()

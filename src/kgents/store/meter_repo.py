@@ -1,4 +1,4 @@
-"""The meter store in SQL: exactly-once ingest into per-minute rollups, and meter queries.
+"""The meter store in SQL: exactly-once ingest into minute and hour rollups, and meter queries.
 
 Exactly once: an event's ``(source, id)`` is inserted with ``ON CONFLICT DO NOTHING ... RETURNING``
 and only the rows that statement really inserted are added to the rollups, in the same
@@ -6,14 +6,16 @@ transaction. A duplicate, in the same batch, a later batch or a concurrent proce
 and adds nothing; a failed batch rolls back keys and rollups together. Rows are written in key
 order so concurrent batches on PostgreSQL lock them in the same order and cannot deadlock.
 
-Queries read rollups only. Windows are computed in SQL with integer arithmetic on
-``window_minute`` (see ``kgents.metering.query`` for the semantics):
+Queries read rollups only: the hourly table when it answers exactly (windows of an hour or more,
+bounds on whole hours, a zone of whole-hour offsets), else the minute table. Windows are computed
+in SQL with integer arithmetic on ``window_minute`` (semantics in ``kgents.metering.query``):
 
 - MINUTE: the minute itself. HOUR: ``m - (m + offset) % 60``, the UTC minute the window starts.
 - DAY: ``(m + offset) / 1440``, the local day number. MONTH: index into the local months of the
   range, by comparing the local minute ``m + offset`` with each month's first minute.
 
 ``offset`` is the zone's UTC offset at ``m``: a ``CASE`` over the offset changes in the range.
+The ingest hot path sends compiled SQL at driver level (``_IngestSql``); the rest is Core.
 """
 
 import contextlib
@@ -321,9 +323,11 @@ class SqlMeterStore:
 
 
 class _IngestSql:
-    """The ingest hot path at driver level: SQL compiled once, values bound with SQLAlchemy's
-    own type processors (so they are stored exactly as the ORM would store them), and rows
-    sent as multi-row ``VALUES`` or ``executemany`` without per-row statement processing."""
+    """The ingest hot path at driver level: SQL compiled once, times bound with the column
+    type's own processor and data serialised as SQLAlchemy's JSON type does (so rows read back
+    through Core and the ORM exactly as if they had written them), and rows sent as multi-row
+    ``VALUES`` or ``executemany`` without SQLAlchemy's per-row statement processing, which
+    costs more than the database's own work at these batch sizes."""
 
     _PAGE = 1000  # rows per multi-row INSERT: 7,000 parameters, under both backends' limits
 

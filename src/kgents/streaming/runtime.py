@@ -7,6 +7,7 @@ stops the embedded server.
 """
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from kgents.config import Settings
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
-from kgents.streaming.embedded import EmbeddedNats
+from kgents.streaming.embedded import EmbeddedNats, process_alive
 from kgents.streaming.topology import ensure_streams
 from kgents.streaming.usage import JetStreamUsagePublisher
 
@@ -52,3 +53,30 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
             usage=JetStreamUsagePublisher(connection),
             embedded=embedded,
         )
+
+
+def running_embedded_url(settings: Settings) -> str | None:
+    """The URL of the embedded nats-server a running ``kgents serve`` started, if any."""
+    state_path = EmbeddedNats(settings.data_dir, supervise=False).state_path
+    try:
+        state = json.loads(state_path.read_text())
+        pid, host, port = int(state["pid"]), str(state["host"]), int(state["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return f"nats://{host}:{port}" if process_alive(pid) else None
+
+
+@contextlib.asynccontextmanager
+async def connect_for_tools(settings: Settings) -> AsyncIterator[NatsConnection]:
+    """A connection for command-line tools: the configured NATS, the running server's
+    embedded one, or (nothing running) the data dir's embedded server for the duration."""
+    url = settings.nats_url or running_embedded_url(settings)
+    if url is not None:
+        connection = await NatsConnection.connect(url)
+        try:
+            yield connection
+        finally:
+            await connection.close()
+        return
+    async with open_streaming(settings) as streaming:
+        yield streaming.connection
