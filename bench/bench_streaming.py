@@ -1,0 +1,453 @@
+"""Streaming overhead: an OpenAI-compatible upstream called directly vs through kgents.
+
+Prints one JSON line (diagnostics on stderr). Processes, all on 127.0.0.1 and stopped by PID:
+the fake OpenAI upstream (``python -m tests.fakes openai``, 200 tokens, 5 ms and then 0 ms
+between tokens), one nats-server with JetStream, and ``kgents serve`` (provider ``openai``
+pointed at the fake, SQLite in a temp dir, a tenant on plan ``custom``, budget ``dialogue``).
+
+For each upstream delay and each concurrency (1, 16, 64) the two sides run in alternating
+rounds, in the same process, against the same upstream:
+
+- ``direct``: ``POST <fake>/v1/chat/completions`` (stream) with httpx, counting ``data:``
+  events that carry a token;
+- ``kgents``: ``POST /v1/kgent/sessions/{id}/messages`` (stream=true), one fresh session per
+  stream (created before the round, not timed), counting ``chunk`` events.
+
+Time to first chunk (TTFC) is from just before the request is sent to the arrival of the first
+token (direct) or ``chunk`` event (kgents); total is until the end of the stream (``[DONE]`` /
+``complete``). chunks/s is chunks received by all streams of a round / the round's wall time.
+A stream is an error if its status is not 200, it ends without its end event, carries an
+``error`` event, or does not have exactly ``--tokens`` chunks. CPU seconds are user+system of
+each process, summed over the rounds of each side.
+
+    .venv/bin/python bench/bench_streaming.py [--rounds-1 30] [--rounds-16 5] [--rounds-64 5]
+        [--delays 5,0] [--profile-seconds 20] [--profile-out bench/profiles]
+"""
+
+import argparse
+import asyncio
+import json
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+import harness
+from harness import Proc, Processes, log, ratio, summary_ms
+
+SYSTEM = "You are K-gent, a thoughtful agent who helps people think clearly."
+MESSAGE = "How should I plan my week?"
+STREAM_TIMEOUT = 120.0
+DEADLINE_SECONDS = 280.0
+
+
+@dataclass
+class StreamResult:
+    ok: bool
+    ttfc: float | None = None
+    total: float | None = None
+    chunks: int = 0
+    error: str | None = None
+
+
+@dataclass
+class SideStats:
+    """All streams of one side (direct or kgents) at one concurrency and upstream delay."""
+
+    results: list[StreamResult] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)
+    chunks: int = 0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def add_cpu(self, delta: dict[str, float]) -> None:
+        for name, value in delta.items():
+            self.cpu[name] = self.cpu.get(name, 0.0) + value
+
+    def report(self) -> dict[str, Any]:
+        good = [r for r in self.results if r.ok]
+        errors = [r.error for r in self.results if not r.ok]
+        wall = sum(self.walls)
+        chunks_per_s = self.chunks / wall if wall else None
+        report: dict[str, Any] = {
+            "streams": len(self.results),
+            "errors": len(errors),
+            "ttfc_ms": summary_ms([r.ttfc for r in good if r.ttfc is not None]),
+            "total_ms": summary_ms([r.total for r in good if r.total is not None]),
+            "chunks": self.chunks,
+            "chunks_per_s": round(chunks_per_s, 1) if chunks_per_s else None,
+            "cpu_s": {name: round(value, 3) for name, value in self.cpu.items()},
+        }
+        if errors:
+            report["error_samples"] = sorted(set(e or "?" for e in errors))[:5]
+        if "kgents" in self.cpu and self.chunks:
+            report["kgents_cpu_us_per_chunk"] = round(1e6 * self.cpu["kgents"] / self.chunks, 1)
+        if self.chunks:
+            report["all_cpu_us_per_chunk"] = round(1e6 * sum(self.cpu.values()) / self.chunks, 1)
+        return report
+
+
+# -- the two clients ----------------------------------------------------------------------------
+
+
+def _frames(buffer: bytearray, data: bytes) -> list[bytes]:
+    """Append ``data``; return the complete SSE frames (without the blank line) and keep the
+    rest in ``buffer``. Servers here end lines with ``\\n`` only."""
+    buffer += data
+    end = buffer.rfind(b"\n\n")
+    if end < 0:
+        return []
+    complete = bytes(buffer[:end])
+    del buffer[: end + 2]
+    return complete.split(b"\n\n")
+
+
+async def direct_stream(client: httpx.AsyncClient, url: str, tokens: int) -> StreamResult:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": MESSAGE}],
+        "temperature": 0.4,
+        "max_tokens": 4000,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first: float | None = None
+    chunks = 0
+    buffer = bytearray()
+    try:
+        async with client.stream(
+            "POST", url, json=body, headers={"Authorization": "Bearer x"}
+        ) as response:
+            if response.status_code != 200:
+                return StreamResult(ok=False, error=f"status {response.status_code}")
+            async for data in response.aiter_raw():
+                for frame in _frames(buffer, data):
+                    if frame.startswith(b"data: [DONE]"):
+                        total = time.perf_counter() - started
+                        ok = chunks == tokens
+                        error = None if ok else f"{chunks} chunks"
+                        return StreamResult(ok, first, total, chunks, error)
+                    if b'"content":"' in frame and b'"content":""' not in frame:
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter() - started
+                    elif frame.startswith(b'data: {"error"'):
+                        return StreamResult(ok=False, chunks=chunks, error="error event")
+    except (httpx.HTTPError, OSError) as exc:
+        return StreamResult(ok=False, chunks=chunks, error=type(exc).__name__)
+    return StreamResult(ok=False, chunks=chunks, error="no [DONE]")
+
+
+def _event_of(frame: bytes) -> bytes:
+    for line in frame.split(b"\n"):
+        if line.startswith(b"event: "):
+            return line[7:]
+    return b""
+
+
+async def kgents_stream(
+    client: httpx.AsyncClient, session_id: str, key: str, tokens: int
+) -> StreamResult:
+    body = {"message": MESSAGE, "stream": True, "budget": "dialogue"}
+    url = f"/v1/kgent/sessions/{session_id}/messages"
+    started = time.perf_counter()
+    first: float | None = None
+    chunks = 0
+    buffer = bytearray()
+    try:
+        async with client.stream("POST", url, json=body, headers={"X-API-Key": key}) as response:
+            if response.status_code != 200:
+                await response.aread()
+                code = response.text[:120]
+                return StreamResult(ok=False, error=f"status {response.status_code} {code}")
+            async for data in response.aiter_raw():
+                for frame in _frames(buffer, data):
+                    if frame.startswith(b":"):
+                        continue
+                    event = _event_of(frame)
+                    if event == b"chunk":
+                        chunks += 1
+                        if first is None:
+                            first = time.perf_counter() - started
+                    elif event == b"complete":
+                        total = time.perf_counter() - started
+                        ok = chunks == tokens
+                        error = None if ok else f"{chunks} chunks"
+                        return StreamResult(ok, first, total, chunks, error)
+                    elif event == b"error":
+                        return StreamResult(ok=False, chunks=chunks, error=frame.decode()[-160:])
+    except (httpx.HTTPError, OSError) as exc:
+        return StreamResult(ok=False, chunks=chunks, error=type(exc).__name__)
+    return StreamResult(ok=False, chunks=chunks, error="no complete event")
+
+
+async def new_sessions(client: httpx.AsyncClient, key: str, count: int) -> list[str]:
+    limit = asyncio.Semaphore(8)
+
+    async def one() -> str:
+        async with limit:
+            response = await client.post(
+                "/v1/kgent/sessions", json={"title": "bench"}, headers={"X-API-Key": key}
+            )
+            response.raise_for_status()
+            return str(response.json()["id"])
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+# -- rounds ---------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, procs: dict[str, Proc]) -> None:
+        self.args = args
+        self.procs = procs
+        self.me = psutil.Process()
+        self.started = time.monotonic()
+
+    def cpu(self) -> dict[str, float]:
+        snapshot = {name: proc.cpu_seconds() for name, proc in self.procs.items()}
+        times = self.me.cpu_times()
+        snapshot["client"] = times.user + times.system
+        return snapshot
+
+    def over_deadline(self) -> bool:
+        return time.monotonic() - self.started > DEADLINE_SECONDS
+
+    async def round(
+        self,
+        stats: SideStats,
+        streams: list[Callable[[], Awaitable[StreamResult]]],
+        cpu_of: tuple[str, ...],
+    ) -> None:
+        before = self.cpu()
+        started = time.perf_counter()
+        async with asyncio.timeout(STREAM_TIMEOUT):
+            results = await asyncio.gather(*(stream() for stream in streams))
+        wall = time.perf_counter() - started
+        after = self.cpu()
+        stats.results.extend(results)
+        stats.walls.append(wall)
+        stats.chunks += sum(r.chunks for r in results)
+        stats.add_cpu({name: after[name] - before[name] for name in cpu_of})
+
+
+async def run_delay(
+    bench: Bench, kgents: Proc, upstream: Proc, key: str, delay_ms: float
+) -> list[dict[str, Any]]:
+    args = bench.args
+    tokens = args.tokens
+    direct_url = f"{upstream.url}/chat/completions"
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
+    scenarios = []
+    async with (
+        httpx.AsyncClient(limits=limits, timeout=timeout) as direct_client,
+        httpx.AsyncClient(base_url=kgents.url, limits=limits, timeout=timeout) as api,
+    ):
+
+        async def kgents_round(stats: SideStats, concurrency: int) -> None:
+            sessions = await new_sessions(api, key, concurrency)
+            streams = [
+                (lambda s=s: kgents_stream(api, s, key, tokens))  # type: ignore[misc]
+                for s in sessions
+            ]
+            await bench.round(stats, streams, ("upstream", "nats", "kgents", "client"))
+
+        async def direct_round(stats: SideStats, concurrency: int) -> None:
+            streams = [
+                (lambda: direct_stream(direct_client, direct_url, tokens))
+                for _ in range(concurrency)
+            ]
+            await bench.round(stats, streams, ("upstream", "client"))
+
+        # Warm-up (not counted): connections, consumers, SQLite pages, code paths.
+        await direct_round(SideStats(), 4)
+        await kgents_round(SideStats(), 4)
+
+        for concurrency, rounds in (
+            (1, args.rounds_1),
+            (16, args.rounds_16),
+            (64, args.rounds_64),
+        ):
+            direct, through = SideStats(), SideStats()
+            done = 0
+            for index in range(rounds):
+                if bench.over_deadline():
+                    log(f"deadline: stopping at {done} rounds of concurrency {concurrency}")
+                    break
+                if index % 2 == 0:
+                    await direct_round(direct, concurrency)
+                    await kgents_round(through, concurrency)
+                else:
+                    await kgents_round(through, concurrency)
+                    await direct_round(direct, concurrency)
+                done += 1
+            scenario = compare(delay_ms, concurrency, done, direct, through)
+            log(f"delay {delay_ms:g} ms, concurrency {concurrency}: {json.dumps(scenario)}")
+            scenarios.append(scenario)
+    return scenarios
+
+
+def compare(
+    delay_ms: float, concurrency: int, rounds: int, direct: SideStats, through: SideStats
+) -> dict[str, Any]:
+    d, k = direct.report(), through.report()
+    overhead = None
+    if d["ttfc_ms"]["p50"] is not None and k["ttfc_ms"]["p50"] is not None:
+        overhead = round(k["ttfc_ms"]["p50"] - d["ttfc_ms"]["p50"], 2)
+    return {
+        "upstream_delay_ms": delay_ms,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "direct": d,
+        "kgents": k,
+        "vs_direct": {
+            "ttfc_p50_overhead_ms": overhead,
+            "ttfc_p50_ratio": ratio(k["ttfc_ms"]["p50"], d["ttfc_ms"]["p50"]),
+            "ttfc_p99_ratio": ratio(k["ttfc_ms"]["p99"], d["ttfc_ms"]["p99"]),
+            "total_p50_ratio": ratio(k["total_ms"]["p50"], d["total_ms"]["p50"]),
+            "total_p99_ratio": ratio(k["total_ms"]["p99"], d["total_ms"]["p99"]),
+            "chunks_per_s_ratio": ratio(k["chunks_per_s"], d["chunks_per_s"]),
+        },
+    }
+
+
+async def profile_run(bench: Bench, kgents: Proc, key: str, out_dir: Path) -> dict[str, Any]:
+    """py-spy on kgents while 64-stream rounds run back to back (not part of the numbers)."""
+    seconds = bench.args.profile_seconds
+    raw = out_dir / "kgents-64-streams.txt"
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
+    stats = SideStats()
+    async with httpx.AsyncClient(base_url=kgents.url, limits=limits, timeout=timeout) as api:
+        profile = harness.Profile.start(kgents.pid, raw, seconds)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and profile.proc.poll() is None:
+                sessions = await new_sessions(api, key, 64)
+                streams = [
+                    (lambda s=s: kgents_stream(api, s, key, bench.args.tokens))  # type: ignore[misc]
+                    for s in sessions
+                ]
+                await bench.round(stats, streams, ("kgents",))
+            err = await asyncio.to_thread(profile.finish)
+        finally:
+            profile.stop()
+    if not raw.exists():
+        return {"error": f"py-spy wrote nothing: {err.strip()[-300:]}"}
+    summary = harness.summarize_profile(raw)
+    summary["file"] = str(raw)
+    summary["rounds"] = len(stats.walls)
+    summary["errors"] = sum(1 for r in stats.results if not r.ok)
+    return summary
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    delays = [float(d) for d in args.delays.split(",")]
+    admin_token = secrets.token_urlsafe(24)
+    result: dict[str, Any] = {
+        "bench": "streaming",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": harness.machine(),
+        "tokens": args.tokens,
+        "scenarios": [],
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+        harness.processes(Path(tmp)) as registry,
+    ):
+        workdir = Path(tmp)
+        nats = harness.start_nats(registry, workdir / "nats")
+        for delay in delays:
+            upstream = harness.start_fake_openai(registry, tokens=args.tokens, delay_ms=delay)
+            kgents = harness.start_kgents(
+                registry,
+                name=f"kgents-{delay:g}ms",
+                data_dir=workdir / f"kgents-{delay:g}ms",
+                env={
+                    "KGENTS_LLM_PROVIDER": "openai",
+                    "OPENAI_BASE_URL": upstream.url,
+                    "OPENAI_API_KEY": "x",
+                    "KGENTS_NATS_URL": nats.url,
+                    "KGENTS_ADMIN_TOKEN": admin_token,
+                },
+            )
+            key = harness.provision_key(kgents.url, admin_token)
+            bench = Bench(args, {"upstream": upstream, "nats": nats, "kgents": kgents})
+            bench.started = time.monotonic() - _elapsed(result)
+            result["scenarios"] += await run_delay(bench, kgents, upstream, key, delay)
+            if args.profile_seconds and delay == delays[0]:
+                out_dir = Path(args.profile_out) if args.profile_out else workdir
+                out_dir.mkdir(parents=True, exist_ok=True)
+                result["profile_64_streams"] = {
+                    "upstream_delay_ms": delay,
+                    **await profile_run(bench, kgents, key, out_dir),
+                }
+            result["kgents_log_errors"] = _count_errors(kgents) + result.get("kgents_log_errors", 0)
+            registry.stop(kgents)
+            registry.stop(upstream)
+            result.setdefault("_t0", time.monotonic() - bench.started)
+            result["_t0"] = time.monotonic() - bench.started
+    result.pop("_t0", None)
+    result["targets"] = targets(result["scenarios"])
+    return result
+
+
+def _elapsed(result: dict[str, Any]) -> float:
+    return float(result.get("_t0", 0.0))
+
+
+def _count_errors(proc: Proc) -> int:
+    text = proc.log_tail(10_000_000)
+    return sum(1 for line in text.splitlines() if "ERROR" in line or "Traceback" in line)
+
+
+def targets(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
+    def find(delay: float, concurrency: int) -> dict[str, Any] | None:
+        for s in scenarios:
+            if s["upstream_delay_ms"] == delay and s["concurrency"] == concurrency:
+                return s
+        return None
+
+    out: dict[str, Any] = {}
+    one = find(5.0, 1)
+    if one is not None:
+        value = one["vs_direct"]["ttfc_p50_overhead_ms"]
+        out["ttfc_p50_overhead_ms_at_1"] = {
+            "target": "< 10",
+            "value": value,
+            "met": value is not None and value < 10,
+        }
+    many = find(5.0, 64)
+    if many is not None:
+        value = many["vs_direct"]["chunks_per_s_ratio"]
+        out["chunks_per_s_ratio_at_64_5ms"] = {
+            "target": ">= 0.8",
+            "value": value,
+            "met": value is not None and value >= 0.8,
+        }
+    errors = sum(s["direct"]["errors"] + s["kgents"]["errors"] for s in scenarios)
+    out["errors"] = {"target": 0, "value": errors, "met": errors == 0}
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--delays", default="5,0", help="upstream ms between tokens, comma list")
+    parser.add_argument("--rounds-1", type=int, default=30, help="sequential turns per side")
+    parser.add_argument("--rounds-16", type=int, default=5)
+    parser.add_argument("--rounds-64", type=int, default=5)
+    parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy at 64 streams")
+    parser.add_argument("--profile-out", default="", help="directory for the raw py-spy stacks")
+    print(json.dumps(asyncio.run(main(parser.parse_args())), separators=(",", ":")))
+    sys.stdout.flush()

@@ -1,0 +1,418 @@
+"""What the live benchmarks share: processes started and stopped by PID, provisioning, stats.
+
+Every server runs in its own process on 127.0.0.1 and is registered with a ``Processes``
+registry the moment it is spawned; ``Processes.stop_all()`` (run from a ``finally`` and on
+SIGTERM/SIGINT) stops each one by its PID, SIGTERM first, SIGKILL after a timeout.
+
+Diagnostics go to stderr; the benchmarks print only their one JSON line to stdout.
+"""
+
+import contextlib
+import json
+import math
+import os
+import platform
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psutil
+
+from kgents.streaming.embedded import find_nats_server
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+STOP_SECONDS = 10.0
+
+
+def log(message: str) -> None:
+    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+    sys.stderr.flush()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: "subprocess.Popen[bytes]"
+    log_path: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process so far (0 once it is gone)."""
+        try:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Processes:
+    """Every process a benchmark started; each is stopped by its PID."""
+
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdout_pipe: bool = False,
+    ) -> Proc:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("ab") as log_file:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=REPO,
+                env={**os.environ, **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else log_file,
+                stderr=log_file,
+            )
+        proc = Proc(name=name, popen=popen, log_path=log_path)
+        self.procs.append(proc)
+        log(f"started {name} (pid {proc.pid})")
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        """SIGTERM, SIGKILL after ``STOP_SECONDS``; always waits for the PID."""
+        if proc in self.procs:
+            self.procs.remove(proc)
+        if proc.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                proc.popen.wait(STOP_SECONDS)
+        if proc.popen.stdout is not None:
+            proc.popen.stdout.close()
+        log(f"stopped {proc.name} (pid {proc.pid}, exit {proc.popen.returncode})")
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep stopping the others
+                log(f"could not stop {proc.name} (pid {proc.pid}): {exc!r}")
+
+
+@contextlib.contextmanager
+def processes(workdir: Path) -> Iterator[Processes]:
+    """A registry whose processes are stopped at the end of the block, also on SIGTERM."""
+    registry = Processes(workdir)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _read_line(stream: IO[bytes], seconds: float) -> str:
+    deadline = time.monotonic() + seconds
+    buffer = b""
+    fd = stream.fileno()
+    while not buffer.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no line in time")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            data = os.read(fd, 4096)
+            if not data:
+                raise EOFError("the process closed its output")
+            buffer += data
+    return buffer.decode().strip()
+
+
+def start_fake_openai(registry: Processes, *, tokens: int, delay_ms: float) -> Proc:
+    """``python -m tests.fakes openai`` in its own process; ``url`` is its base URL (``…/v1``)."""
+    name = f"fake-openai-{delay_ms:g}ms"
+    argv = [sys.executable, "-m", "tests.fakes", "openai", "--tokens", str(tokens)]
+    proc = registry.spawn(name, [*argv, "--delay-ms", str(delay_ms)], stdout_pipe=True)
+    assert proc.popen.stdout is not None
+    try:
+        proc.url = _read_line(proc.popen.stdout, 15.0)
+    except (TimeoutError, EOFError) as exc:
+        raise RuntimeError(f"{name} did not start: {proc.log_tail()}") from exc
+    return proc
+
+
+def start_nats(registry: Processes, store_dir: Path) -> Proc:
+    """A nats-server with JetStream (file store in ``store_dir``)."""
+    port = free_port()
+    store_dir.mkdir(parents=True, exist_ok=True)
+    argv = [str(find_nats_server()), "-js", "-a", HOST, "-p", str(port), "-sd", str(store_dir)]
+    proc = registry.spawn("nats-server", argv)
+    proc.url = f"nats://{HOST}:{port}"
+    deadline = time.monotonic() + 15.0
+    while not _answers_with_jetstream(port):
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"nats-server did not start: {proc.log_tail()}")
+        time.sleep(0.02)
+    return proc
+
+
+def _answers_with_jetstream(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5) as sock, sock.makefile("rb") as f:
+            line = f.readline()
+    except OSError:
+        return False
+    if not line.startswith(b"INFO "):
+        return False
+    try:
+        return json.loads(line[5:]).get("jetstream") is True
+    except ValueError:
+        return False
+
+
+def start_kgents(
+    registry: Processes, *, name: str, data_dir: Path, env: dict[str, str]
+) -> Proc:
+    """``kgents serve`` in a subprocess, on a free port, waited for until ``/health`` is 200."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {
+        "KGENTS_HOST": HOST,
+        "KGENTS_PORT": str(port),
+        "KGENTS_DATABASE_URL": f"sqlite:///{data_dir / 'kgents.db'}",
+        **env,
+    }
+    argv = [sys.executable, "-m", "kgents", "serve", "--data-dir", str(data_dir)]
+    proc = registry.spawn(name, argv, env=full_env)
+    proc.url = f"http://{HOST}:{port}"
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            if httpx.get(f"{proc.url}/health", timeout=2.0).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if not proc.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not become healthy: {proc.log_tail()}")
+        time.sleep(0.05)
+
+
+def provision_key(base_url: str, admin_token: str, *, plan: str = "custom") -> str:
+    """A tenant on ``plan`` and an API key for it, through the admin API."""
+    admin = {"Authorization": f"Bearer {admin_token}"}
+    with httpx.Client(base_url=base_url, timeout=10.0) as client:
+        tenant = client.post("/v1/tenants", json={"name": "bench", "plan": plan}, headers=admin)
+        tenant.raise_for_status()
+        key = client.post(f"/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin)
+        key.raise_for_status()
+        return str(key.json()["key"])
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100), linear interpolation between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary_ms(values_s: Sequence[float]) -> dict[str, float | None]:
+    """p50, p99 and max of durations given in seconds, in milliseconds."""
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 2)
+
+    return {
+        "p50": ms(percentile(values_s, 50)),
+        "p99": ms(percentile(values_s, 99)),
+        "max": ms(max(values_s) if values_s else None),
+    }
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "mem_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+    }
+
+
+def ratio(value: float | None, baseline: float | None, digits: int = 3) -> float | None:
+    if value is None or baseline is None or baseline == 0:
+        return None
+    return round(value / baseline, digits)
+
+
+@dataclass
+class Profile:
+    """A ``py-spy record --format raw`` run against one PID."""
+
+    proc: "subprocess.Popen[bytes]"
+    out: Path
+
+    @classmethod
+    def start(cls, pid: int, out: Path, seconds: float, rate: int = 100) -> "Profile":
+        py_spy = Path(sys.executable).parent / "py-spy"
+        argv = [
+            str(py_spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ]
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        log(f"py-spy recording pid {pid} for {seconds:g}s (py-spy pid {proc.pid})")
+        return cls(proc=proc, out=out)
+
+    def finish(self, timeout: float = 60.0) -> str:
+        """Wait for py-spy (stopped by PID if it overruns); its stderr."""
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        return err.decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def summarize_profile(raw: Path, *, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive shares of the hottest frames of a collapsed-stack file.
+
+    Each line is ``frame;frame;...;leaf count``; a frame is ``function (file:line)``. Line
+    numbers are dropped so one function is one entry.
+    """
+    self_counts: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    by_area: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_frame_name(frame) for frame in stack.split(";")]
+        frames = [frame for frame in frames if frame]
+        if not frames:
+            continue
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        area = _area_of(frames)
+        by_area[area] = by_area.get(area, 0) + count
+
+    def shares(counts: dict[str, int]) -> list[list[Any]]:
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [[name, round(100 * count / total, 1)] for name, count in ranked]
+
+    return {
+        "samples": total,
+        "top_self_pct": shares(self_counts) if total else [],
+        "top_inclusive_pct": shares(inclusive) if total else [],
+        "by_area_pct": shares(by_area) if total else [],
+    }
+
+
+def _frame_name(frame: str) -> str:
+    frame = frame.strip()
+    if not frame or frame.startswith("process ") or frame.startswith("thread "):
+        return ""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/src/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{name} ({path})" if path else name
+
+
+_AREAS = (
+    ("kgents/api/sse.py", "kgents sse framing/follow"),
+    ("kgents/streaming/consumer.py", "kgents ordered consumer"),
+    ("kgents/streaming/wire.py", "kgents wire encode/decode"),
+    ("kgents/streaming/pipeline.py", "kgents pipelined publish"),
+    ("kgents/streaming/bridge.py", "kgents bridge"),
+    ("kgents/sessions/generation.py", "kgents generation"),
+    ("kgents/flux/", "kgents flux buffer"),
+    ("kgents/llm/", "kgents llm provider"),
+    ("openai/", "openai SDK (stream parse, pydantic)"),
+    ("httpx/", "httpx/httpcore"),
+    ("httpcore/", "httpx/httpcore"),
+    ("nats/", "nats-py"),
+    ("sqlalchemy/", "SQLAlchemy/aiosqlite"),
+    ("aiosqlite/", "SQLAlchemy/aiosqlite"),
+    ("uvicorn/", "uvicorn"),
+    ("starlette/", "starlette/fastapi"),
+    ("fastapi/", "starlette/fastapi"),
+    ("pydantic", "pydantic"),
+    ("asyncio/", "asyncio"),
+)
+
+
+def _area_of(frames: Sequence[str]) -> str:
+    """The area of the innermost frame that belongs to a known library or module."""
+    for frame in reversed(frames):
+        for marker, area in _AREAS:
+            if marker in frame:
+                return area
+    return "other"
