@@ -25,6 +25,7 @@ from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.store.rate_limit_repo import SqlRequestCounter
 from kgents.store.sessions_repo import SqlSessionStore
 from kgents.store.tenancy_repo import SqlTenancyStore
+from kgents.tenancy.quota import TokenQuota
 from kgents.tenancy.rate_limit import RateLimiter
 from kgents.tenancy.service import TenancyService
 
@@ -41,6 +42,7 @@ class Platform:
     outbox: SqlOutboxStore
     provider: LLMProvider
     rate_limiter: RateLimiter
+    quota: TokenQuota
     request_counter: SqlRequestCounter
 
     async def database_ok(self) -> bool:
@@ -73,6 +75,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
     provider = build_provider(settings)
     session_store = SqlSessionStore(engine)
     request_counter = SqlRequestCounter(engine)
+    quota = TokenQuota(session_store)
     try:
         yield Platform(
             settings=settings,
@@ -80,6 +83,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             tenancy=TenancyService(store=SqlTenancyStore(engine), plans=settings.plans),
             sessions=SessionService(
                 store=session_store,
+                quota=quota,
                 max_message_chars=settings.max_message_chars,
                 turn_lease=timedelta(seconds=settings.turn_lease_seconds),
             ),
@@ -87,6 +91,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             outbox=SqlOutboxStore(engine),
             provider=provider,
             rate_limiter=RateLimiter(request_counter),
+            quota=quota,
             request_counter=request_counter,
         )
     finally:

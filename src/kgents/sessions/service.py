@@ -20,6 +20,7 @@ from kgents.sessions.persona import (
     system_prompt,
 )
 from kgents.sessions.ports import SessionStore
+from kgents.tenancy.quota import TokenQuota
 from kgents.tenancy.service import Principal
 
 HISTORY_WINDOW = 200  # messages read from the store before trimming to the budget
@@ -34,9 +35,15 @@ class TurnRequest:
 
 class SessionService:
     def __init__(
-        self, *, store: SessionStore, max_message_chars: int, turn_lease: timedelta
+        self,
+        *,
+        store: SessionStore,
+        quota: TokenQuota,
+        max_message_chars: int,
+        turn_lease: timedelta,
     ) -> None:
         self._store = store
+        self._quota = quota
         self._max_message_chars = max_message_chars
         self._turn_lease = turn_lease
 
@@ -126,6 +133,8 @@ class SessionService:
                 f"{principal.tenant.plan!r} (highest: {principal.plan.max_budget.value!r})"
             )
         session = await self.get_session(tenant_id=tenant_id, session_id=session_id)
+        if request.budget is not Budget.dormant:
+            await self._quota.check(tenant_id=tenant_id, plan=principal.plan)
         mode = request.mode or session.mode
         _check_mode(mode)
 

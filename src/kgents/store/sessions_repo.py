@@ -261,6 +261,18 @@ class SqlSessionStore:
             )
             return [turn_record(row) for row in rows]
 
+    async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
+        """Tokens in and out of the tenant's turns started at or after ``since``."""
+        async with self._sessions() as db:
+            total = await db.scalar(
+                select(func.coalesce(func.sum(TurnRow.tokens_in + TurnRow.tokens_out), 0)).where(
+                    TurnRow.tenant_id == tenant_id,
+                    TurnRow.started_at >= since,
+                    TurnRow.status != "running",
+                )
+            )
+            return int(total or 0)
+
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
         async with self._sessions() as db:
             row = await db.get(TurnRow, turn_id)
