@@ -216,3 +216,30 @@ async def test_bad_resume_positions(live: Live) -> None:
             f"/v1/kgent/sessions/{session_id}/events?{query}", headers={**live.headers, **headers}
         )
         assert response.status_code == 422, (headers, query)
+
+
+async def test_a_client_that_reads_nothing_does_not_slow_the_generation(live: Live) -> None:
+    session_id = await live.new_session()
+    host, port = live.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = b'{"message": "' + b"slow reader " * 200 + b'"}'
+    writer.write(
+        f"POST /v1/kgent/sessions/{session_id}/messages HTTP/1.1\r\n"
+        f"Host: {host}\r\nX-API-Key: {live.key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    try:
+        # The client never reads. The turn still completes at the provider's pace.
+        async def complete() -> bool:
+            messages = await live.client.get(
+                f"/v1/kgent/sessions/{session_id}/messages", headers=live.headers
+            )
+            return messages.json()["total"] == 2
+
+        await eventually(complete, seconds=15)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    del reader
