@@ -20,13 +20,14 @@ A stream is an error if its status is not 200, it ends without its end event, ca
 ``error`` event, or does not have exactly ``--tokens`` chunks. CPU seconds are user+system of
 each process, summed over the rounds of each side.
 
-    .venv/bin/python bench/bench_streaming.py [--rounds-1 30] [--rounds-16 5] [--rounds-64 5]
+    .venv/bin/python bench/bench_streaming.py [--rounds-1 30] [--rounds-16 3] [--rounds-64 3]
         [--delays 5,0] [--profile-seconds 20] [--profile-out bench/profiles]
 """
 
 import argparse
 import asyncio
 import json
+import re
 import secrets
 import sys
 import tempfile
@@ -34,19 +35,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import harness
 import httpx
 import psutil
-
-import harness
-from harness import Proc, Processes, log, ratio, summary_ms
+from harness import Proc, log, ratio, summary_ms
 
 SYSTEM = "You are K-gent, a thoughtful agent who helps people think clearly."
 MESSAGE = "How should I plan my week?"
 STREAM_TIMEOUT = 120.0
-DEADLINE_SECONDS = 280.0
+DEADLINE_SECONDS = 230.0
 
 
 @dataclass
@@ -56,6 +57,8 @@ class StreamResult:
     total: float | None = None
     chunks: int = 0
     error: str | None = None
+    headers: float | None = None
+    """Time until the response's status line and headers arrived."""
 
 
 @dataclass
@@ -80,13 +83,18 @@ class SideStats:
             "streams": len(self.results),
             "errors": len(errors),
             "ttfc_ms": summary_ms([r.ttfc for r in good if r.ttfc is not None]),
+            "headers_ms": summary_ms([r.headers for r in good if r.headers is not None]),
             "total_ms": summary_ms([r.total for r in good if r.total is not None]),
             "chunks": self.chunks,
             "chunks_per_s": round(chunks_per_s, 1) if chunks_per_s else None,
             "cpu_s": {name: round(value, 3) for name, value in self.cpu.items()},
         }
         if errors:
-            report["error_samples"] = sorted(set(e or "?" for e in errors))[:5]
+            kinds: dict[str, int] = {}
+            for error in errors:
+                kind = re.sub(r"\d+", "N", error or "?")[:120]
+                kinds[kind] = kinds.get(kind, 0) + 1
+            report["error_kinds"] = kinds
         if "kgents" in self.cpu and self.chunks:
             report["kgents_cpu_us_per_chunk"] = round(1e6 * self.cpu["kgents"] / self.chunks, 1)
         if self.chunks:
@@ -126,6 +134,7 @@ async def direct_stream(client: httpx.AsyncClient, url: str, tokens: int) -> Str
         async with client.stream(
             "POST", url, json=body, headers={"Authorization": "Bearer x"}
         ) as response:
+            headers_at = time.perf_counter() - started
             if response.status_code != 200:
                 return StreamResult(ok=False, error=f"status {response.status_code}")
             async for data in response.aiter_raw():
@@ -134,7 +143,7 @@ async def direct_stream(client: httpx.AsyncClient, url: str, tokens: int) -> Str
                         total = time.perf_counter() - started
                         ok = chunks == tokens
                         error = None if ok else f"{chunks} chunks"
-                        return StreamResult(ok, first, total, chunks, error)
+                        return StreamResult(ok, first, total, chunks, error, headers_at)
                     if b'"content":"' in frame and b'"content":""' not in frame:
                         chunks += 1
                         if first is None:
@@ -144,6 +153,9 @@ async def direct_stream(client: httpx.AsyncClient, url: str, tokens: int) -> Str
     except (httpx.HTTPError, OSError) as exc:
         return StreamResult(ok=False, chunks=chunks, error=type(exc).__name__)
     return StreamResult(ok=False, chunks=chunks, error="no [DONE]")
+
+
+_COMPLETE_CHUNKS = re.compile(rb'"chunks":(\d+)')
 
 
 def _event_of(frame: bytes) -> bytes:
@@ -164,6 +176,7 @@ async def kgents_stream(
     buffer = bytearray()
     try:
         async with client.stream("POST", url, json=body, headers={"X-API-Key": key}) as response:
+            headers_at = time.perf_counter() - started
             if response.status_code != 200:
                 await response.aread()
                 code = response.text[:120]
@@ -180,8 +193,15 @@ async def kgents_stream(
                     elif event == b"complete":
                         total = time.perf_counter() - started
                         ok = chunks == tokens
-                        error = None if ok else f"{chunks} chunks"
-                        return StreamResult(ok, first, total, chunks, error)
+                        error = None
+                        if not ok:
+                            said = _COMPLETE_CHUNKS.search(frame)
+                            reported = said.group(1).decode() if said else "?"
+                            # Without ``id:`` the end event is sse.py's fallback from the
+                            # turn's outcome, sent when the follower lagged for 3 s.
+                            origin = "stream" if frame.startswith(b"id: ") else "fallback"
+                            error = f"{chunks} chunk events, complete ({origin}) says {reported}"
+                        return StreamResult(ok, first, total, chunks, error, headers_at)
                     elif event == b"error":
                         return StreamResult(ok=False, chunks=chunks, error=frame.decode()[-160:])
     except (httpx.HTTPError, OSError) as exc:
@@ -207,11 +227,12 @@ async def new_sessions(client: httpx.AsyncClient, key: str, count: int) -> list[
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, procs: dict[str, Proc]) -> None:
+    def __init__(self, args: argparse.Namespace, procs: dict[str, Proc], *, started: float) -> None:
         self.args = args
         self.procs = procs
         self.me = psutil.Process()
-        self.started = time.monotonic()
+        self.started = started
+        self.probe: dict[str, Any] | None = None
 
     def cpu(self) -> dict[str, float]:
         snapshot = {name: proc.cpu_seconds() for name, proc in self.procs.items()}
@@ -240,6 +261,47 @@ class Bench:
         stats.add_cpu({name: after[name] - before[name] for name in cpu_of})
 
 
+async def request_path(api: httpx.AsyncClient, key: str, rounds: int) -> dict[str, Any]:
+    """Where the time to the first chunk goes before any token: sequential requests.
+
+    ``get_session``: authentication, rate limit, one read, the ``api.request`` outbox row.
+    ``dormant_turn``: a streamed turn with budget ``dormant`` (no model call: one template
+    chunk): the whole turn start (SQL, ``user_message`` publish, follower) without a provider.
+    """
+    headers = {"X-API-Key": key}
+    session_id = (await new_sessions(api, key, 1))[0]
+    gets: list[float] = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        response = await api.get(f"/v1/kgent/sessions/{session_id}", headers=headers)
+        gets.append(time.perf_counter() - started)
+        response.raise_for_status()
+    to_headers: list[float] = []
+    to_chunk: list[float] = []
+    to_end: list[float] = []
+    body = {"message": MESSAGE, "stream": True, "budget": "dormant"}
+    for _ in range(rounds):
+        started = time.perf_counter()
+        url = f"/v1/kgent/sessions/{session_id}/messages"
+        async with api.stream("POST", url, json=body, headers=headers) as response:
+            to_headers.append(time.perf_counter() - started)
+            buffer = bytearray()
+            async for data in response.aiter_raw():
+                events = [_event_of(f) for f in _frames(buffer, data) if not f.startswith(b":")]
+                if b"chunk" in events and len(to_chunk) < len(to_headers):
+                    to_chunk.append(time.perf_counter() - started)
+                if b"complete" in events or b"error" in events:
+                    break
+        to_end.append(time.perf_counter() - started)
+    return {
+        "rounds": rounds,
+        "get_session_ms": summary_ms(gets),
+        "dormant_turn_headers_ms": summary_ms(to_headers),
+        "dormant_turn_first_chunk_ms": summary_ms(to_chunk),
+        "dormant_turn_complete_ms": summary_ms(to_end),
+    }
+
+
 async def run_delay(
     bench: Bench, kgents: Proc, upstream: Proc, key: str, delay_ms: float
 ) -> list[dict[str, Any]]:
@@ -256,15 +318,12 @@ async def run_delay(
 
         async def kgents_round(stats: SideStats, concurrency: int) -> None:
             sessions = await new_sessions(api, key, concurrency)
-            streams = [
-                (lambda s=s: kgents_stream(api, s, key, tokens))  # type: ignore[misc]
-                for s in sessions
-            ]
+            streams = [partial(kgents_stream, api, s, key, tokens) for s in sessions]
             await bench.round(stats, streams, ("upstream", "nats", "kgents", "client"))
 
         async def direct_round(stats: SideStats, concurrency: int) -> None:
             streams = [
-                (lambda: direct_stream(direct_client, direct_url, tokens))
+                partial(direct_stream, direct_client, direct_url, tokens)
                 for _ in range(concurrency)
             ]
             await bench.round(stats, streams, ("upstream", "client"))
@@ -272,6 +331,8 @@ async def run_delay(
         # Warm-up (not counted): connections, consumers, SQLite pages, code paths.
         await direct_round(SideStats(), 4)
         await kgents_round(SideStats(), 4)
+        if delay_ms == args.probe_delay:
+            bench.probe = await request_path(api, key, args.rounds_1)
 
         for concurrency, rounds in (
             (1, args.rounds_1),
@@ -334,10 +395,7 @@ async def profile_run(bench: Bench, kgents: Proc, key: str, out_dir: Path) -> di
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline and profile.proc.poll() is None:
                 sessions = await new_sessions(api, key, 64)
-                streams = [
-                    (lambda s=s: kgents_stream(api, s, key, bench.args.tokens))  # type: ignore[misc]
-                    for s in sessions
-                ]
+                streams = [partial(kgents_stream, api, s, key, bench.args.tokens) for s in sessions]
                 await bench.round(stats, streams, ("kgents",))
             err = await asyncio.to_thread(profile.finish)
         finally:
@@ -354,6 +412,8 @@ async def profile_run(bench: Bench, kgents: Proc, key: str, out_dir: Path) -> di
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     delays = [float(d) for d in args.delays.split(",")]
     admin_token = secrets.token_urlsafe(24)
+    started = time.monotonic()
+    log_errors = 0
     result: dict[str, Any] = {
         "bench": "streaming",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -363,7 +423,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     with (
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
-        harness.processes(Path(tmp)) as registry,
+        harness.processes(Path(tmp), keep_logs=_dir(args.keep_logs)) as registry,
     ):
         workdir = Path(tmp)
         nats = harness.start_nats(registry, workdir / "nats")
@@ -382,28 +442,29 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 },
             )
             key = harness.provision_key(kgents.url, admin_token)
-            bench = Bench(args, {"upstream": upstream, "nats": nats, "kgents": kgents})
-            bench.started = time.monotonic() - _elapsed(result)
+            procs = {"upstream": upstream, "nats": nats, "kgents": kgents}
+            bench = Bench(args, procs, started=started)
             result["scenarios"] += await run_delay(bench, kgents, upstream, key, delay)
-            if args.profile_seconds and delay == delays[0]:
+            if bench.probe is not None:
+                result["request_path"] = bench.probe
+            if args.profile_seconds and delay == delays[0] and not bench.over_deadline():
                 out_dir = Path(args.profile_out) if args.profile_out else workdir
                 out_dir.mkdir(parents=True, exist_ok=True)
                 result["profile_64_streams"] = {
                     "upstream_delay_ms": delay,
                     **await profile_run(bench, kgents, key, out_dir),
                 }
-            result["kgents_log_errors"] = _count_errors(kgents) + result.get("kgents_log_errors", 0)
+            log_errors += _count_errors(kgents)
             registry.stop(kgents)
             registry.stop(upstream)
-            result.setdefault("_t0", time.monotonic() - bench.started)
-            result["_t0"] = time.monotonic() - bench.started
-    result.pop("_t0", None)
+    result["kgents_log_errors"] = log_errors
+    result["wall_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result["scenarios"])
     return result
 
 
-def _elapsed(result: dict[str, Any]) -> float:
-    return float(result.get("_t0", 0.0))
+def _dir(value: str) -> Path | None:
+    return Path(value) if value else None
 
 
 def _count_errors(proc: Proc) -> int:
@@ -445,9 +506,11 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--delays", default="5,0", help="upstream ms between tokens, comma list")
     parser.add_argument("--rounds-1", type=int, default=30, help="sequential turns per side")
-    parser.add_argument("--rounds-16", type=int, default=5)
-    parser.add_argument("--rounds-64", type=int, default=5)
+    parser.add_argument("--probe-delay", type=float, default=5.0, help="request path probe")
+    parser.add_argument("--rounds-16", type=int, default=3)
+    parser.add_argument("--rounds-64", type=int, default=3)
     parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy at 64 streams")
     parser.add_argument("--profile-out", default="", help="directory for the raw py-spy stacks")
+    parser.add_argument("--keep-logs", default="", help="copy the servers' logs to this dir")
     print(json.dumps(asyncio.run(main(parser.parse_args())), separators=(",", ":")))
     sys.stdout.flush()

@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,8 +130,11 @@ class Processes:
 
 
 @contextlib.contextmanager
-def processes(workdir: Path) -> Iterator[Processes]:
-    """A registry whose processes are stopped at the end of the block, also on SIGTERM."""
+def processes(workdir: Path, *, keep_logs: Path | None = None) -> Iterator[Processes]:
+    """A registry whose processes are stopped at the end of the block, also on SIGTERM.
+
+    With ``keep_logs``, every process's log is copied there at the end.
+    """
     registry = Processes(workdir)
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -143,6 +147,11 @@ def processes(workdir: Path) -> Iterator[Processes]:
         registry.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for path in workdir.glob("*.log"):
+                shutil.copy(path, keep_logs / path.name)
+            log(f"logs copied to {keep_logs}")
 
 
 def _read_line(stream: IO[bytes], seconds: float) -> str:
@@ -204,9 +213,7 @@ def _answers_with_jetstream(port: int) -> bool:
         return False
 
 
-def start_kgents(
-    registry: Processes, *, name: str, data_dir: Path, env: dict[str, str]
-) -> Proc:
+def start_kgents(registry: Processes, *, name: str, data_dir: Path, env: dict[str, str]) -> Proc:
     """``kgents serve`` in a subprocess, on a free port, waited for until ``/health`` is 200."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -335,84 +342,102 @@ class Profile:
             self.proc.wait(10)
 
 
-def summarize_profile(raw: Path, *, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive shares of the hottest frames of a collapsed-stack file.
+def summarize_profile(raw: Path, *, top: int = 12) -> dict[str, Any]:
+    """Where the samples of a collapsed-stack file (``py-spy --format raw``) went.
 
-    Each line is ``frame;frame;...;leaf count``; a frame is ``function (file:line)``. Line
-    numbers are dropped so one function is one entry.
+    Each line is ``frame;frame;...;leaf count``; a frame is ``function (file:line)``; line
+    numbers are dropped so one function is one entry. ``main_thread_by_stage_pct`` classifies
+    each event-loop sample by the pipeline stage it belongs to (see ``_STAGES``), in percent of
+    the main thread's samples; other threads (aiosqlite's workers) are counted apart.
     """
     self_counts: dict[str, int] = {}
     inclusive: dict[str, int] = {}
-    by_area: dict[str, int] = {}
-    total = 0
+    stages: dict[str, int] = {}
+    total = main = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
-        frames = [_frame_name(frame) for frame in stack.split(";")]
-        frames = [frame for frame in frames if frame]
+        frames = [name for name in (_frame_name(f) for f in stack.split(";")) if name]
         if not frames:
             continue
+        total += count
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
-        area = _area_of(frames)
-        by_area[area] = by_area.get(area, 0) + count
+        if frames[0].startswith("Thread._bootstrap"):
+            continue
+        main += count
+        stage = _stage_of(frames)
+        stages[stage] = stages.get(stage, 0) + count
 
-    def shares(counts: dict[str, int]) -> list[list[Any]]:
+    def shares(counts: dict[str, int], of: int) -> list[list[Any]]:
         ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
-        return [[name, round(100 * count / total, 1)] for name, count in ranked]
+        return [[name, round(100 * count / of, 1)] for name, count in ranked] if of else []
 
+    skip = ("runpy", "typer/", "click/", "kgents/__main__", "kgents/cli/", "uvicorn/", "threading")
+    useful = {
+        name: count
+        for name, count in inclusive.items()
+        if not any(marker in name for marker in skip) and not name.startswith("Runner.run")
+    }
     return {
         "samples": total,
-        "top_self_pct": shares(self_counts) if total else [],
-        "top_inclusive_pct": shares(inclusive) if total else [],
-        "by_area_pct": shares(by_area) if total else [],
+        "main_thread_samples": main,
+        "main_thread_by_stage_pct": shares(stages, main),
+        "top_self_pct": shares(self_counts, total),
+        "top_inclusive_pct": shares(useful, total),
     }
 
 
 def _frame_name(frame: str) -> str:
     frame = frame.strip()
-    if not frame or frame.startswith("process ") or frame.startswith("thread "):
+    if not frame or frame.startswith(("process ", "thread ")):
         return ""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/src/", "/lib/python3"):
+    for marker in ("site-packages/", "/src/", "/lib/python3.11/", "/lib/python3"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break
     return f"{name} ({path})" if path else name
 
 
-_AREAS = (
-    ("kgents/api/sse.py", "kgents sse framing/follow"),
-    ("kgents/streaming/consumer.py", "kgents ordered consumer"),
-    ("kgents/streaming/wire.py", "kgents wire encode/decode"),
-    ("kgents/streaming/pipeline.py", "kgents pipelined publish"),
-    ("kgents/streaming/bridge.py", "kgents bridge"),
-    ("kgents/sessions/generation.py", "kgents generation"),
-    ("kgents/flux/", "kgents flux buffer"),
-    ("kgents/llm/", "kgents llm provider"),
-    ("openai/", "openai SDK (stream parse, pydantic)"),
-    ("httpx/", "httpx/httpcore"),
-    ("httpcore/", "httpx/httpcore"),
-    ("nats/", "nats-py"),
-    ("sqlalchemy/", "SQLAlchemy/aiosqlite"),
-    ("aiosqlite/", "SQLAlchemy/aiosqlite"),
-    ("uvicorn/", "uvicorn"),
-    ("starlette/", "starlette/fastapi"),
-    ("fastapi/", "starlette/fastapi"),
-    ("pydantic", "pydantic"),
-    ("asyncio/", "asyncio"),
+# First match wins, checked against the whole stack of one main-thread sample.
+_STAGES = (
+    ("OpenAIProvider.stream", "provider: openai SDK stream read + parse"),
+    ("TurnRunner._close", "turn close: final SQL transaction + end event"),
+    ("TurnRunner.open", "turn open: user_message publish + SQL"),
+    ("TurnRunner._pump", "publish: chunk event encode + nats publish"),
+    ("FluxStream.merge", "provider buffer (FluxStream queue)"),
+    ("Client._flusher", "nats-py flusher: socket writes"),
+    ("Client._read_loop", "nats-py read loop: parse, acks, deliveries"),
+    ("RequestResponseCycle.send", "SSE write: starlette/uvicorn send"),
+    ("kgents/api/sse.py", "SSE follower: consumer next, decode, framing"),
+    ("kgents/streaming/consumer.py", "SSE follower: consumer next, decode, framing"),
+    ("nats/aio/subscription.py", "SSE follower: consumer next, decode, framing"),
+    ("StreamingResponse", "SSE write: starlette/uvicorn send"),
+    ("SessionFollower", "SSE follower: consumer next, decode, framing"),
+    ("decode_session_event", "SSE follower: consumer next, decode, framing"),
+    ("openai/", "provider: openai SDK stream read + parse"),
+    ("httpcore", "provider: openai SDK stream read + parse"),
+    ("h11/", "provider: openai SDK stream read + parse"),
+    ("fail_at (anyio", "provider: openai SDK stream read + parse"),
+    ("Client.publish (nats", "publish: chunk event encode + nats publish"),
+    ("kgents/metering/", "background: outbox relay / metering"),
+    ("kgents/workers", "background: outbox relay / metering"),
+    ("sqlalchemy/", "request: SQL (auth, rate limit, turn start, outbox)"),
+    ("aiosqlite/", "request: SQL (auth, rate limit, turn start, outbox)"),
+    ("RequestResponseCycle.run_asgi", "request: routing, validation, other"),
 )
 
 
-def _area_of(frames: Sequence[str]) -> str:
-    """The area of the innermost frame that belongs to a known library or module."""
-    for frame in reversed(frames):
-        for marker, area in _AREAS:
-            if marker in frame:
-                return area
+def _stage_of(frames: Sequence[str]) -> str:
+    joined = ";".join(frames)
+    for marker, stage in _STAGES:
+        if marker in joined:
+            return stage
+    if frames[-1].startswith("Runner.run"):
+        return "event loop itself (uvloop C code: I/O, callbacks)"
     return "other"

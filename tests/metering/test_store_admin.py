@@ -12,7 +12,9 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kgents.errors import NotFound
 from kgents.metering.meters import DEFAULT_METERS, Meter, MeterAggregation
+from kgents.metering.ports import MeterStore
 from kgents.store import metering_schema
 from kgents.store.engine import alembic_config
 from kgents.store.meter_repo import SqlMeterStore
@@ -28,6 +30,15 @@ METER_TABLES = {
     "meter_definitions",
     "meter_dead_letters",
 }
+
+
+async def test_the_sql_store_implements_the_port(store: SqlMeterStore) -> None:
+    port: MeterStore = store  # checked by mypy
+
+    assert [meter.slug for meter in port.meters] == [meter.slug for meter in TEST_METERS]
+    assert port.meter("api_requests").event_type == "api.request"
+    with pytest.raises(NotFound):
+        port.meter("nope")
 
 
 async def test_dead_letters_are_kept_listed_and_counted(store: SqlMeterStore) -> None:

@@ -55,6 +55,18 @@ async def test_duplicates_across_batches_count_once(store: SqlMeterStore) -> Non
     assert await total(store, "llm_tokens_in") == 35
 
 
+async def test_a_batch_larger_than_one_insert_page_is_one_transaction(
+    store: SqlMeterStore,
+) -> None:
+    events = [tokens(1, at=T0 + timedelta(seconds=i), id=f"big-{i:05d}") for i in range(2500)]
+    await store.ingest(events[1200:1300])
+
+    assert await store.ingest([*events, *events[:10]]) == 2400
+
+    assert await store.event_count() == 2500
+    assert await total(store, "llm_tokens_in") == 2500
+
+
 async def test_the_same_id_from_another_source_is_another_event(store: SqlMeterStore) -> None:
     assert await store.ingest([sample(1, id="x", source="a"), sample(2, id="x", source="b")]) == 2
 

@@ -1,6 +1,5 @@
 """The embedded nats-server: start/stop, adoption after its owner died, restart after a crash."""
 
-import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +18,8 @@ from kgents.ids import new_id
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
-from kgents.streaming.embedded import EmbeddedNats, find_nats_server, process_alive
+from kgents.streaming.embedded import EmbeddedNats
+from kgents.streaming.nats_process import find_nats_server, free_port, process_alive
 from kgents.streaming.topology import ensure_streams
 from tests.support.waiting import eventually
 
@@ -139,14 +139,18 @@ async def test_an_unresponsive_leftover_is_replaced(tmp_path: Path) -> None:
     with dead_owner(tmp_path) as state:
         old_pid = state["pid"]
         assert isinstance(old_pid, int)
-        os.kill(old_pid, signal.SIGSTOP)  # alive, but answers nothing
+        # Our nats-server, alive, but not answering where the state file says it listens.
+        elsewhere = {**state, "port": free_port()}
+        (tmp_path / "nats.json").write_text(json.dumps(elsewhere))
         embedded = EmbeddedNats(tmp_path, stop_seconds=1.0, start_seconds=5.0)
         try:
             url = await embedded.start()
             assert not embedded.adopted
             assert embedded.pid != old_pid
             assert not process_alive(old_pid)
-            assert url == f"nats://127.0.0.1:{state['port']}"  # the URL stays stable
+            assert url == f"nats://127.0.0.1:{elsewhere['port']}"  # the recorded URL is kept
+            conn = await NatsConnection.connect(url)
+            await conn.close()
         finally:
             await embedded.stop()
 
@@ -178,12 +182,13 @@ async def test_a_crashed_server_is_restarted_with_its_data(tmp_path: Path) -> No
 
 async def test_a_start_failure_is_reported(tmp_path: Path) -> None:
     blocker = EmbeddedNats(tmp_path / "a", supervise=False)
-    await blocker.start()
+    clash = EmbeddedNats(tmp_path / "b", start_seconds=3.0)
     try:
+        await blocker.start()
         clash = EmbeddedNats(tmp_path / "b", port=blocker.port, start_seconds=3.0)
-        with pytest.raises(EventsUnavailable):
+        with pytest.raises(EventsUnavailable, match="exited at start-up"):
             await clash.start()
         assert clash.pid is None
     finally:
+        await clash.stop()
         await blocker.stop()
-    await asyncio.sleep(0)

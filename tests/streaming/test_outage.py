@@ -10,7 +10,7 @@ from kgents.ids import new_id
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection, parse_servers
-from kgents.streaming.embedded import free_port
+from kgents.streaming.nats_process import free_port
 from kgents.streaming.topology import ensure_streams
 from tests.support.nats import NatsServer
 from tests.support.waiting import eventually

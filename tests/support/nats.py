@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kgents.streaming.embedded import find_nats_server, free_port
+from kgents.streaming.nats_process import find_nats_server, free_port
 
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 5.0

@@ -12,8 +12,9 @@
   ``from``/``to`` when given, else the first and last minute that have usage.
 - Only windows with usage are returned, in time order. A window whose events carry no usable
   value (SUM, AVG, MIN, MAX, LATEST) has no row, as in OpenMeter.
-- ``subject`` filters and also groups by subject; ``groupBy`` names the meter's group keys, plus
-  the reserved ``subject``.
+- ``subject`` filters and also groups by subject (an empty list filters nothing); ``groupBy``
+  names the meter's group keys, plus the reserved ``subject``; rows carry ``subject`` only when
+  grouped by it, and ``groupBy`` values are ``null`` for events without the key.
 """
 
 from collections.abc import Sequence

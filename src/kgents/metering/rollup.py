@@ -7,11 +7,14 @@ values for UNIQUE_COUNT are kept per minute as a set, because distinct counts do
 Values follow OpenMeter: numbers and numeric strings count, anything else (missing, null,
 booleans, non-numeric strings, NaN, infinities) is skipped for that meter while COUNT still
 counts the event. Group-by values are strings; numbers and booleans are written as in JSON, and
-missing, null, empty or non-scalar values group as ``null``.
+missing, null, empty or non-scalar values group as ``null``. UNIQUE_COUNT reads its values the
+same way and does not count missing, null or empty ones. Group-by and distinct values longer
+than ``MAX_DIMENSION_CHARS`` are cut to that length.
 """
 
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ _MICROSECOND = timedelta(microseconds=1)
 _MICROSECONDS_PER_MINUTE = 60_000_000
 # Longest group-by or distinct value kept; longer ones are cut (keeps index keys bounded).
 MAX_DIMENSION_CHARS = 256
+_EXACT_INT = 2**53
 _NUMBER = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 
 _NO_GROUPS = "{}"
@@ -58,6 +62,8 @@ def epoch_microseconds(at: datetime) -> int:
 
 def numeric_value(raw: Any) -> float | None:
     """``raw`` as a finite number, or ``None`` when it does not count as one."""
+    if type(raw) is int and -_EXACT_INT <= raw <= _EXACT_INT:  # the common case, fast
+        return float(raw)
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int | float):
@@ -151,16 +157,23 @@ class RollupDelta:
     distinct: set[DistinctKey] = field(default_factory=set)
 
 
+Getter = Callable[[dict[str, Any]], Any]
+
+
+def _getter(path: JsonPath) -> Getter:
+    """``path.extract``, or for the usual one-key path the data's own ``get`` (much faster)."""
+    if len(path.steps) == 1 and isinstance(path.steps[0], str):
+        return operator.methodcaller("get", path.steps[0])
+    return path.extract
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledMeter:
     slug: str
     unique: bool
-    value_path: JsonPath | None
-    group_paths: tuple[tuple[str, JsonPath], ...]
-
-    @property
-    def group_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.group_paths)
+    value: Getter | None
+    group_names: tuple[str, ...]
+    groups: tuple[Getter, ...]
 
 
 class MeterSet:
@@ -170,11 +183,14 @@ class MeterSet:
         self.meters = {meter.slug: meter for meter in meters}
         self._by_type: dict[str, list[_CompiledMeter]] = {}
         for meter in meters:
+            value_path = meter.value_path()
+            group_paths = sorted(meter.group_paths().items())
             compiled = _CompiledMeter(
                 slug=meter.slug,
                 unique=meter.aggregation is MeterAggregation.UNIQUE_COUNT,
-                value_path=meter.value_path(),
-                group_paths=tuple(sorted(meter.group_paths().items())),
+                value=None if value_path is None else _getter(value_path),
+                group_names=tuple(name for name, _ in group_paths),
+                groups=tuple(_getter(path) for _, path in group_paths),
             )
             self._by_type.setdefault(meter.event_type, []).append(compiled)
 
@@ -194,10 +210,8 @@ class MeterSet:
             minute = at_us // _MICROSECONDS_PER_MINUTE
             data = event.data
             for meter in meters:
-                if meter.group_paths:
-                    values = tuple(
-                        dimension_value(path.extract(data)) for _, path in meter.group_paths
-                    )
+                if meter.groups:
+                    values = tuple(dimension_value(get(data)) for get in meter.groups)
                     key = group_keys.get((meter.slug, values))
                     if key is None:
                         key = group_keys[meter.slug, values] = group_key(
@@ -206,7 +220,7 @@ class MeterSet:
                 else:
                     key = _NO_GROUPS
                 rollup_key = (meter.slug, event.subject, key, minute)
-                raw = meter.value_path.extract(data) if meter.value_path is not None else None
+                raw = meter.value(data) if meter.value is not None else None
                 state = states.get(rollup_key)
                 if state is None:
                     state = states[rollup_key] = RollupState()

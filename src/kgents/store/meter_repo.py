@@ -410,12 +410,17 @@ class _IngestSql:
         docstring)."""
         if delta.states:
             hourly: dict[RollupKey, RollupState] = {}
+            merged: set[RollupKey] = set()  # hours whose state is a copy, safe to merge into
             for (meter, subject, group, minute), state in delta.states.items():
                 hour = (meter, subject, group, minute - minute % 60)
-                if hour in hourly:
-                    hourly[hour].merge(state)
-                else:
-                    hourly[hour] = dataclasses.replace(state)
+                existing = hourly.get(hour)
+                if existing is None:
+                    hourly[hour] = state  # shared with the minute until a second minute comes
+                    continue
+                if hour not in merged:
+                    existing = hourly[hour] = dataclasses.replace(existing)
+                    merged.add(hour)
+                existing.merge(state)
             for sql, states in ((self.upsert_rollups, delta.states), (self.upsert_hourly, hourly)):
                 await connection.exec_driver_sql(sql, _rollup_rows(states))
         if delta.distinct:
@@ -496,18 +501,35 @@ def _upsert_rollups(statement: Any) -> Any:
 
 
 def _check_event(event: UsageEvent) -> None:
+    """Refuse an event the tables cannot hold, naming it (one cheap test when it is fine)."""
+    source, id_, type_, subject, at = event.source, event.id, event.type, event.subject, event.time
+    if (
+        type(source) is str  # exact types: the fast path for well-formed events
+        and type(id_) is str
+        and type(type_) is str
+        and type(subject) is str
+        and 0 < len(source) <= 256
+        and 0 < len(id_) <= 256
+        and 0 < len(type_) <= 128
+        and 0 < len(subject) <= 256
+        and isinstance(event.data, dict)
+        and isinstance(at, datetime)
+        and at.tzinfo is not None
+        and at.utcoffset() is not None
+        and EARLIEST <= at < LATEST
+    ):
+        return
     for name, limit in _LIMITS.items():
         value = getattr(event, name)
         if not isinstance(value, str) or not value or len(value) > limit:
             raise InvalidInput(
                 f"event {event.id!r}: {name} must be a non-empty string of at most {limit} chars"
             )
-    if not isinstance(event.time, datetime) or event.time.utcoffset() is None:
+    if not isinstance(at, datetime) or at.utcoffset() is None:
         raise InvalidInput(f"event {event.id!r}: time must be an aware datetime")
-    if not EARLIEST <= event.time < LATEST:
+    if not EARLIEST <= at < LATEST:
         raise InvalidInput(f"event {event.id!r}: time must be between years 1000 and 9000")
-    if not isinstance(event.data, dict):
-        raise InvalidInput(f"event {event.id!r}: data must be a JSON object")
+    raise InvalidInput(f"event {event.id!r}: data must be a JSON object")
 
 
 class _QueryRun:

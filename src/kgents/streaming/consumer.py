@@ -139,8 +139,9 @@ class OrderedConsumer:
         self._conn.require_connected()
         start = self._start
         if start.after_seq is not None:
-            policy, opt_start = api.DeliverPolicy.BY_START_SEQUENCE, start.after_seq + 1
-            self._last_seq = start.after_seq
+            after = max(start.after_seq, 0)
+            policy, opt_start = api.DeliverPolicy.BY_START_SEQUENCE, after + 1
+            self._last_seq = after
         elif start.from_start:
             policy, opt_start = api.DeliverPolicy.ALL, None
         else:

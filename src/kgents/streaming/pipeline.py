@@ -67,7 +67,7 @@ class AckRouter:
     async def _on_ack(self, msg: Msg) -> None:
         _, batch_id, index = msg.subject.rsplit(".", 2)
         batch = self._batches.get(batch_id)
-        if batch is not None:
+        if batch is not None and index.isdigit():
             batch.on_ack(int(index), msg)
 
 
@@ -114,7 +114,10 @@ class PipelinedBatch:
         self._raise_failure()
         if not self._client.is_connected:
             raise EventsUnavailable("event stream unavailable: NATS is disconnected")
+        # Count it as sent before the write: the driver may yield while flushing a full
+        # buffer, and the ack may then arrive before the call returns.
         index = self._sent
+        self._sent += 1
         try:
             await self._client.publish(
                 subject, payload, reply=f"{self._reply_prefix}{index}", headers=headers
@@ -124,7 +127,6 @@ class PipelinedBatch:
             raise EventsUnavailable(
                 f"event stream unavailable: publishing {self._what} failed"
             ) from exc
-        self._sent += 1
         if self._sent - self._acked >= self._window:
             await self._wait_for(self._sent - self._window // 2)
 
