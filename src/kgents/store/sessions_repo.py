@@ -261,6 +261,20 @@ class SqlSessionStore:
             )
             return [turn_record(row) for row in rows]
 
+    async def tokens_by_tenant(self) -> dict[str, tuple[int, int]]:
+        """(tokens in, tokens out) of every finished turn, per tenant (for reconciliation)."""
+        async with self._sessions() as db:
+            rows = await db.execute(
+                select(
+                    TurnRow.tenant_id,
+                    func.coalesce(func.sum(TurnRow.tokens_in), 0),
+                    func.coalesce(func.sum(TurnRow.tokens_out), 0),
+                )
+                .where(TurnRow.status != "running")
+                .group_by(TurnRow.tenant_id)
+            )
+            return {tenant: (int(tin), int(tout)) for tenant, tin, tout in rows}
+
     async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
         """Tokens in and out of the tenant's turns started at or after ``since``."""
         async with self._sessions() as db:
