@@ -47,7 +47,7 @@ from harness import Proc, log, ratio, summary_ms
 SYSTEM = "You are K-gent, a thoughtful agent who helps people think clearly."
 MESSAGE = "How should I plan my week?"
 STREAM_TIMEOUT = 120.0
-DEADLINE_SECONDS = 230.0
+DEADLINE_SECONDS = 240.0
 
 
 @dataclass
@@ -413,7 +413,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     delays = [float(d) for d in args.delays.split(",")]
     admin_token = secrets.token_urlsafe(24)
     started = time.monotonic()
-    log_errors = 0
+    log_errors: dict[str, Any] = {}
     result: dict[str, Any] = {
         "bench": "streaming",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -454,10 +454,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "upstream_delay_ms": delay,
                     **await profile_run(bench, kgents, key, out_dir),
                 }
-            log_errors += _count_errors(kgents)
+            log_errors[kgents.name] = harness.log_errors(kgents)
             registry.stop(kgents)
             registry.stop(upstream)
-    result["kgents_log_errors"] = log_errors
+    result["kgents_log"] = log_errors
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["targets"] = targets(result["scenarios"])
     return result
@@ -465,11 +465,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def _dir(value: str) -> Path | None:
     return Path(value) if value else None
-
-
-def _count_errors(proc: Proc) -> int:
-    text = proc.log_tail(10_000_000)
-    return sum(1 for line in text.splitlines() if "ERROR" in line or "Traceback" in line)
 
 
 def targets(scenarios: list[dict[str, Any]]) -> dict[str, Any]:

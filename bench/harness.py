@@ -238,6 +238,19 @@ def start_kgents(registry: Processes, *, name: str, data_dir: Path, env: dict[st
         time.sleep(0.05)
 
 
+def log_errors(proc: Proc) -> dict[str, Any]:
+    """Unhandled errors in a kgents log: how many, and the final line of each traceback."""
+    lines = proc.log_tail(50_000_000).splitlines()
+    unhandled = sum(1 for line in lines if line.startswith("unhandled error"))
+    errors = sum(1 for line in lines if line.startswith("ERROR"))
+    exceptions: dict[str, int] = {}
+    for line in lines:
+        head = line.split(":", 1)[0]
+        if line[:1].isalpha() and " " not in head and head.endswith(("Error", "Exception")):
+            exceptions[line[:160]] = exceptions.get(line[:160], 0) + 1
+    return {"unhandled_errors": unhandled, "error_lines": errors, "exceptions": exceptions}
+
+
 def provision_key(base_url: str, admin_token: str, *, plan: str = "custom") -> str:
     """A tenant on ``plan`` and an API key for it, through the admin API."""
     admin = {"Authorization": f"Bearer {admin_token}"}

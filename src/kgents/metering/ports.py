@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kgents.metering.meters import Meter, WindowSize
@@ -29,7 +29,7 @@ def cloudevent(event: UsageEvent) -> dict[str, Any]:
         "source": event.source,
         "type": event.type,
         "subject": event.subject,
-        "time": event.time.isoformat().replace("+00:00", "Z"),
+        "time": event.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "data": event.data,
     }
 
