@@ -1,5 +1,7 @@
 """Failures of whole processes: SIGKILL of the API mid-turn, two replicas, a NATS outage."""
 
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -198,3 +200,53 @@ async def test_nats_outage_gives_clean_503_and_recovers(tmp_path: Path) -> None:
                 assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
                 partial = "".join(e.data["text"] for e in events if e.event == "chunk")
                 assert messages[1]["content"].startswith(partial)
+
+
+def nats_servers_on(store_dir: Path) -> list[int]:
+    """PIDs of nats-server processes running on ``store_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args and args[0].endswith(b"nats-server") and str(store_dir).encode() in args:
+            pids.append(int(proc.name))
+    return pids
+
+
+async def test_sigkill_with_the_embedded_nats_server_restarts_cleanly(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = server_env(f"sqlite:///{tmp_path / 'kgents.db'}", nats_url="")  # "": embedded
+    first = ServerProcess(data_dir, env).start()
+    async with httpx.AsyncClient(base_url=first.base_url, timeout=30) as client:
+        headers, session_id = await tenant_key_session(client)
+        before = await read_until(
+            client,
+            "POST",
+            f"/v1/kgent/sessions/{session_id}/messages",
+            stop_after_chunk=None,
+            json={"message": "before the crash"},
+            headers=headers,
+        )
+    first.kill()
+    store = (data_dir / "jetstream").resolve()
+    assert len(nats_servers_on(store)) == 1  # left behind by the killed API
+    try:
+        with ServerProcess(data_dir, env, port=first.port) as second:
+            assert len(nats_servers_on(store)) == 1  # reused or replaced, never duplicated
+            async with httpx.AsyncClient(base_url=second.base_url, timeout=30) as client:
+                replay = await read_until(
+                    client,
+                    "GET",
+                    f"/v1/kgent/sessions/{session_id}/events?from=start",
+                    stop_after_chunk=None,
+                    headers=headers,
+                )
+        assert [e.id for e in replay] == [e.id for e in before]  # the store survived
+        assert nats_servers_on(store) == []  # a clean stop takes the embedded server with it
+    finally:
+        for pid in nats_servers_on(store):
+            os.kill(pid, signal.SIGKILL)
