@@ -15,7 +15,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Double, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Double, Index, Integer, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kgents.store.schema import Base
@@ -99,3 +99,12 @@ class MeterDeadLetterRow(Base):
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer)
     parked_at: Mapped[datetime] = mapped_column(index=True)
+
+
+# Core tables for the SQL built in meter_repo, meter_ingest_sql and meter_query_sql.
+EVENTS: Table = MeterEventRow.__table__  # type: ignore[assignment]
+ROLLUPS: Table = MeterRollupRow.__table__  # type: ignore[assignment]
+HOURLY: Table = MeterHourlyRollupRow.__table__  # type: ignore[assignment]
+VALUES: Table = MeterRollupValueRow.__table__  # type: ignore[assignment]
+DEFINITIONS: Table = MeterDefinitionRow.__table__  # type: ignore[assignment]
+DEAD_LETTERS: Table = MeterDeadLetterRow.__table__  # type: ignore[assignment]
