@@ -56,8 +56,9 @@ async def sse_frames(
     """
     iterator = follower.__aiter__()
     pending: asyncio.Task[FollowedEvent] | None = None
-    end_deadline: float | None = None
     loop = asyncio.get_running_loop()
+    last_event_at = loop.time()
+    ended_at: float | None = None
     try:
         yield sse_comment("connected")
         while True:
@@ -69,17 +70,23 @@ async def sse_frames(
                 if not turn_end.done():
                     waiting.add(turn_end)
                 else:
-                    end_deadline = end_deadline or loop.time() + END_GRACE_SECONDS
-                    timeout = min(timeout, max(0.0, end_deadline - loop.time()))
+                    ended_at = ended_at or loop.time()
+                    # The grace runs from the later of the turn's end and the last event
+                    # delivered: while events flow, the stream is catching up, not stuck.
+                    deadline = max(ended_at, last_event_at) + END_GRACE_SECONDS
+                    timeout = min(timeout, max(0.0, deadline - loop.time()))
             done, _ = await asyncio.wait(
                 waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if pending not in done:
-                if end_deadline is not None and loop.time() >= end_deadline and turn_end:
-                    end = turn_end.result()
-                    yield sse_frame(event_id=None, event=end.type, data=end.data)
-                    return
                 if turn_end is not None and turn_end in done:
+                    continue
+                if ended_at is not None and turn_end is not None:
+                    if loop.time() >= max(ended_at, last_event_at) + END_GRACE_SECONDS:
+                        # The stream cannot deliver the end (NATS is gone): send it from here.
+                        end = turn_end.result()
+                        yield sse_frame(event_id=None, event=end.type, data=end.data)
+                        return
                     continue
                 if await request.is_disconnected():
                     return
@@ -97,6 +104,7 @@ async def sse_frames(
                 return
             finally:
                 pending = None
+            last_event_at = loop.time()
             event = followed.event
             yield sse_frame(event_id=followed.seq, event=event.type, data=event.data)
             if stop_when is not None and stop_when(event):

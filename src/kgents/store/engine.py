@@ -18,6 +18,7 @@ from kgents.config import Settings
 from kgents.errors import InvalidInput
 
 _MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_WRITES = "kgents_writes"
 
 
 def database_url(settings: Settings) -> URL:
@@ -48,9 +49,18 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    # IMMEDIATE takes the write lock up front, so a transaction that reads then writes waits
-    # for busy_timeout instead of failing with "database is locked" on the upgrade.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A write transaction takes the write lock up front (IMMEDIATE), so one that reads then
+    # writes waits for busy_timeout instead of failing on the upgrade. Reads begin deferred:
+    # with WAL they neither wait for writers nor hold them up.
+    if connection.get_execution_options().get(_WRITES):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+def for_writes(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) for transactions that write."""
+    return engine.execution_options(**{_WRITES: True})
 
 
 def create_engine(url: URL) -> AsyncEngine:

@@ -41,6 +41,7 @@ from kgents.metering.rollup import (
     MeterSet,
 )
 from kgents.records import UsageEvent
+from kgents.store.engine import for_writes
 from kgents.store.meter_ingest_sql import IngestSql, check_event
 from kgents.store.meter_query_sql import QueryRun
 from kgents.store.metering_schema import (
@@ -99,7 +100,9 @@ class SqlMeterStore:
         """A connection (in a transaction when ``write``) whose driver errors become
         ``Unavailable``: the caller may retry, and nothing of a failed transaction is kept."""
         try:
-            async with self._engine.begin() if write else self._engine.connect() as connection:
+            async with (
+                for_writes(self._engine).begin() if write else self._engine.connect()
+            ) as connection:
                 yield connection
         except SQLAlchemyError as exc:
             raise Unavailable(f"meter store: {what} failed ({type(exc).__name__})") from exc

@@ -7,6 +7,7 @@ from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from kgents.records import UsageEvent
+from kgents.store.engine import for_writes
 from kgents.store.schema import OutboxRow
 
 
@@ -40,16 +41,17 @@ def usage_event_record(row: OutboxRow) -> UsageEvent:
 
 class SqlOutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._reads = async_sessionmaker(engine, expire_on_commit=False)
+        self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
 
     async def add(self, events: Sequence[UsageEvent], *, at: datetime) -> None:
         """Store events that bill no other change (``api.request``) in their own transaction."""
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             add_outbox_events(db, events, at=at)
 
     async def pending(self, *, limit: int) -> Sequence[UsageEvent]:
         """The oldest unsent events."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             rows = await db.scalars(
                 select(OutboxRow)
                 .where(OutboxRow.sent_at.is_(None))
@@ -62,7 +64,7 @@ class SqlOutboxStore:
         """Mark ``(source, id)`` pairs as published (after JetStream acknowledged them)."""
         if not keys:
             return
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             await db.execute(
                 update(OutboxRow)
                 .where(tuple_(OutboxRow.source, OutboxRow.id).in_(keys))
@@ -70,7 +72,7 @@ class SqlOutboxStore:
             )
 
     async def backlog(self) -> int:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             count = await db.scalar(
                 select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
             )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from kgents.errors import NotFound, TurnInProgress
 from kgents.records import Message, Role, Session, Turn, TurnStatus, UsageEvent
+from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
 
@@ -89,10 +90,11 @@ def _message_row(message: Message, position: int) -> MessageRow:
 
 class SqlSessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._reads = async_sessionmaker(engine, expire_on_commit=False)
+        self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
 
     async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             db.add(
                 SessionRow(
                     id=session.id,
@@ -114,7 +116,7 @@ class SqlSessionStore:
         self, tenant_id: str, *, limit: int, offset: int
     ) -> tuple[list[Session], int]:
         live = (SessionRow.tenant_id == tenant_id) & SessionRow.deleted_at.is_(None)
-        async with self._sessions() as db:
+        async with self._reads() as db:
             total = await db.scalar(select(func.count()).select_from(SessionRow).where(live))
             rows = await db.scalars(
                 select(SessionRow)
@@ -126,7 +128,7 @@ class SqlSessionStore:
             return [session_record(row) for row in rows], total or 0
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             row = await db.get(SessionRow, session_id)
             if row is None or row.tenant_id != tenant_id or row.deleted_at is not None:
                 return None
@@ -134,7 +136,7 @@ class SqlSessionStore:
 
     async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool:
         """Soft-delete: the session disappears from the API; its turns stay for billing."""
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             result = await db.execute(
                 update(SessionRow)
                 .where(
@@ -160,7 +162,7 @@ class SqlSessionStore:
         when the session is gone.
         """
         try:
-            async with self._sessions.begin() as db:
+            async with self._writes.begin() as db:
                 session = await db.get(SessionRow, turn.session_id, with_for_update=True)
                 if session is None or session.deleted_at is not None:
                     raise NotFound("session not found")
@@ -206,7 +208,7 @@ class SqlSessionStore:
         Returns ``None`` (and changes nothing) when the turn was no longer running: whoever
         closes a turn first wins, so a turn is never finished, or billed, twice.
         """
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             result = await db.execute(
                 update(TurnRow)
                 .where(TurnRow.id == turn.id, TurnRow.status == "running")
@@ -238,13 +240,13 @@ class SqlSessionStore:
             )
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             await db.execute(update(TurnRow).where(TurnRow.id == turn_id).values(first_seq=seq))
 
     async def renew_leases(self, turn_ids: Sequence[str], *, until: datetime) -> None:
         if not turn_ids:
             return
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             await db.execute(
                 update(TurnRow)
                 .where(TurnRow.id.in_(turn_ids), TurnRow.status == "running")
@@ -253,7 +255,7 @@ class SqlSessionStore:
 
     async def expired_turns(self, *, now: datetime) -> Sequence[Turn]:
         """Running turns whose lease ran out: their process died."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             rows = await db.scalars(
                 select(TurnRow)
                 .where(TurnRow.status == "running", TurnRow.lease_expires_at < now)
@@ -263,7 +265,7 @@ class SqlSessionStore:
 
     async def tokens_by_tenant(self) -> dict[str, tuple[int, int]]:
         """(tokens in, tokens out) of every finished turn, per tenant (for reconciliation)."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             rows = await db.execute(
                 select(
                     TurnRow.tenant_id,
@@ -277,7 +279,7 @@ class SqlSessionStore:
 
     async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
         """Tokens in and out of the tenant's turns started at or after ``since``."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             total = await db.scalar(
                 select(func.coalesce(func.sum(TurnRow.tokens_in + TurnRow.tokens_out), 0)).where(
                     TurnRow.tenant_id == tenant_id,
@@ -288,7 +290,7 @@ class SqlSessionStore:
             return int(total or 0)
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             row = await db.get(TurnRow, turn_id)
             if row is None or row.tenant_id != tenant_id:
                 return None
@@ -298,12 +300,12 @@ class SqlSessionStore:
         query = select(TurnRow).where(TurnRow.status == "running")
         if session_id is not None:
             query = query.where(TurnRow.session_id == session_id)
-        async with self._sessions() as db:
+        async with self._reads() as db:
             return [turn_record(row) for row in await db.scalars(query.order_by(TurnRow.id))]
 
     async def recent_messages(self, session_id: str, *, limit: int) -> list[Message]:
         """The last ``limit`` messages of a session, oldest first."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             rows = await db.scalars(
                 select(MessageRow)
                 .where(MessageRow.session_id == session_id)
@@ -315,7 +317,7 @@ class SqlSessionStore:
     async def list_messages(
         self, session_id: str, *, limit: int, offset: int
     ) -> tuple[list[Message], int]:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             total = await db.scalar(
                 select(func.count())
                 .select_from(MessageRow)

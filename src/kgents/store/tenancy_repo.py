@@ -7,6 +7,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from kgents.records import ApiKey, Tenant, TenantStatus
+from kgents.store.engine import for_writes
 from kgents.store.schema import ApiKeyRow, TenantRow
 
 
@@ -31,10 +32,11 @@ def api_key_record(row: ApiKeyRow) -> ApiKey:
 
 class SqlTenancyStore:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._reads = async_sessionmaker(engine, expire_on_commit=False)
+        self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
 
     async def add_tenant(self, tenant: Tenant) -> None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             db.add(
                 TenantRow(
                     id=tenant.id,
@@ -46,7 +48,7 @@ class SqlTenancyStore:
             )
 
     async def list_tenants(self, *, limit: int, offset: int) -> tuple[list[Tenant], int]:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             total = await db.scalar(select(func.count()).select_from(TenantRow))
             rows = await db.scalars(
                 select(TenantRow)
@@ -57,14 +59,14 @@ class SqlTenancyStore:
             return [tenant_record(row) for row in rows], total or 0
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             row = await db.get(TenantRow, tenant_id)
             return tenant_record(row) if row else None
 
     async def update_tenant(
         self, tenant_id: str, *, plan: str | None, status: TenantStatus | None
     ) -> Tenant | None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             row = await db.get(TenantRow, tenant_id, with_for_update=True)
             if row is None:
                 return None
@@ -75,7 +77,7 @@ class SqlTenancyStore:
             return tenant_record(row)
 
     async def add_api_key(self, key: ApiKey, *, key_hash: str) -> None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             db.add(
                 ApiKeyRow(
                     id=key.id,
@@ -92,7 +94,7 @@ class SqlTenancyStore:
             )
 
     async def list_api_keys(self, tenant_id: str) -> Sequence[ApiKey]:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             rows = await db.scalars(
                 select(ApiKeyRow)
                 .where(ApiKeyRow.tenant_id == tenant_id)
@@ -101,12 +103,12 @@ class SqlTenancyStore:
             return [api_key_record(row) for row in rows]
 
     async def get_api_key(self, key_id: str) -> ApiKey | None:
-        async with self._sessions() as db:
+        async with self._reads() as db:
             row = await db.get(ApiKeyRow, key_id)
             return api_key_record(row) if row else None
 
     async def revoke_api_key(self, key_id: str, *, at: datetime) -> ApiKey | None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             row = await db.get(ApiKeyRow, key_id, with_for_update=True)
             if row is None:
                 return None
@@ -116,7 +118,7 @@ class SqlTenancyStore:
 
     async def find_api_key(self, key_hash: str) -> tuple[ApiKey, Tenant] | None:
         """The key with this hash and its tenant (the lookup is by hash, never by plain key)."""
-        async with self._sessions() as db:
+        async with self._reads() as db:
             result = await db.execute(
                 select(ApiKeyRow, TenantRow)
                 .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
@@ -128,7 +130,7 @@ class SqlTenancyStore:
             return api_key_record(found[0]), tenant_record(found[1])
 
     async def touch_api_key(self, key_id: str, *, at: datetime) -> None:
-        async with self._sessions.begin() as db:
+        async with self._writes.begin() as db:
             await db.execute(
                 update(ApiKeyRow).where(ApiKeyRow.id == key_id).values(last_used_at=at)
             )
