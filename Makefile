@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest install install-test clean
+.PHONY: run test lint typecheck pytest install install-test browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy
 
-pytest: install-test
+## Debian's Chromium for the console's end-to-end tests (they fail, not skip, without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium (apt-get) for the console end-to-end tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+pytest: install-test browser
 	$(BIN)/pytest
 
 ## Install test dependencies, then lint, type-check and run the whole suite.

@@ -7,7 +7,7 @@ turn). A tenant on plan ``custom`` owns one session.
 Each phase opens N followers (``GET /v1/kgent/sessions/{id}/events``, new events only) and waits
 until every one got its ``: connected`` comment, so its consumer exists; then it streams
 ``--turns`` turns one after the other through ``POST .../messages`` (stream=true, the
-"producer", itself one more follower). Phases: 1 follower (the baseline), 25, then 100.
+"producer", itself one more follower). Phases: 1 follower (the baseline), 25, 50, then 100.
 
 Delivery latency of a chunk to a client = the client's wall clock when the bytes of its frame
 were read (``time.time()``, all clients in this one asyncio loop) - the ``time`` kgents wrote
@@ -21,7 +21,7 @@ reported too: it is part of the measured latency and belongs to the client, not 
 Every follower must see every event of the phase exactly once, in order (``missing``,
 ``duplicates``, ``out_of_order``).
 
-    .venv/bin/python bench/bench_fanout.py [--followers 1,25,100] [--turns 5] [--delay-ms 10]
+    .venv/bin/python bench/bench_fanout.py [--followers 1,25,50,100] [--turns 5] [--delay-ms 10]
         [--profile-seconds 8 --profile-out DIR] [--uvloop]
 """
 
@@ -459,7 +459,9 @@ def judge(phases: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--followers", default="1,25,100", help="phases; the first is the baseline")
+    parser.add_argument(
+        "--followers", default="1,25,50,100", help="phases; the first is the baseline"
+    )
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--delay-ms", type=int, default=10, help="demo provider token delay")
     parser.add_argument("--keep-logs", default="", help="copy the servers' logs to this dir")

@@ -239,16 +239,38 @@ def start_kgents(registry: Processes, *, name: str, data_dir: Path, env: dict[st
 
 
 def log_errors(proc: Proc) -> dict[str, Any]:
-    """Unhandled errors in a kgents log: how many, and the final line of each traceback."""
-    lines = proc.log_tail(50_000_000).splitlines()
-    unhandled = sum(1 for line in lines if line.startswith("unhandled error"))
-    errors = sum(1 for line in lines if line.startswith("ERROR"))
+    """Unhandled errors in a kgents log: how many, and the final line of each traceback.
+
+    Reads both log formats: plain text, and JSON lines (``{"level": ..., "message": ...,
+    "exception": <traceback>}``, what ``kgents serve`` writes now).
+    """
+    unhandled = errors = 0
     exceptions: dict[str, int] = {}
-    for line in lines:
-        head = line.split(":", 1)[0]
-        if line[:1].isalpha() and " " not in head and head.endswith(("Error", "Exception")):
-            exceptions[line[:160]] = exceptions.get(line[:160], 0) + 1
+    for line in proc.log_tail(50_000_000).splitlines():
+        record = _json_record(line)
+        if record is None:
+            message, level, traceback = line, line.split(":", 1)[0], line
+        else:
+            message = str(record.get("message", ""))
+            level = str(record.get("level", "")).upper()
+            traceback = str(record.get("exception") or "")
+        unhandled += message.startswith("unhandled error")
+        errors += level == "ERROR"
+        for text in traceback.splitlines():
+            head = text.split(":", 1)[0]
+            if text[:1].isalpha() and " " not in head and head.endswith(("Error", "Exception")):
+                exceptions[text[:160]] = exceptions.get(text[:160], 0) + 1
     return {"unhandled_errors": unhandled, "error_lines": errors, "exceptions": exceptions}
+
+
+def _json_record(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def provision_key(base_url: str, admin_token: str, *, plan: str = "custom") -> str:

@@ -1,9 +1,11 @@
 """Layers only call downward: walk every module's imports and fail on an upward reach.
 
 api/, cli/                      (top: HTTP and command line)
+client/                         (beside the top: speaks HTTP only, imports no server part)
+observability/                  (beside the top: metrics and logs, wired in by api/ and cli/)
 platform.py                     (composition root)
 tenancy/, sessions/, metering/  (services: no web, NATS or database driver imports)
-store/, streaming/, llm/        (adapters: never import api/, cli/ or platform)
+store/, streaming/, llm/, sinks/  (adapters: never import api/, cli/ or platform)
 flux/                           (pure code)
 config, errors, records, clock, ids   (leaves)
 """
@@ -16,8 +18,12 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "kgents"
 LEAVES = {"config", "errors", "records", "clock", "ids"}
 SERVICES = {"tenancy", "sessions", "metering"}
-ADAPTERS = {"store", "streaming", "llm"}
+ADAPTERS = {"store", "streaming", "llm", "sinks"}
 TOP = {"api", "cli", "platform", "workers"}
+# Used by the top only: nothing below may import them.
+CLIENT = {"client"}
+OBSERVABILITY = {"observability"}
+BESIDE_TOP = CLIENT | OBSERVABILITY
 # The provider interface lives beside its adapters (STYLE.md) but is a port services may use.
 INTERFACES = {"kgents.llm.base"}
 DRIVERS = {
@@ -29,13 +35,16 @@ DRIVERS = {
     "aiosqlite",
     "uvicorn",
     "alembic",
+    "prometheus_client",
 }
 
 FORBIDDEN: dict[str, set[str]] = {
-    **{leaf: SERVICES | ADAPTERS | TOP | {"flux"} for leaf in LEAVES},
-    "flux": SERVICES | ADAPTERS | TOP | LEAVES,
-    **dict.fromkeys(SERVICES, ADAPTERS | TOP | DRIVERS),
-    **dict.fromkeys(ADAPTERS, TOP),
+    **{leaf: SERVICES | ADAPTERS | TOP | BESIDE_TOP | {"flux"} for leaf in LEAVES},
+    "flux": SERVICES | ADAPTERS | TOP | BESIDE_TOP | LEAVES,
+    **dict.fromkeys(SERVICES, ADAPTERS | TOP | BESIDE_TOP | DRIVERS),
+    **dict.fromkeys(ADAPTERS, TOP | BESIDE_TOP),
+    "client": SERVICES | ADAPTERS | TOP | OBSERVABILITY | DRIVERS | {"flux"},
+    "observability": ADAPTERS | TOP | CLIENT,
 }
 
 

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     )
     openmeter_url: str | None = Field(default=None, description="Forward usage to this OpenMeter.")
     openmeter_token: SecretStr | None = Field(default=None, description="Token for OpenMeter.")
+    openmeter_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="Timeout of one request forwarding to OpenMeter."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -16,11 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kgents.config import Settings
 from kgents.llm.base import LLMProvider
 from kgents.llm.factory import build_provider
+from kgents.metering.meters import load_meters
 from kgents.sessions.generation import TurnRunner
 from kgents.sessions.ports import SessionEventLog
 from kgents.sessions.service import SessionService
 from kgents.sessions.supervisor import TurnSupervisor
 from kgents.store.engine import create_engine, database_url, upgrade_database_async
+from kgents.store.meter_repo import SqlMeterStore
 from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.store.rate_limit_repo import SqlRequestCounter
 from kgents.store.sessions_repo import SqlSessionStore
@@ -44,6 +46,7 @@ class Platform:
     rate_limiter: RateLimiter
     quota: TokenQuota
     request_counter: SqlRequestCounter
+    meters: SqlMeterStore
 
     async def database_ok(self) -> bool:
         try:
@@ -66,7 +69,10 @@ class Generation:
 
 @contextlib.asynccontextmanager
 async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Platform]:
-    """Connect to the database (migrating it first) and build the services."""
+    """Connect to the database (migrating it first) and build the services.
+
+    An unusable meters file raises ``InvalidInput`` before anything is touched."""
+    meters = load_meters(settings.meters_file)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(settings)
     if migrate:
@@ -93,6 +99,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             rate_limiter=RateLimiter(request_counter),
             quota=quota,
             request_counter=request_counter,
+            meters=SqlMeterStore(engine, meters),
         )
     finally:
         await provider.aclose()

@@ -1,24 +1,36 @@
-"""Background work of a running server: cross-replica cancels, turn recovery, outbox relay.
+"""Background work of a running server: cross-replica cancels, turn recovery, outbox relay,
+metering (the ``metering`` consumer, shared by all replicas, and forwarding to OpenMeter).
 
-Each worker is a task that retries on its own; ``running_workers`` starts them all and cancels
-them on the way out.
+Each worker is a task that retries on its own; ``running_workers`` starts them all, yields
+them (``Workers``: the relay to ``notify``, the metering processor for its ``stats``) and
+cancels them on the way out.
 """
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
+from kgents.metering.processor import MeteringProcessor
 from kgents.metering.relay import OutboxRelay
 from kgents.platform import Generation, Platform
 from kgents.sessions.recovery import TurnRecovery
+from kgents.sinks.openmeter import OpenMeterSink
 from kgents.streaming.runtime import Streaming
+from kgents.streaming.usage_consumer import UsageConsumer
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    relay: OutboxRelay
+    metering: MeteringProcessor
 
 
 @contextlib.asynccontextmanager
 async def running_workers(
     platform: Platform, streaming: Streaming, generation: Generation
-) -> AsyncIterator[OutboxRelay]:
+) -> AsyncIterator[Workers]:
     lease = timedelta(seconds=platform.settings.turn_lease_seconds)
     recovery = TurnRecovery(
         store=platform.session_store,
@@ -27,6 +39,17 @@ async def running_workers(
         lease=lease,
     )
     relay = OutboxRelay(outbox=platform.outbox, publisher=streaming.usage)
+    settings = platform.settings
+    sink = None
+    if settings.openmeter_url:
+        token = settings.openmeter_token
+        sink = OpenMeterSink(
+            settings.openmeter_url,
+            token=token.get_secret_value() if token else None,
+            timeout_seconds=settings.openmeter_timeout_seconds,
+        )
+    usage = UsageConsumer(streaming.connection)
+    metering = MeteringProcessor(source=usage, store=platform.meters, sink=sink)
 
     async def cancel_here(session_id: str) -> None:
         generation.supervisor.cancel(session_id)
@@ -37,11 +60,15 @@ async def running_workers(
             recovery.run(interval_seconds=lease.total_seconds() / 3), name="turn-recovery"
         ),
         asyncio.create_task(relay.run(), name="outbox-relay"),
+        asyncio.create_task(metering.run(), name="metering"),
     ]
     try:
-        yield relay
+        yield Workers(relay=relay, metering=metering)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await cancels.unsubscribe()
+        await usage.close()
+        if sink is not None:
+            await sink.aclose()

@@ -7,6 +7,7 @@ The lifespan opens the platform (database, migrations, LLM provider), the event 
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,10 +15,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from kgents import __version__
 from kgents.api.body_limit import BodyLimitMiddleware
 from kgents.api.errors import install_error_handlers
-from kgents.api.routes import health, sessions, tenants
+from kgents.api.routes import admin_metering, console, health, openmeter, sessions, tenants, usage
+from kgents.api.routes import metrics as metrics_routes
+from kgents.api.schemas import ErrorBody
 from kgents.api.usage_middleware import RequestUsageMiddleware
 from kgents.clock import utc_now
 from kgents.config import Settings
+from kgents.observability.event_log import MeasuredEventLog
+from kgents.observability.metrics import Metrics
+from kgents.observability.middleware import RequestObserver
 from kgents.platform import build_generation, open_platform
 from kgents.records import UsageEvent
 from kgents.streaming.runtime import open_streaming
@@ -28,9 +34,17 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
+# What any route taking a tenant's API key can also answer, for the OpenAPI document.
+API_KEY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "Tenant suspended"},
+    413: {"model": ErrorBody, "description": "Request body too large"},
+    429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
+}
+
 
 def create_app(settings: Settings) -> FastAPI:
     """A new application for ``settings``; nothing is shared between two apps."""
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,11 +52,20 @@ def create_app(settings: Settings) -> FastAPI:
             open_platform(settings) as platform,
             open_streaming(settings) as streaming,
         ):
-            generation = build_generation(platform, streaming.events)
+            generation = build_generation(platform, MeasuredEventLog(streaming.events, metrics))
             app.state.platform = platform
             app.state.generation = generation
             app.state.admin_token = load_or_create_admin_token(settings).value
             app.state.events_ok = streaming.is_connected
+            metrics.watch(
+                outbox_backlog=platform.outbox.backlog,
+                nats_connected=streaming.is_connected,
+                turns_running=lambda: generation.supervisor.active,
+                dead_letters=platform.meters.dead_letter_count,
+            )
+            # Rebuild the rollups of new or changed meters before anything is ingested.
+            await platform.meters.sync_meters()
+            app.state.meters_loaded_at = utc_now()
             async with running_workers(platform, streaming, generation) as relay:
                 app.state.relay = relay
                 try:
@@ -56,10 +79,16 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Conversations with K-gent: streamed over NATS JetStream, metered exactly once.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tenants.router)
-    app.include_router(sessions.router)
+    app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS)
+    app.include_router(usage.router)
+    app.include_router(openmeter.router)
+    app.include_router(admin_metering.router)
+    app.include_router(metrics_routes.router)
+    console.install(app)
 
     async def record_usage(events: list[UsageEvent]) -> None:
         await app.state.platform.outbox.add(events, at=utc_now())
@@ -72,6 +101,12 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "Last-Event-ID"],
-            expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+            expose_headers=[
+                "Retry-After",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-Request-ID",
+            ],
         )
+    app.add_middleware(RequestObserver, metrics=metrics)
     return app

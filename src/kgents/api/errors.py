@@ -2,6 +2,10 @@
 
 Domain errors map to statuses here and nowhere else. Validation errors, unknown routes and even
 unexpected exceptions get the same body; no response ever carries a stack trace.
+
+The OpenMeter-compatible surface (``/api/v1/...``) is the one exception: there the same errors are
+``application/problem+json`` (``kgents.api.problems``), as OpenMeter answers them, and invalid
+input is 400 rather than 422 (OpenMeter's spec has no 422).
 """
 
 import logging
@@ -9,8 +13,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kgents.api.problems import new_instance, problem_response, wants_problem
 from kgents.errors import (
     Conflict,
     Forbidden,
@@ -76,27 +82,65 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _respond(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    instance: str | None = None,
+) -> JSONResponse:
+    if wants_problem(request.url.path):
+        return problem_response(
+            400 if status == 422 else status,
+            detail=message,
+            code=code,
+            instance=instance,
+            headers=headers,
+        )
+    return error_response(status, code, message, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KgentsError)
-    async def _domain(_request: Request, exc: KgentsError) -> JSONResponse:
+    async def _domain(request: Request, exc: KgentsError) -> JSONResponse:
         headers = None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after_seconds)}
         elif isinstance(exc, Unauthenticated):
             headers = {"WWW-Authenticate": "Bearer"}
-        return error_response(status_for(exc), exc.code, exc.message, headers)
+        return _respond(request, status_for(exc), exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "validation_error", _validation_message(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _respond(request, 422, "validation_error", _validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+        return _respond(request, exc.status_code, code, message, dict(exc.headers or {}))
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError) -> JSONResponse:
+        # Locked or unreachable database: a temporary condition, not a server bug.
+        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503,
+            "database_unavailable",
+            "the database is busy or unreachable; try again shortly",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal_error", "internal error")
+        instance = new_instance()
+        logger.error(
+            "unhandled error on %s %s (%s)",
+            request.method,
+            request.url.path,
+            instance,
+            exc_info=exc,
+        )
+        return _respond(request, 500, "internal_error", "internal error", instance=instance)

@@ -1,11 +1,14 @@
 """Request and response models of the HTTP API, in families (Create / Update / Public / plural)."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from kgents.config import Budget
+from kgents.metering.meters import Meter, MeterAggregation, WindowSize
+from kgents.metering.query import QueryRow
 from kgents.records import ApiKey, Message, Session, Tenant
 
 Mode = Literal["reflect", "advise", "challenge", "explore"]
@@ -186,3 +189,102 @@ class TurnCancelled(BaseModel):
     session_id: str
     turn_id: str
     status: Literal["cancelling"]
+
+
+# -- OpenMeter-compatible metering API (/api/v1): OpenMeter's names, camelCase on the wire ----
+
+
+class OpenMeterModel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True
+    )
+
+
+class MeterPublic(OpenMeterModel):
+    """OpenMeter's ``Meter``. Meters are configuration here (``KGENTS_METERS_FILE``), so ``id``
+    is derived from the slug and ``createdAt``/``updatedAt`` are when this server loaded them."""
+
+    id: str
+    slug: str
+    name: str
+    description: str | None = None
+    aggregation: MeterAggregation
+    event_type: str
+    value_property: str | None = None
+    group_by: dict[str, str]
+    window_size: WindowSize
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, meter: Meter, *, meter_id: str, loaded_at: datetime) -> "MeterPublic":
+        return cls(
+            id=meter_id,
+            slug=meter.slug,
+            name=meter.name or meter.slug,  # OpenMeter: the name defaults to the slug
+            description=meter.description,
+            aggregation=meter.aggregation,
+            event_type=meter.event_type,
+            value_property=meter.value_property,
+            group_by=dict(meter.group_by),
+            window_size=meter.window_size,
+            created_at=loaded_at,
+            updated_at=loaded_at,
+        )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class MeterQueryBody(OpenMeterModel):
+    """OpenMeter's ``MeterQueryRequest`` (the body of ``POST …/query``); unknown fields are
+    refused so a misspelt parameter is an error rather than silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str | None = Field(default=None, min_length=1, max_length=36)
+    from_: AwareDatetime | None = Field(default=None, alias="from")
+    to: AwareDatetime | None = None
+    window_size: WindowSize | None = None
+    window_time_zone: str = Field(default="UTC", min_length=1, max_length=64)
+    subject: list[str] | None = Field(default=None, max_length=100)
+    filter_customer_id: list[str] | None = Field(default=None, max_length=100)
+    filter_group_by: dict[str, list[str]] | None = None
+    advanced_meter_group_by_filters: dict[str, Any] | None = None
+    group_by: list[str] | None = Field(default=None, max_length=100)
+
+
+class MeterQueryRowPublic(OpenMeterModel):
+    """OpenMeter's ``MeterQueryRow``: ``subject`` is ``null`` unless grouped by subject."""
+
+    value: float
+    window_start: datetime
+    window_end: datetime
+    subject: str | None
+    group_by: dict[str, str | None]
+
+    @classmethod
+    def of(cls, row: QueryRow) -> "MeterQueryRowPublic":
+        return cls(
+            value=row.value,
+            window_start=row.window_start,
+            window_end=row.window_end,
+            subject=row.subject,
+            group_by=dict(row.group_by),
+        )
+
+
+class MeterQueryResultPublic(OpenMeterModel):
+    """OpenMeter's ``MeterQueryResult``: ``from``, ``to`` and ``windowSize`` only when asked."""
+
+    from_: datetime | None = Field(default=None, alias="from")
+    to: datetime | None = None
+    window_size: WindowSize | None = None
+    data: list[MeterQueryRowPublic]
+
+    def wire(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json", by_alias=True)
+        for name in ("from", "to", "windowSize"):
+            if body[name] is None:
+                del body[name]
+        return body

@@ -1,4 +1,4 @@
-"""The ``kgents`` command: ``serve``, ``db``, ``tenant``, ``key`` and friends."""
+"""The ``kgents`` command: ``serve``, ``db``, ``tenant``, ``key``, ``usage`` and friends."""
 
 from typing import Annotated
 
@@ -6,8 +6,12 @@ import typer
 import uvicorn
 
 from kgents.cli.admin import key_app, tenant_app
-from kgents.cli.common import DataDirOption, console, load_settings
+from kgents.cli.chat import ask, chat
+from kgents.cli.common import DataDirOption, console, error_console, load_settings
 from kgents.cli.nats import nats_app
+from kgents.cli.usage import usage
+from kgents.errors import KgentsError
+from kgents.metering.meters import load_meters
 from kgents.store.engine import database_url, upgrade_database
 from kgents.tenancy.admin_token import load_or_create_admin_token
 
@@ -21,6 +25,9 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
 app.add_typer(nats_app, name="nats")
+app.command("usage")(usage)
+app.command()(chat)
+app.command()(ask)
 
 
 @app.command()
@@ -28,11 +35,32 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
     data_dir: DataDirOption = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="KGENTS_LOG_FORMAT",
+            help="Logs on stderr: auto (JSON lines unless stderr is a terminal), json or text.",
+        ),
+    ] = "auto",
+    log_level: Annotated[
+        str, typer.Option(envvar="KGENTS_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
 ) -> None:
     """Run the API server (embedded SQLite and nats-server unless configured otherwise)."""
     from kgents.api.app import create_app
+    from kgents.observability.logging import LOG_FORMATS, configure_logging
+
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter("must be auto, json or text", param_hint="--log-format")
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
 
     settings = load_settings(data_dir, host=host, port=port)
+    try:
+        load_meters(settings.meters_file)  # checked here too, so a bad file is one clear line
+    except KgentsError as exc:
+        error_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+        raise typer.Exit(code=1) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     token = load_or_create_admin_token(settings)
     if token.created:
@@ -44,11 +72,14 @@ def serve(
         )
     elif token.path is not None:
         console.print(f"Admin token: in {token.path}")
+    configure_logging(level=log_level, fmt=LOG_FORMATS[log_format])
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn's records go through the structured handler
+        access_log=False,  # the request observer logs each request, with its request id
         timeout_graceful_shutdown=15,
     )
 

@@ -10,13 +10,22 @@ pile up in the client, and loses messages when a bounded buffer overflows.)
 Ordering and gap-freedom come from the consumer sequence: any gap, a missed heartbeat, a
 reconnect or a vanished consumer makes us recreate the consumer from the last stream sequence
 we handed out plus one. The caller sees each stream sequence at most once, in increasing order.
+
+Deliveries reach ``next()`` through a callback subscription that puts them in a bounded
+``asyncio.Queue``; ``next()`` takes a buffered one with ``get_nowait()`` and only waits (under
+``asyncio.timeout``) when the queue is empty. nats-py's ``Subscription.next_msg`` costs a
+``uuid4()``, a task and a ``wait_for`` per message, several times the rest of the path
+(``bench/RESULTS.md``).
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -46,6 +55,10 @@ DELETE_TIMEOUT_SECONDS = 1.0
 _WAIT_SLICE_SECONDS = 1.0
 _RETRY_SECONDS = 0.25
 _HEARTBEATS_MISSED = 2.5
+_STATUS_SLACK = 8
+"""Room in the inbox queue beyond one pull's messages and heartbeats: its closing status."""
+_WAKE: None = None
+"""Put in an inbox queue to wake ``next()`` up without a message (closed, connection lost)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,12 @@ class OrderedConsumer:
         self._expires = expires_seconds
         self._outage = outage_seconds
         self._sub: Subscription | None = None
+        self._inbox: asyncio.Queue[Msg | None] = asyncio.Queue()
+        # One pull request is outstanding at a time: it delivers at most ``batch`` messages,
+        # an idle heartbeat every ``heartbeat`` seconds until it expires, and one status.
+        heartbeats = math.ceil(expires_seconds / self._heartbeat) if self._heartbeat > 0 else 0
+        self._inbox_size = batch + heartbeats + _STATUS_SLACK
+        self._overflowed = False
         self._consumer: str | None = None
         self._last_seq = 0  # the last stream sequence handed to the caller
         self._next_dseq = 1  # the consumer sequence expected next
@@ -130,6 +149,12 @@ class OrderedConsumer:
         return self._closed
 
     @property
+    def buffered(self) -> int:
+        """Deliveries received from NATS and not yet taken by ``next()`` (bounded by about one
+        pull batch, however slow the caller is)."""
+        return self._inbox.qsize()
+
+    @property
     def resets(self) -> int:
         """How many times the consumer was recreated (gaps, outages)."""
         return self._resets
@@ -147,7 +172,11 @@ class OrderedConsumer:
         else:
             policy, opt_start = api.DeliverPolicy.NEW, None
         self._reconnects = self._conn.reconnects
-        info = await self._create(policy, opt_start)
+        try:
+            info = await self._create(policy, opt_start)
+        except Exception:
+            await self._drop()  # the inbox may already be subscribed
+            raise
         self._started = True
         self._initial_pending = info.num_pending or 0
         if info.delivered is not None:
@@ -191,16 +220,27 @@ class OrderedConsumer:
             return None
         if self._owed <= 0:
             await self._pull()
-        sub = self._sub
+        inbox = self._inbox
         try:
-            msg = await sub.next_msg(timeout=_WAIT_SLICE_SECONDS)
-        except nats.errors.TimeoutError:
-            if time.monotonic() - self._quiet_since > self._heartbeat * _HEARTBEATS_MISSED:
-                await self._reset("heartbeats missed")
+            msg = inbox.get_nowait()
+        except asyncio.QueueEmpty:
+            if self._overflowed:
+                # What was queued before the overflow is handed out; what was dropped is not
+                # lost: the new consumer starts right after the last message handed out.
+                await self._reset("inbox overflowed")
+                return None
+            if self._conn.client.is_closed:
+                self._closed = True
+                raise EventsUnavailable("event stream unavailable: connection closed") from None
+            try:
+                async with asyncio.timeout(_WAIT_SLICE_SECONDS):
+                    msg = await inbox.get()
+            except TimeoutError:
+                if time.monotonic() - self._quiet_since > self._heartbeat * _HEARTBEATS_MISSED:
+                    await self._reset("heartbeats missed")
+                return None
+        if msg is None:  # woken up: the loop in ``next()`` looks at the state again
             return None
-        except nats.errors.ConnectionClosedError as exc:
-            self._closed = True
-            raise EventsUnavailable("event stream unavailable: connection closed") from exc
         self._quiet_since = time.monotonic()
         status = (msg.headers or {}).get(api.Header.STATUS.value)
         if status:
@@ -280,14 +320,21 @@ class OrderedConsumer:
             mem_storage=True,
         )
         nc = self._conn.client
+        inbox: asyncio.Queue[Msg | None] = asyncio.Queue(maxsize=self._inbox_size)
         with events_unavailable("creating a consumer"):
             self._conn.require_connected()
             # One pull request is outstanding at a time, so the inbox holds at most one batch
-            # plus a few statuses: that is the bound (in messages; bytes are bounded by
-            # batch x max payload, so no byte limit that could drop and loop is set).
+            # plus heartbeats and a status: that is the bound (in messages; bytes are bounded
+            # by batch x max payload, so no byte limit that could drop and loop is set).
             self._sub = await nc.subscribe(
-                nc.new_inbox(), pending_msgs_limit=2 * self._batch + 64, pending_bytes_limit=0
+                nc.new_inbox(),
+                cb=self._deliver_to(inbox),
+                pending_msgs_limit=2 * self._batch + 64,
+                pending_bytes_limit=0,
             )
+        self._inbox = inbox
+        self._overflowed = False
+        self._watch_connection()
         info = await self._conn.guard(
             self._conn.js.add_consumer(self._stream, config=config), action="creating a consumer"
         )
@@ -296,6 +343,37 @@ class OrderedConsumer:
         self._owed = 0
         self._quiet_since = time.monotonic()
         return info
+
+    def _deliver_to(self, inbox: "asyncio.Queue[Msg | None]") -> Callable[[Msg], Awaitable[None]]:
+        """The subscription callback: queue each delivery for ``next()``, never wait.
+
+        Each inbox gets its own callback, so a late delivery to a dropped one goes nowhere.
+        """
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                inbox.put_nowait(msg)
+            except asyncio.QueueFull:
+                # Not expected (see ``_inbox_size``); handled like a gap, see ``_next_once``.
+                if inbox is self._inbox:
+                    self._overflowed = True
+
+        return deliver
+
+    def _watch_connection(self) -> None:
+        """Wake a waiting ``next()`` as soon as the connection drops (or is closed)."""
+        lost = self._conn.lost
+        if not lost.done():
+            lost.add_done_callback(self._on_lost)
+
+    def _on_lost(self, _lost: "asyncio.Future[None]") -> None:
+        self._wake(self._inbox)
+
+    @staticmethod
+    def _wake(inbox: "asyncio.Queue[Msg | None]") -> None:
+        # A full inbox has nobody waiting on it.
+        with contextlib.suppress(asyncio.QueueFull):
+            inbox.put_nowait(_WAKE)
 
     async def _reset(self, reason: str) -> None:
         """Recreate the consumer right after the last message handed out."""
@@ -308,6 +386,8 @@ class OrderedConsumer:
         sub, consumer = self._sub, self._consumer
         self._sub = None
         self._consumer = None
+        self._conn.lost.remove_done_callback(self._on_lost)
+        self._wake(self._inbox)  # a reader waiting on this inbox looks at the state again
         if sub is not None and not self._conn.client.is_closed:
             try:
                 await sub.unsubscribe()

@@ -10,7 +10,11 @@ from kgents.api.schemas import HealthPublic
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", response_model=HealthPublic, responses={503: {"model": HealthPublic}})
+@router.get(
+    "/health",
+    response_model=HealthPublic,
+    responses={503: {"model": HealthPublic, "description": "A component is down"}},
+)
 async def health(request: Request, platform: PlatformDep) -> JSONResponse:
     components = {
         "database": "ok" if await platform.database_ok() else "down",

@@ -19,6 +19,7 @@ from kgents.api.schemas import (
 )
 from kgents.api.sse import sse_frames, sse_response
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput
+from kgents.sessions.generation import error_event
 from kgents.sessions.ports import SessionEvent
 from kgents.sessions.service import TurnRequest
 
@@ -141,7 +142,13 @@ async def send_message(
         return event.type in ("complete", "error") and event.data.get("turn_id") == turn_id
 
     async def end_of_turn() -> SessionEvent:
-        return (await asyncio.shield(task)).end_event()
+        try:
+            return (await asyncio.shield(task)).end_event()
+        except Exception:
+            # The turn could not be stored (database down): the lease recovery closes it later.
+            return error_event(
+                planned.turn, code="turn_failed", message="the turn could not be stored"
+            )
 
     follower = await generation.events.open_follower(session_id, after_seq=first_seq - 1)
     return sse_response(

@@ -1,0 +1,283 @@
+"""Micro-measurements behind the hot-path findings of RESULTS.md. Prints one JSON line.
+
+CPU time of this process (``time.process_time``) per item, each pair in the same run:
+
+- ``openai_sdk``: a 200-token stream from the fake OpenAI upstream (0 ms between tokens) read
+  with the SDK as ``OpenAIProvider.stream`` does (``ChatCompletionChunk`` per event), vs the
+  same SDK call through ``with_streaming_response`` with ``data:`` lines parsed by json.loads;
+- ``nats_next_msg``: draining buffered messages with ``Subscription.next_msg`` (as
+  ``OrderedConsumer`` does: a uuid4 and two tasks per message) vs a callback subscription
+  feeding an ``asyncio.Queue`` read with ``get_nowait`` (net of publishing, same payload);
+- ``sse_wait``: one task plus ``asyncio.wait`` per event (as ``sse_frames`` does) vs awaiting
+  the iterator directly;
+- ``wakeup``: a uvloop socket reader woken every 5 ms by another process (what each isolated
+  chunk costs kgents several times over on this machine);
+- ``kgents_path``: the code kgents runs, whatever it currently does: ``OpenAIProvider.stream``
+  per token chunk (same upstream as ``openai_sdk``), and ``OrderedConsumer.next`` per stored
+  message (10,000 messages of one session read from the start, pull batch as the followers
+  use it, including nats-py's parsing of the deliveries).
+
+    .venv/bin/python bench/bench_hotpath.py
+"""
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import harness
+import nats
+import openai
+import uvloop
+
+from kgents.ids import new_id
+from kgents.llm.base import ChatMessage, GenerationRequest, TextDelta
+from kgents.llm.openai import OpenAIProvider
+from kgents.sessions.ports import SessionEvent
+from kgents.streaming.bridge import DEFAULT_FOLLOW_BATCH, JetStreamEventLog
+from kgents.streaming.connection import NatsConnection
+from kgents.streaming.consumer import OrderedConsumer, StartPosition
+from kgents.streaming.subjects import session_wildcard
+from kgents.streaming.topology import EVENTS_STREAM, ensure_streams
+
+MESSAGES: Any = [{"role": "user", "content": "How should I plan my week?"}]
+PAYLOAD = (
+    b'{"type":"chunk","session_id":"ses_x","time":"2026-01-01T00:00:00.000000Z",'
+    b'"data":{"turn_id":"turn_x","text":" w1","index":1}}'
+)
+
+
+async def per_item(run: Callable[[], Awaitable[int]], repeat: int) -> float:
+    """CPU microseconds per item of ``run`` (which returns how many items it handled)."""
+    await run()  # warm-up
+    started = time.process_time()
+    items = 0
+    for _ in range(repeat):
+        items += await run()
+    return round(1e6 * (time.process_time() - started) / items, 1)
+
+
+async def openai_sdk(base_url: str) -> dict[str, Any]:
+    client = openai.AsyncOpenAI(api_key="x", base_url=base_url, max_retries=0)
+    options: Any = {"include_usage": True}
+
+    async def models() -> int:
+        chunks = await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, stream_options=options
+        )
+        count = 0
+        async for chunk in chunks:
+            count += sum(1 for c in chunk.choices if c.delta.content)
+        return count
+
+    async def raw_lines() -> int:
+        count = 0
+        async with client.chat.completions.with_streaming_response.create(
+            model="m", messages=MESSAGES, stream=True, stream_options=options
+        ) as response:
+            async for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    body = json.loads(line[6:])
+                    for choice in body.get("choices") or ():
+                        count += bool((choice.get("delta") or {}).get("content"))
+        return count
+
+    try:
+        sdk = await per_item(models, 40)
+        raw = await per_item(raw_lines, 40)
+    finally:
+        await client.close()
+    return {"sdk_models_us_per_chunk": sdk, "raw_lines_us_per_chunk": raw}
+
+
+async def nats_next_msg(url: str, count: int = 20_000) -> dict[str, Any]:
+    nc = await nats.connect(url)
+
+    async def fill(subject: str) -> None:
+        for index in range(count):
+            await nc.publish(subject, PAYLOAD, headers={"Nats-Msg-Id": f"t:{index}"})
+        await nc.flush()
+        await asyncio.sleep(0.3)  # let every message arrive (sleeping costs no CPU)
+
+    try:
+        started = time.process_time()
+        await fill("bench.none")
+        publishing = time.process_time() - started
+
+        sub = await nc.subscribe("bench.a", pending_msgs_limit=count + 10, pending_bytes_limit=0)
+        started = time.process_time()
+        await fill("bench.a")
+        for _ in range(count):
+            await sub.next_msg(timeout=1.0)
+        next_msg = time.process_time() - started - publishing
+
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def deliver(msg: Any) -> None:
+            queue.put_nowait(msg)
+
+        await nc.subscribe(
+            "bench.b", cb=deliver, pending_msgs_limit=count + 10, pending_bytes_limit=0
+        )
+        started = time.process_time()
+        await fill("bench.b")
+        for _ in range(count):
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                async with asyncio.timeout(1.0):
+                    await queue.get()
+        callback = time.process_time() - started - publishing
+    finally:
+        await nc.close()
+    return {
+        "next_msg_us_per_msg": round(1e6 * next_msg / count, 1),
+        "callback_queue_us_per_msg": round(1e6 * callback / count, 1),
+    }
+
+
+async def openai_provider(base_url: str) -> float:
+    """CPU microseconds per token chunk of ``OpenAIProvider.stream`` (what kgents runs)."""
+    provider = OpenAIProvider(api_key="x", base_url=base_url, model="m")
+    request = GenerationRequest(
+        system="",
+        messages=(ChatMessage("user", MESSAGES[0]["content"]),),
+        temperature=0.4,
+        max_tokens=4000,
+    )
+
+    async def run() -> int:
+        return sum([isinstance(item, TextDelta) async for item in provider.stream(request)])
+
+    try:
+        return await per_item(run, 40)
+    finally:
+        await provider.aclose()
+
+
+async def ordered_consumer(url: str, count: int = 10_000) -> float:
+    """CPU microseconds per message of ``OrderedConsumer.next`` over stored messages."""
+    conn = await NatsConnection.connect(url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        session_id = new_id("ses")
+        batch = JetStreamEventLog(conn).batch()
+        for index in range(count):
+            data = {"turn_id": "turn_x", "text": f" w{index}", "index": index}
+            event = SessionEvent(
+                session_id=session_id, type="chunk", data=data, msg_id=f"turn_{session_id}:{index}"
+            )
+            await batch.add(event)
+        await batch.flush()
+
+        async def run() -> int:
+            consumer = OrderedConsumer(
+                conn,
+                stream=EVENTS_STREAM,
+                filter_subject=session_wildcard(session_id),
+                start=StartPosition(from_start=True),
+                batch=DEFAULT_FOLLOW_BATCH,
+            )
+            async with consumer:
+                for _ in range(count):
+                    await consumer.next()
+            return count
+
+        return await per_item(run, 3)
+    finally:
+        await conn.close()
+
+
+class _Ready:
+    def __aiter__(self) -> "_Ready":
+        return self
+
+    async def __anext__(self) -> int:
+        return 1
+
+
+async def _next(iterator: AsyncIterator[int]) -> int:
+    return await iterator.__anext__()
+
+
+async def sse_wait(count: int = 50_000) -> dict[str, Any]:
+    iterator = _Ready()
+    started = time.process_time()
+    for _ in range(count):
+        pending = asyncio.ensure_future(_next(iterator))
+        await asyncio.wait({pending}, timeout=15.0, return_when=asyncio.FIRST_COMPLETED)
+        pending.result()
+    with_task = time.process_time() - started
+    started = time.process_time()
+    for _ in range(count):
+        await iterator.__anext__()
+    direct = time.process_time() - started
+    return {
+        "task_and_wait_us_per_event": round(1e6 * with_task / count, 2),
+        "direct_await_us_per_event": round(1e6 * direct / count, 2),
+    }
+
+
+_WRITER = """
+import socket, sys, time
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+end = time.monotonic() + 3.0
+while time.monotonic() < end:
+    sock.sendall(b"x" * 100)
+    time.sleep(0.005)
+sock.close()
+"""
+
+
+async def wakeup() -> dict[str, Any]:
+    reads = 0
+    done = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal reads
+        while await reader.read(4096):
+            reads += 1
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_server(handle, harness.HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.process_time()
+    writer = await asyncio.create_subprocess_exec(sys.executable, "-c", _WRITER, str(port))
+    try:
+        async with asyncio.timeout(20):
+            await done.wait()
+    finally:
+        if writer.returncode is None:
+            writer.kill()
+        await writer.wait()
+        server.close()
+    spent = time.process_time() - started
+    return {"reads": reads, "us_per_wakeup": round(1e6 * spent / max(reads, 1), 1)}
+
+
+async def main() -> dict[str, Any]:
+    result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
+    with (
+        tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+        harness.processes(Path(tmp)) as registry,
+    ):
+        upstream = harness.start_fake_openai(registry, tokens=200, delay_ms=0)
+        nats_proc = harness.start_nats(registry, Path(tmp) / "nats")
+        result["openai_sdk"] = await openai_sdk(upstream.url)
+        result["nats_next_msg"] = await nats_next_msg(nats_proc.url)
+        result["kgents_path"] = {
+            "openai_provider_us_per_chunk": await openai_provider(upstream.url),
+            "ordered_consumer_us_per_msg": await ordered_consumer(nats_proc.url),
+        }
+    result["sse_wait"] = await sse_wait()
+    result["wakeup"] = await wakeup()
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(uvloop.run(main()), separators=(",", ":")))

@@ -1,0 +1,102 @@
+"""``GET /v1/usage``: the calling tenant's usage, token quota and rate-limit headroom (API key).
+
+Query parameters follow OpenMeter's meter query: ``from`` (inclusive) and ``to`` (exclusive),
+RFC 3339 on whole minutes; ``windowSize`` ``MINUTE|HOUR|DAY|MONTH``; ``windowTimeZone`` (IANA).
+Defaults: ``to`` is the end of the current minute, ``from`` 30 days before ``to``, DAY windows in
+UTC. Every configured meter is queried for the tenant's own subject, grouped by the meter's group
+keys (tokens by model); only windows with usage have rows.
+
+``quota`` is the plan's tokens per calendar month (UTC) with what the tenant's turns used; it is
+read from the turns themselves, so it is never behind the meters. ``rate_limit`` is the calling
+key's requests-per-minute window after counting this request.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import AwareDatetime
+
+from kgents.api.deps import PlatformDep, PrincipalDep
+from kgents.api.schemas import ErrorBody
+from kgents.api.usage_schemas import (
+    MeterUsagePublic,
+    QuotaPublic,
+    RateLimitPublic,
+    UsagePublic,
+)
+from kgents.clock import utc_now
+from kgents.errors import Forbidden
+from kgents.metering.meters import WindowSize
+from kgents.tenancy.rate_limit import RateStatus
+from kgents.tenancy.service import Principal
+
+router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+USAGE_SCOPE = "usage"
+DEFAULT_SPAN = timedelta(days=30)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
+    403: {"model": ErrorBody, "description": "The key lacks the 'usage' scope"},
+    422: {"model": ErrorBody, "description": "Invalid range, window size or time zone"},
+    429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
+}
+
+
+def require_usage_scope(principal: Principal) -> None:
+    """Reading usage needs the key's ``usage`` scope (in every key's default scopes)."""
+    if USAGE_SCOPE not in principal.key.scopes:
+        raise Forbidden("this API key lacks the 'usage' scope", code="missing_scope")
+
+
+def default_range(
+    from_: datetime | None, to: datetime | None, *, now: datetime
+) -> tuple[datetime, datetime]:
+    """``[from, to)`` with the defaults filled in: up to the end of this minute, 30 days long."""
+    end = to if to is not None else now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    start = from_ if from_ is not None else end - DEFAULT_SPAN
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+@router.get("", responses=_ERRORS)
+async def get_usage(
+    request: Request,
+    principal: PrincipalDep,
+    platform: PlatformDep,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: AwareDatetime | None = None,
+    window_size: Annotated[WindowSize, Query(alias="windowSize")] = WindowSize.DAY,
+    window_time_zone: Annotated[
+        str, Query(alias="windowTimeZone", min_length=1, max_length=64)
+    ] = "UTC",
+) -> UsagePublic:
+    """The tenant's usage per meter and window, its token quota and its rate-limit headroom."""
+    require_usage_scope(principal)
+    tenant_id = principal.tenant.id
+    start, end = default_range(from_, to, now=utc_now())
+    meters = []
+    for meter in platform.meters.meters:
+        rows = await platform.meters.query(
+            meter,
+            subjects=[tenant_id],
+            group_by=list(meter.group_by),
+            from_=start,
+            to=end,
+            window_size=window_size,
+            window_time_zone=window_time_zone,
+        )
+        meters.append(MeterUsagePublic.of(meter, rows))
+    quota = await platform.quota.status(tenant_id=tenant_id, plan=principal.plan)
+    rate: RateStatus | None = getattr(request.state, "rate_status", None)
+    return UsagePublic(
+        tenant_id=tenant_id,
+        plan=principal.tenant.plan,
+        from_=start,
+        to=end,
+        window_size=window_size,
+        window_time_zone=window_time_zone,
+        meters=meters,
+        quota=QuotaPublic.of(quota),
+        rate_limit=RateLimitPublic.of(rate) if rate is not None else None,
+    )

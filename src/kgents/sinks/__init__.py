@@ -1,0 +1,1 @@
+"""Where usage events go beyond the platform (adapter): ``openmeter``, forwarding to OpenMeter."""

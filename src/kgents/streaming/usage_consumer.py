@@ -1,0 +1,341 @@
+"""The durable pull consumer ``metering`` on ``kgent-usage``: usage events in batches, each
+message with its own ack, nak and term.
+
+The consumer is shared by every replica: each ``fetch`` is a pull request, and JetStream hands
+each pending message to one request at a time, so N processes split the work without any
+coordination of their own. Its configuration (``ConsumerSpec``) is created or brought up to
+date idempotently, like the streams in ``topology``:
+
+====================  =====================================================================
+deliver policy        all (a new consumer starts at the first event still in the stream)
+ack policy            explicit (one ack per message, after the event is stored)
+ack wait              30 s (the processor keeps a held batch alive with ``in_progress``)
+max deliver           10 (the processor parks an event before the server gives up on it)
+max ack pending       1,000 (10 batches of 100 in flight across all replicas)
+filter subject        ``kgent.usage.>``
+====================  =====================================================================
+
+Each message becomes a ``UsageDelivery``: the decoded ``UsageEvent`` (or, for a message that
+is not a valid CloudEvent, the reason and what was received), its delivery count and its
+stream position. Driver errors become ``EventsUnavailable``; every wait is bounded.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from kgents.clock import utc_now
+from kgents.errors import EventsUnavailable, InvalidInput
+from kgents.records import UsageEvent
+from kgents.streaming.connection import CLEANUP_ERRORS, NatsConnection, events_unavailable
+from kgents.streaming.subjects import USAGE_SUBJECTS
+from kgents.streaming.topology import USAGE_STREAM
+from kgents.streaming.wire import parse_rfc3339
+
+logger = logging.getLogger(__name__)
+
+METERING_CONSUMER = "metering"
+ACK_WAIT_SECONDS = 30.0
+MAX_DELIVER = 10
+MAX_ACK_PENDING = 1000
+FETCH_BATCH = 100
+FETCH_MAX_WAIT_SECONDS = 1.0
+FLUSH_TIMEOUT_SECONDS = 5  # nats-py takes whole seconds
+_MAX_SHOWN_PAYLOAD = 4096  # characters of an undecodable message kept for its dead letter
+
+ConsumerAction = Literal["created", "updated", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """What the durable consumer must look like; only these fields are managed here."""
+
+    name: str = METERING_CONSUMER
+    stream: str = USAGE_STREAM
+    filter_subject: str = USAGE_SUBJECTS
+    ack_wait_seconds: float = ACK_WAIT_SECONDS
+    max_deliver: int = MAX_DELIVER
+    max_ack_pending: int = MAX_ACK_PENDING
+    description: str = "kgents metering processor: usage events into the meter store"
+
+    def config(self) -> api.ConsumerConfig:
+        return api.ConsumerConfig(
+            name=self.name,
+            durable_name=self.name,
+            description=self.description,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_seconds,
+            max_deliver=self.max_deliver,
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.filter_subject,
+        )
+
+    def matches(self, config: api.ConsumerConfig) -> bool:
+        """True when ``config`` (as the server reports it) has every managed field."""
+        return (
+            config.durable_name == self.name
+            and _enum_value(config.deliver_policy) == api.DeliverPolicy.ALL.value
+            and _enum_value(config.ack_policy) == api.AckPolicy.EXPLICIT.value
+            and abs((config.ack_wait or 0.0) - self.ack_wait_seconds) < 1e-6
+            and config.max_deliver == self.max_deliver
+            and config.max_ack_pending == self.max_ack_pending
+            and config.filter_subject == self.filter_subject
+        )
+
+
+async def ensure_usage_consumer(
+    conn: NatsConnection, spec: ConsumerSpec = ConsumerSpec()
+) -> ConsumerAction:
+    """Create the durable consumer, or update it when a managed field differs.
+
+    Safe to run from every replica at once. Raises ``EventsUnavailable`` when NATS is down,
+    the stream is missing, or the server refuses the change (for example a different deliver
+    policy, which JetStream cannot change on an existing consumer).
+    """
+    conn.require_connected()
+    js = conn.js
+    with events_unavailable(f"setting up consumer {spec.name}"):
+        try:
+            info = await js.consumer_info(spec.stream, spec.name)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(spec.stream, config=spec.config())
+            return "created"
+        if spec.matches(info.config):
+            return "unchanged"
+        # Consumer create with the same name and no action is "create or update" (2.10+).
+        await js.add_consumer(spec.stream, config=spec.config())
+        return "updated"
+
+
+class UsageDelivery:
+    """One delivered message: the event (or why there is none) and how to settle it.
+
+    Settling is idempotent: after the first ``ack``, ``nak`` or ``term`` the others do nothing,
+    so a caller cannot double-ack. ``in_progress`` may be called any number of times before.
+    """
+
+    __slots__ = (
+        "_msg",
+        "_settled",
+        "attempts",
+        "event",
+        "payload",
+        "pending",
+        "problem",
+        "published_at",
+        "stream_seq",
+    )
+
+    def __init__(self, msg: Msg, metadata: Msg.Metadata) -> None:
+        self._msg = msg
+        self._settled = False
+        self.attempts: int = metadata.num_delivered
+        """How many times this message has been delivered, this time included."""
+        self.stream_seq: int = metadata.sequence.stream
+        self.pending: int = metadata.num_pending
+        """Messages still waiting for the consumer after this one."""
+        self.published_at: datetime = metadata.timestamp.astimezone(UTC)
+        self.event: UsageEvent | None = None
+        self.problem: str | None = None
+        self.payload: Mapping[str, Any]
+        try:
+            self.event, self.payload = decode_usage_event(msg.data, default_time=self.published_at)
+        except InvalidInput as exc:
+            self.problem = f"undecodable usage event on {msg.subject}: {exc.message}"
+            self.payload = _received(msg)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        """Done: never deliver again."""
+        if self._settle():
+            with events_unavailable(f"acknowledging usage event {self.stream_seq}"):
+                await self._msg.ack()
+
+    async def nak(self, *, delay: float | None = None) -> None:
+        """Deliver again, after ``delay`` seconds (at once without one)."""
+        if self._settle():
+            with events_unavailable(f"refusing usage event {self.stream_seq}"):
+                await self._msg.nak(delay=delay)
+
+    async def term(self) -> None:
+        """Given up on: never deliver again (the processor parked it first)."""
+        if self._settle():
+            with events_unavailable(f"terminating usage event {self.stream_seq}"):
+                await self._msg.term()
+
+    async def in_progress(self) -> None:
+        """Still working on it: restart the ack wait without counting a delivery."""
+        if not self._settled:
+            with events_unavailable("extending an ack wait"):
+                await self._msg.in_progress()
+
+    def _settle(self) -> bool:
+        """Mark settled; False when it already was (the caller then sends nothing)."""
+        if self._settled:
+            return False
+        self._settled = True
+        return True
+
+
+class UsageConsumer:
+    """The ``metering`` consumer, bound lazily: ``fetch`` creates or updates it (and binds a
+    pull subscription) on first use and again after any failure, so it rides out NATS outages,
+    restarts and a deleted consumer. ``close()`` unsubscribes but keeps the durable consumer."""
+
+    def __init__(self, conn: NatsConnection, *, spec: ConsumerSpec = ConsumerSpec()) -> None:
+        self._conn = conn
+        self._spec = spec
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    @property
+    def max_deliver(self) -> int:
+        return self._spec.max_deliver
+
+    @property
+    def ack_wait_seconds(self) -> float:
+        return self._spec.ack_wait_seconds
+
+    async def start(self) -> None:
+        """Create or update the consumer and bind a pull subscription to it."""
+        if self._sub is not None:
+            return
+        await ensure_usage_consumer(self._conn, self._spec)
+        with events_unavailable(f"binding consumer {self._spec.name}"):
+            self._sub = await asyncio.wait_for(
+                self._conn.js.pull_subscribe_bind(
+                    durable=self._spec.name, stream=self._spec.stream
+                ),
+                timeout=self._conn.request_timeout,
+            )
+
+    async def fetch(
+        self, *, batch: int = FETCH_BATCH, max_wait: float = FETCH_MAX_WAIT_SECONDS
+    ) -> list[UsageDelivery]:
+        """Up to ``batch`` messages: what is pending now, else what arrives within
+        ``max_wait`` seconds (nats-py's fetch returns once the batch is full or the time is
+        up); an empty list when nothing came. Raises ``EventsUnavailable`` when NATS is down."""
+        await self.start()
+        sub = self._sub
+        if sub is None:  # start() binds it or raises
+            raise EventsUnavailable("event stream unavailable: no metering subscription")
+
+        async def pull() -> list[Msg]:
+            try:
+                return await asyncio.wait_for(
+                    sub.fetch(batch, timeout=max_wait),
+                    timeout=max_wait + self._conn.request_timeout,
+                )
+            except TimeoutError:  # nats' TimeoutError and FetchTimeoutError derive from it
+                return []
+
+        try:
+            self._conn.require_connected()  # before the coroutine exists: guard checks it too
+            messages = await self._conn.guard(pull(), action="fetching usage events")
+        except EventsUnavailable:
+            await self._unbind()  # the consumer may be gone: set it up again next time
+            raise
+        deliveries = []
+        for msg in messages:
+            try:
+                metadata = msg.metadata
+            except (nats.errors.NotJSMessageError, ValueError):
+                logger.warning("skipping a message without JetStream metadata on %s", msg.subject)
+                continue
+            deliveries.append(UsageDelivery(msg, metadata))
+        return deliveries
+
+    async def flush(self) -> None:
+        """Wait until the acks written so far reached the server (a PING round trip)."""
+        self._conn.require_connected()  # before the coroutine exists: guard checks it too
+        await self._conn.guard(
+            self._conn.client.flush(timeout=FLUSH_TIMEOUT_SECONDS), action="flushing acks"
+        )
+
+    async def close(self) -> None:
+        """Stop pulling; the durable consumer and its position stay on the server."""
+        await self._unbind()
+
+    async def _unbind(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        with contextlib.suppress(*CLEANUP_ERRORS):
+            await asyncio.wait_for(sub.unsubscribe(), timeout=1.0)
+
+
+def decode_usage_event(
+    data: bytes, *, default_time: datetime | None = None
+) -> tuple[UsageEvent, dict[str, Any]]:
+    """The ``UsageEvent`` in a CloudEvents JSON body, and the body itself.
+
+    ``time`` is optional in CloudEvents; without one the event takes ``default_time`` (the
+    processor passes the stream's publish time, the same at every redelivery), else now.
+
+    Raises ``InvalidInput`` naming the problem when the body is not a usable CloudEvent: not
+    JSON, not an object, NaN or infinities anywhere, a missing or empty ``id``, ``source``,
+    ``type`` or ``subject``, a ``specversion`` other than 1.0, a ``time`` that is not RFC 3339,
+    or ``data`` that is not an object.
+    """
+    try:
+        body = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"not JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise InvalidInput("not a JSON object")
+    fields: dict[str, str] = {}
+    for name in ("id", "source", "type", "subject"):
+        value = body.get(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(f"{name} must be a non-empty string")
+        fields[name] = value
+    if body.get("specversion") != "1.0":
+        raise InvalidInput(f"unsupported specversion {body.get('specversion')!r}")
+    if body.get("time") is None:
+        time: datetime | None = default_time or utc_now()
+    else:
+        time = parse_rfc3339(body["time"])
+    if time is None:
+        raise InvalidInput(f"time {body.get('time')!r} is not RFC 3339")
+    event_data = body.get("data", {})
+    if event_data is None:
+        event_data = {}
+    if not isinstance(event_data, dict):
+        raise InvalidInput("data must be a JSON object")
+    event = UsageEvent(
+        id=fields["id"],
+        source=fields["source"],
+        type=fields["type"],
+        subject=fields["subject"],
+        time=time,
+        data=event_data,
+    )
+    return event, body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _received(msg: Msg) -> dict[str, Any]:
+    """What an undecodable message carried, bounded, for its dead letter."""
+    text = msg.data.decode("utf-8", errors="replace")
+    shown = text[:_MAX_SHOWN_PAYLOAD]
+    return {"nats_subject": msg.subject, "payload": shown, "truncated": len(text) > len(shown)}
+
+
+def _enum_value(value: object) -> object:
+    return getattr(value, "value", value)
