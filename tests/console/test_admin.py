@@ -74,6 +74,10 @@ def test_admin_tenants_keys_and_revocation_signs_the_tenant_out(
         # The tenant signs in with the new key and works.
         sign_in(tenant, console, key)
         create_session(tenant, "Before revocation")
+        # Its usage reached the metering processor, which now reports its lag.
+        expect(admin.locator("#health-lag")).to_have_attribute(
+            "data-value", re.compile(r"^\d+$"), timeout=10_000
+        )
 
         # Suspended: refused (403) in the API's words, but still signed in.
         tenant_row(admin, "globex").get_by_role("button", name="Suspend globex").click()

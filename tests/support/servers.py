@@ -29,7 +29,7 @@ def free_port() -> int:
         return port
 
 
-def wait_healthy(base_url: str, *, seconds: float = 30.0) -> None:
+def wait_healthy(base_url: str, *, seconds: float = 90.0) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

@@ -66,8 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
             # Rebuild the rollups of new or changed meters before anything is ingested.
             await platform.meters.sync_meters()
             app.state.meters_loaded_at = utc_now()
-            async with running_workers(platform, streaming, generation) as relay:
-                app.state.relay = relay
+            async with running_workers(platform, streaming, generation) as workers:
+                app.state.relay = workers.relay
+                app.state.metering_processor = workers.metering  # GET /v1/admin/metering
                 try:
                     yield
                 finally:

@@ -68,15 +68,13 @@ export function barChart(figure, { title, buckets, series, labelEvery = 1, note 
       );
     }),
   );
-  const labels = buckets.map((bucket, b) =>
-    (buckets.length - 1 - b) % labelEvery === 0 // the latest bucket always has its label
-      ? svg(
-          "text",
-          { class: "x-label", x: PAD.left + b * slot + slot / 2, y: HEIGHT - 8, "text-anchor": "middle" },
-          bucket.short,
-        )
-      : null,
-  );
+  // The latest bucket always has its label, kept inside the chart at the right edge.
+  const labels = buckets.map((bucket, b) => {
+    if ((buckets.length - 1 - b) % labelEvery !== 0) return null;
+    const last = b === buckets.length - 1;
+    const x = last ? WIDTH - PAD.right : PAD.left + b * slot + slot / 2;
+    return svg("text", { class: "x-label", x, y: HEIGHT - 8, "text-anchor": last ? "end" : "middle" }, bucket.short);
+  });
 
   figure.dataset.total = String(total);
   const parts = [
