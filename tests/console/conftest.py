@@ -89,7 +89,9 @@ class PageProblems:
         self.errors.append(f"uncaught: {error}")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: a running app also runs the shared ``metering`` consumer, which
+# would take usage events published by the apps of later tests.
+@pytest.fixture(scope="module")
 def console_settings(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Settings:
     base = tmp_path_factory.mktemp("console")
     return make_settings(
@@ -100,7 +102,7 @@ def console_settings(tmp_path_factory: pytest.TempPathFactory, nats_url: str) ->
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def console(console_settings: Settings) -> Iterator[Console]:
     with server_in_thread(console_settings) as api_url:
         port = urlsplit(api_url).port
