@@ -286,3 +286,38 @@ async def test_a_store_outage_longer_than_the_ack_wait_holds_the_batch_without_r
     assert metering.stats.redelivered == 0 and metering.stats.batches == 1
     info = await conn.js.consumer_info(USAGE_STREAM, METERING_CONSUMER)
     assert info.delivered.consumer_seq == 50  # each message delivered once: kept alive
+
+
+async def test_a_fetch_cancelled_mid_batch_hands_its_messages_back_at_once(
+    conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    await JetStreamUsagePublisher(conn).publish_usage(
+        [tokens_event("tenant-leaving", tokens_in=1) for _ in range(10)]
+    )
+    leaving = UsageConsumer(conn)
+    # The batch is not full, so the fetch keeps collecting until it is cancelled (a replica
+    # shutting down): what it holds must not wait out the 30 s ack wait.
+    fetching = asyncio.create_task(leaving.fetch(batch=100, max_wait=5.0))
+    await asyncio.sleep(0.5)
+    fetching.cancel()
+    await asyncio.gather(fetching, return_exceptions=True)
+    await leaving.close()
+
+    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=5)
+
+
+async def test_what_reaches_an_abandoned_pull_request_is_handed_back_on_close(
+    conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    leaving = UsageConsumer(conn)
+    fetching = asyncio.create_task(leaving.fetch(batch=100, max_wait=5.0))
+    await asyncio.sleep(0.5)
+    fetching.cancel()  # the request stays open on the server until it expires
+    await asyncio.gather(fetching, return_exceptions=True)
+    await JetStreamUsagePublisher(conn).publish_usage(
+        [tokens_event("tenant-abandoned", tokens_in=1) for _ in range(10)]
+    )
+    await asyncio.sleep(0.3)  # delivered to the abandoned request, queued on our side
+    await leaving.close()
+
+    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=5)

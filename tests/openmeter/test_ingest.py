@@ -46,7 +46,9 @@ async def post_events(
 
 
 async def test_single_event_as_cloudevents_json(contract: ContractClient, api: Api) -> None:
-    event = cloudevent(id="one", data=tokens_data(7, 3), time="2026-03-02T01:02:03.456+02:00")
+    event = cloudevent(
+        id="one", type="llm.tokens", data=tokens_data(7, 3), time="2025-07-07T01:02:03.456+02:00"
+    )
     response = await post_events(contract, api, event, CE)
     assert response.status_code == 204 and response.content == b""
     [row] = await outbox_rows(platform_of(api))
@@ -57,7 +59,7 @@ async def test_single_event_as_cloudevents_json(contract: ContractClient, api: A
         event["data"],
     )
     stored = row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC)
-    assert stored == datetime(2026, 3, 1, 23, 2, 3, 456000, tzinfo=UTC)
+    assert stored == datetime(2025, 7, 6, 23, 2, 3, 456000, tzinfo=UTC)
 
 
 async def test_batch_and_plain_json(contract: ContractClient, api: Api) -> None:

@@ -30,8 +30,8 @@ JSON = {"Accept": "application/json"}
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[str]:
-    with server_in_thread(settings) as base_url:
+def server(isolated_settings: Settings) -> Iterator[str]:
+    with server_in_thread(isolated_settings) as base_url:
         yield base_url
 
 

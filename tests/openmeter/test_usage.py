@@ -103,11 +103,12 @@ async def test_usage_of_the_calling_tenant(api: Api) -> None:
         ({"model": "demo"}, 3.0),
         ({"model": "gpt"}, 18.0),
     ]
-    assert tokens_in["data"][0]["window_start"] == "2026-02-28T23:00:00Z"  # March, in Berlin
+    assert tokens_in["data"][0]["window_start"] == "2025-06-30T22:00:00Z"  # July, in Berlin
 
 
 @pytest.mark.anyio
-async def test_quota_and_meters_follow_real_turns(api: Api) -> None:
+async def test_quota_and_meters_follow_real_turns(isolated_api: Api) -> None:
+    api = isolated_api
     tenant_id, key = await api.tenant_with_key(plan="pro")
     headers = {"X-API-Key": key}
     session = (await api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()
@@ -186,25 +187,25 @@ def test_kgents_usage_prints_a_table(tmp_path: Path) -> None:
             await platform.meters.ingest(tenant_usage(tenant_id))
 
     asyncio.run(seed())
-    window = ["--from", "2026-03-02", "--to", "2026-03-04T00:00:00Z", "--data-dir", data]
+    window = ["--from", "2025-07-07", "--to", "2025-07-09T00:00:00Z", "--data-dir", data]
     output = invoke("usage", tenant_id, *window)
     assert f"Usage of {tenant_id}" in output and "day windows" in output
     lines = [line for line in output.splitlines() if "llm_tokens_in" in line]
     assert len(lines) == 3
     assert (
-        "2026-03-02" in lines[0]
+        "2025-07-07" in lines[0]
         and "model=demo" in lines[0]
         and lines[0].rstrip(" │").endswith("3")
     )
-    assert "2026-03-03" in lines[2] and lines[2].rstrip(" │").endswith("8")
+    assert "2025-07-08" in lines[2] and lines[2].rstrip(" │").endswith("8")
     assert "Tokens this month: used 0 of 10,000, remaining 10,000" in output
     assert "60 requests per minute" in output
 
     output = invoke("usage", tenant_id, "--window", "month", *window)
     [line] = [line for line in output.splitlines() if "llm_tokens_in" in line and "gpt" in line]
-    assert "2026-03" in line and line.rstrip(" │").endswith("18")
+    assert "2025-07" in line and line.rstrip(" │").endswith("18")
     output = invoke("usage", tenant_id, "--window", "hour", "--time-zone", "Asia/Tokyo", *window)
-    assert "2026-03-02 14:00" in output  # 05:00 UTC is 14:00 in Tokyo
+    assert "2025-07-07 14:00" in output  # 05:00 UTC is 14:00 in Tokyo
     assert "No usage in this range." in invoke("usage", tenant_id, "--data-dir", data)
 
     result = runner.invoke(cli, ["usage", "ten_missing", "--data-dir", data])

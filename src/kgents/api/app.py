@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
             async with running_workers(platform, streaming, generation) as workers:
                 app.state.relay = workers.relay
                 app.state.metering_processor = workers.metering  # GET /v1/admin/metering
+                metrics.watch_metering(lambda: workers.metering.stats)
                 try:
                     yield
                 finally:

@@ -32,7 +32,8 @@ from typing import Any, Literal
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.aio.subscription import Subscription
+from nats.js import api
 
 from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, InvalidInput
@@ -51,6 +52,7 @@ MAX_ACK_PENDING = 1000
 FETCH_BATCH = 100
 FETCH_MAX_WAIT_SECONDS = 1.0
 FLUSH_TIMEOUT_SECONDS = 5  # nats-py takes whole seconds
+_EXPIRY_GRACE_SECONDS = 0.5  # for the server's 408 at the end of a request
 _MAX_SHOWN_PAYLOAD = 4096  # characters of an undecodable message kept for its dead letter
 
 ConsumerAction = Literal["created", "updated", "unchanged"]
@@ -192,14 +194,24 @@ class UsageDelivery:
 
 
 class UsageConsumer:
-    """The ``metering`` consumer, bound lazily: ``fetch`` creates or updates it (and binds a
-    pull subscription) on first use and again after any failure, so it rides out NATS outages,
-    restarts and a deleted consumer. ``close()`` unsubscribes but keeps the durable consumer."""
+    """The ``metering`` consumer, bound lazily: ``fetch`` creates or updates it (and subscribes
+    an inbox for its pull requests) on first use and again after any failure, so it rides out
+    NATS outages, restarts and a deleted consumer. ``close()`` unsubscribes but keeps the
+    durable consumer.
+
+    Pull requests are made here rather than with nats-py's ``fetch`` so that nothing delivered
+    is ever stranded on the client: a fetch that is cancelled (a replica shutting down) naks
+    what it had collected, and ``close()`` naks what the server delivered to the abandoned
+    request meanwhile. Stranded messages would come back only after the ack wait.
+    """
 
     def __init__(self, conn: NatsConnection, *, spec: ConsumerSpec = ConsumerSpec()) -> None:
         self._conn = conn
         self._spec = spec
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._requests = 0
+        self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.name}"
 
     @property
     def max_deliver(self) -> int:
@@ -210,41 +222,34 @@ class UsageConsumer:
         return self._spec.ack_wait_seconds
 
     async def start(self) -> None:
-        """Create or update the consumer and bind a pull subscription to it."""
+        """Create or update the consumer and subscribe the inbox of its pull requests."""
         if self._sub is not None:
             return
         await ensure_usage_consumer(self._conn, self._spec)
-        with events_unavailable(f"binding consumer {self._spec.name}"):
-            self._sub = await asyncio.wait_for(
-                self._conn.js.pull_subscribe_bind(
-                    durable=self._spec.name, stream=self._spec.stream
-                ),
-                timeout=self._conn.request_timeout,
-            )
+        self._inbox = self._conn.client.new_inbox()
+        with events_unavailable(f"subscribing to consumer {self._spec.name}"):
+            self._sub = await self._conn.client.subscribe(f"{self._inbox}.*")
 
     async def fetch(
         self, *, batch: int = FETCH_BATCH, max_wait: float = FETCH_MAX_WAIT_SECONDS
     ) -> list[UsageDelivery]:
-        """Up to ``batch`` messages: what is pending now, else what arrives within
-        ``max_wait`` seconds (nats-py's fetch returns once the batch is full or the time is
-        up); an empty list when nothing came. Raises ``EventsUnavailable`` when NATS is down."""
+        """Up to ``batch`` messages, gathered for at most ``max_wait`` seconds: one pull
+        request that the server fills with what is pending and then with what arrives, until
+        the batch is full or the request expires. An empty list when nothing came. Raises
+        ``EventsUnavailable`` when NATS is down or refuses the request."""
+        if batch < 1 or max_wait <= 0:
+            raise ValueError("batch must be at least 1 and max_wait positive")
         await self.start()
-        sub = self._sub
-        if sub is None:  # start() binds it or raises
-            raise EventsUnavailable("event stream unavailable: no metering subscription")
-
-        async def pull() -> list[Msg]:
-            try:
-                return await asyncio.wait_for(
-                    sub.fetch(batch, timeout=max_wait),
-                    timeout=max_wait + self._conn.request_timeout,
-                )
-            except TimeoutError:  # nats' TimeoutError and FetchTimeoutError derive from it
-                return []
-
+        self._requests += 1
+        reply = f"{self._inbox}.{self._requests}"
+        request = json.dumps({"batch": batch, "expires": int(max_wait * 1e9)}).encode()
         try:
             self._conn.require_connected()  # before the coroutine exists: guard checks it too
-            messages = await self._conn.guard(pull(), action="fetching usage events")
+            with events_unavailable("requesting usage events"):
+                await self._conn.client.publish(self._next_subject, request, reply=reply)
+            messages = await self._conn.guard(
+                self._collect(reply, batch, max_wait), action="fetching usage events"
+            )
         except EventsUnavailable:
             await self._unbind()  # the consumer may be gone: set it up again next time
             raise
@@ -257,6 +262,38 @@ class UsageConsumer:
                 continue
             deliveries.append(UsageDelivery(msg, metadata))
         return deliveries
+
+    async def _collect(self, reply: str, batch: int, max_wait: float) -> list[Msg]:
+        sub = self._sub
+        if sub is None:
+            raise EventsUnavailable("event stream unavailable: no metering subscription")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait + _EXPIRY_GRACE_SECONDS
+        collected: list[Msg] = []
+        try:
+            while len(collected) < batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                headers = msg.headers or {}
+                status = headers.get(api.Header.STATUS.value)
+                if not status:
+                    collected.append(msg)  # a delivery (late ones for older requests too)
+                elif msg.subject == reply and _request_ended(status, headers):
+                    break
+                elif msg.subject == reply and status != api.StatusCode.CONTROL_MESSAGE.value:
+                    description = headers.get(api.Header.DESCRIPTION.value, "")
+                    raise EventsUnavailable(
+                        f"event stream unavailable: pull request refused ({status} {description})"
+                    )
+        except BaseException:
+            await _nak_all(collected)  # cancelled or failed: nothing stays stranded here
+            raise
+        return collected
 
     async def flush(self) -> None:
         """Wait until the acks written so far reached the server (a PING round trip)."""
@@ -275,6 +312,36 @@ class UsageConsumer:
             return
         with contextlib.suppress(*CLEANUP_ERRORS):
             await asyncio.wait_for(sub.unsubscribe(), timeout=1.0)
+            if not self._conn.is_connected:
+                return
+            # Once the server answers this PING it has seen the UNSUB (an open pull request
+            # without interest gets nothing more), and all it sent before is queued here.
+            await self._conn.client.flush(timeout=1)
+            leftovers = []
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=0.001)
+                except nats.errors.TimeoutError:
+                    break
+                if not (msg.headers or {}).get(api.Header.STATUS.value):
+                    leftovers.append(msg)
+            await _nak_all(leftovers)
+
+
+def _request_ended(status: str, headers: Mapping[str, str]) -> bool:
+    """Whether a status answers "this pull request is over" (nothing more will come)."""
+    if status in (api.StatusCode.NO_MESSAGES.value, api.StatusCode.REQUEST_TIMEOUT.value):
+        return True
+    # 409 "Exceeded MaxWaiting" / "Exceeded MaxRequestBatch": busy, try again next time.
+    description = headers.get(api.Header.DESCRIPTION.value, "")
+    return status == api.StatusCode.CONFLICT.value and description.startswith("Exceeded")
+
+
+async def _nak_all(messages: list[Msg]) -> None:
+    """Hand messages back for immediate redelivery, best effort (the ack wait is the backstop)."""
+    for msg in messages:
+        with contextlib.suppress(*CLEANUP_ERRORS):
+            await msg.nak()
 
 
 def decode_usage_event(
