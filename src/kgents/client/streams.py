@@ -9,6 +9,7 @@ gap. Consecutive attempts that bring nothing new are bounded by a ``RetryPolicy`
 import codecs
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -97,7 +98,7 @@ def read_events(response: httpx.Response) -> Iterator[StreamEvent]:
         yield stream_event(frame)
 
 
-class ResumingStream:
+class ResumingStream(ABC):
     """Base of the client's streams: reading, dedupe by id, reconnecting, giving up."""
 
     def __init__(self, client: "KgentsClient", session_id: str) -> None:
@@ -123,11 +124,13 @@ class ResumingStream:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @abstractmethod
     def _open(self, *, resuming: bool) -> httpx.Response:
-        raise NotImplementedError
+        """Open (or reopen after a drop) the HTTP stream."""
 
+    @abstractmethod
     def _accept(self, event: StreamEvent) -> Literal["skip", "yield", "end"]:
-        raise NotImplementedError
+        """What to do with an event: skip a repeat, yield it, or end the stream."""
 
     def _resume_headers(self) -> dict[str, str]:
         if self.last_event_id is None:
