@@ -24,7 +24,7 @@ async def test_a_cancel_reaches_every_replica(
     def recorder(name: str) -> Callable[[str], Awaitable[None]]:
         async def record(cancelled: str) -> None:
             received.append((name, cancelled))
-            if len(received) == 2:
+            if {replica for replica, _ in received} == {"here", "there"}:
                 both.set()
 
         return record
@@ -33,9 +33,10 @@ async def test_a_cancel_reaches_every_replica(
     there = await JetStreamEventLog(other_replica).subscribe_cancels(recorder("there"))
     try:
         await event_log.request_cancel(session_id)
-        async with asyncio.timeout(5):
+        # Generous: a loaded CI machine once needed more than 5 s to deliver both copies.
+        async with asyncio.timeout(30):
             await both.wait()
-        assert sorted(received) == [("here", session_id), ("there", session_id)]
+        assert sorted(received) == [("here", session_id), ("there", session_id)], received
     finally:
         await here.unsubscribe()
         await there.unsubscribe()
@@ -59,7 +60,7 @@ async def test_a_failing_callback_does_not_stop_the_subscription(
         first_id, second_id = new_id("ses"), new_id("ses")
         await event_log.request_cancel(first_id)
         await event_log.request_cancel(second_id)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             await second.wait()
         assert seen == [first_id, second_id]
     finally:
