@@ -15,7 +15,13 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
 - ``kgents_path``: the code kgents runs, whatever it currently does: ``OpenAIProvider.stream``
   per token chunk (same upstream as ``openai_sdk``), and ``OrderedConsumer.next`` per stored
   message (10,000 messages of one session read from the start, pull batch as the followers
-  use it, including nats-py's parsing of the deliveries).
+  use it, including nats-py's parsing of the deliveries);
+- ``turn_start``: the database part of a streamed turn's request path as the code stands (SQLite
+  in a temp dir, sequential, wall-clock ms p50 and CPU of this process per start, which includes
+  the aiosqlite threads): authenticate the key, count the request against its rate limit, start
+  the turn (session, quota, history, user message, turn row, ``session.message``) and store the
+  ``api.request`` row, for budgets ``dormant`` (no quota/history) and ``dialogue``. Code without
+  ``start_turn(rate=...)`` (before 2026-11-26 11:30 UTC) does it in separate transactions.
 
     .venv/bin/python bench/bench_hotpath.py
 """
@@ -260,6 +266,69 @@ async def wakeup() -> dict[str, Any]:
     return {"reads": reads, "us_per_wakeup": round(1e6 * spent / max(reads, 1), 1)}
 
 
+async def turn_start(rounds: int = 200) -> dict[str, Any]:
+    import inspect
+    import statistics
+
+    from kgents.clock import utc_now
+    from kgents.config import Budget, Settings
+    from kgents.metering import events as usage_events
+    from kgents.platform import open_platform
+    from kgents.sessions.service import SessionService, TurnRequest
+
+    one_transaction = "rate" in inspect.signature(SessionService.start_turn).parameters
+    result: dict[str, Any] = {"one_transaction": one_transaction}
+    with tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp:
+        settings = Settings(data_dir=Path(tmp), llm_provider="demo")
+        async with open_platform(settings) as platform:
+            tenant = await platform.tenancy.create_tenant(name="bench", plan="custom")
+            issued = await platform.tenancy.create_api_key(tenant_id=tenant.id, name="bench")
+            for budget in (Budget.dormant, Budget.dialogue):
+                walls: list[float] = []
+                cpu = 0.0
+                for index in range(rounds + 20):
+                    session = await platform.sessions.create_session(
+                        tenant_id=tenant.id, title=None, agent_type="kgent", mode="reflect"
+                    )
+                    request = TurnRequest(
+                        message="How should I plan my week?", mode=None, budget=budget
+                    )
+                    started, started_cpu = time.perf_counter(), time.process_time()
+                    principal = await platform.tenancy.authenticate(issued.secret)
+                    event = usage_events.api_request(
+                        tenant_id=tenant.id,
+                        endpoint="/x",
+                        method="POST",
+                        status_code=200,
+                        at=utc_now(),
+                    )
+                    limit = principal.plan.requests_per_minute
+                    if one_transaction:
+                        from kgents.tenancy.rate_limit import RateCharge
+
+                        await platform.sessions.start_turn(
+                            principal=principal,
+                            session_id=session.id,
+                            request=request,
+                            rate=RateCharge(key_id=principal.key.id, limit=limit),
+                            request_events=[event],
+                        )
+                    else:
+                        await platform.rate_limiter.hit(key_id=principal.key.id, limit=limit)
+                        await platform.sessions.start_turn(
+                            principal=principal, session_id=session.id, request=request
+                        )
+                        await platform.outbox.add([event], at=utc_now())
+                    if index >= 20:  # warm-up
+                        walls.append(time.perf_counter() - started)
+                        cpu += time.process_time() - started_cpu
+                result[budget.value] = {
+                    "wall_ms_p50": round(1e3 * statistics.median(walls), 2),
+                    "cpu_us_per_start": round(1e6 * cpu / rounds, 1),
+                }
+    return result
+
+
 async def main() -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
     with (
@@ -274,6 +343,7 @@ async def main() -> dict[str, Any]:
             "openai_provider_us_per_chunk": await openai_provider(upstream.url),
             "ordered_consumer_us_per_msg": await ordered_consumer(nats_proc.url),
         }
+    result["turn_start"] = await turn_start()
     result["sse_wait"] = await sse_wait()
     result["wakeup"] = await wakeup()
     return result

@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_metering.py                      # SQLite in a temp dir, 1M events
     .venv/bin/python bench/bench_metering.py --events 200000
     .venv/bin/python bench/bench_metering.py --database-url postgresql://user@host/scratch_db
+    .venv/bin/python bench/bench_metering.py --postgres          # embedded PostgreSQL, temp dir
 
 The database must hold no meter events yet (use a scratch database); migrations are applied.
 
@@ -33,6 +34,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import start_postgres
+from harness import processes
 
 from kgents.config import Settings
 from kgents.metering.meters import DEFAULT_METERS
@@ -191,7 +197,11 @@ async def main(arguments: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    backend = parser.add_mutually_exclusive_group()
+    backend.add_argument("--database-url", help="default: SQLite in a temporary directory")
+    backend.add_argument(
+        "--postgres", action="store_true", help="a PostgreSQL server of its own (temp dir)"
+    )
     parser.add_argument("--events", type=int, default=1_000_000, help="events of the data set")
     parser.add_argument("--subjects", type=int, default=20, help="tenants in the data set")
     parser.add_argument("--days", type=int, default=30, help="days the data set spans")
@@ -202,7 +212,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     options = parse(sys.argv[1:])
-    with tempfile.TemporaryDirectory() as scratch:
-        if options.database_url is None:
+    with tempfile.TemporaryDirectory() as scratch, processes(Path(scratch)) as registry:
+        if options.postgres:
+            _, options.database_url = start_postgres(registry, Path(scratch))
+        elif options.database_url is None:
             options.database_url = f"sqlite:///{Path(scratch) / 'bench.db'}"
         print(json.dumps(asyncio.run(main(options))))

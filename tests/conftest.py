@@ -15,9 +15,12 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kgents.api.app import create_app
 from kgents.config import Settings
+from kgents.store.engine import create_engine, upgrade_database_async
+from tests.support.database import async_url
 from tests.support.nats import running_nats_server
 from tests.support.postgres import create_database, drop_database, postgres_server
 
@@ -60,6 +63,18 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
     finally:
         await drop_database(server_url, url)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the migrated ``database_url`` database, disposed after the test."""
+    url = async_url(database_url)
+    await upgrade_database_async(url)
+    engine = create_engine(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 def make_settings(data_dir: Path, database_url: str, nats_url: str, **overrides: Any) -> Settings:

@@ -112,12 +112,26 @@ class Settings(BaseSettings):
         gt=0,
         description="A running turn not renewed for this long was left by a dead process.",
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a process trusts an API key lookup (0: never): a key revoked or "
+        "a tenant suspended by another process is refused here within this time.",
+    )
     plans: dict[str, PlanConfig] = Field(
         default_factory=lambda: dict(DEFAULT_PLANS),
         description="Plans as JSON, replacing the defaults (free, pro, enterprise, custom).",
     )
     meters_file: Path | None = Field(
         default=None, description="YAML file of meters in OpenMeter's format."
+    )
+    metering_ack_wait_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Ack wait of the metering consumer: usage events a crashed process had "
+        "fetched but not acknowledged are delivered again after this long.",
     )
     openmeter_url: str | None = Field(default=None, description="Forward usage to this OpenMeter.")
     openmeter_token: SecretStr | None = Field(default=None, description="Token for OpenMeter.")

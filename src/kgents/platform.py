@@ -27,6 +27,8 @@ from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.store.rate_limit_repo import SqlRequestCounter
 from kgents.store.sessions_repo import SqlSessionStore
 from kgents.store.tenancy_repo import SqlTenancyStore
+from kgents.store.usage_repo import SqlUsageReader
+from kgents.tenancy.key_cache import KeyCache
 from kgents.tenancy.quota import TokenQuota
 from kgents.tenancy.rate_limit import RateLimiter
 from kgents.tenancy.service import TenancyService
@@ -47,6 +49,8 @@ class Platform:
     quota: TokenQuota
     request_counter: SqlRequestCounter
     meters: SqlMeterStore
+    usage: SqlUsageReader
+    """Every meter and the quota of a tenant, read as one snapshot (``GET /v1/usage``)."""
 
     async def database_ok(self) -> bool:
         try:
@@ -86,10 +90,13 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
         yield Platform(
             settings=settings,
             engine=engine,
-            tenancy=TenancyService(store=SqlTenancyStore(engine), plans=settings.plans),
+            tenancy=TenancyService(
+                store=SqlTenancyStore(engine),
+                plans=settings.plans,
+                key_cache=KeyCache(ttl_seconds=settings.api_key_cache_seconds),
+            ),
             sessions=SessionService(
                 store=session_store,
-                quota=quota,
                 max_message_chars=settings.max_message_chars,
                 turn_lease=timedelta(seconds=settings.turn_lease_seconds),
             ),
@@ -100,6 +107,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             quota=quota,
             request_counter=request_counter,
             meters=SqlMeterStore(engine, meters),
+            usage=SqlUsageReader(engine),
         )
     finally:
         await provider.aclose()

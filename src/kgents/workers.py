@@ -18,7 +18,7 @@ from kgents.platform import Generation, Platform
 from kgents.sessions.recovery import TurnRecovery
 from kgents.sinks.openmeter import OpenMeterSink
 from kgents.streaming.runtime import Streaming
-from kgents.streaming.usage_consumer import UsageConsumer
+from kgents.streaming.usage_consumer import ConsumerSpec, UsageConsumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,10 @@ async def running_workers(
             token=token.get_secret_value() if token else None,
             timeout_seconds=settings.openmeter_timeout_seconds,
         )
-    usage = UsageConsumer(streaming.connection)
+    usage = UsageConsumer(
+        streaming.connection,
+        spec=ConsumerSpec(ack_wait_seconds=settings.metering_ack_wait_seconds),
+    )
     metering = MeteringProcessor(source=usage, store=platform.meters, sink=sink)
 
     async def cancel_here(session_id: str) -> None:

@@ -1,8 +1,11 @@
 """One error body everywhere: validation, unknown routes, huge bodies, long messages."""
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from tests.conftest import Api
+from tests.openmeter.contract import assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -22,9 +25,10 @@ async def test_huge_body_is_413_and_stores_nothing(api: Api) -> None:
     huge = b'{"title": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     response = await api.client.post("/v1/kgent/sessions", content=huge, headers=headers)
     assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
     assert response.json()["error"]["code"] == "payload_too_large"
 
-    async def chunks():  # no Content-Length: the limit must hold for streamed bodies too
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds too
         yield b'{"title": "'
         for _ in range(40):
             yield b"y" * 65536
@@ -32,8 +36,26 @@ async def test_huge_body_is_413_and_stores_nothing(api: Api) -> None:
 
     response = await api.client.post("/v1/kgent/sessions", content=chunks(), headers=headers)
     assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
     listed = await api.client.get("/v1/kgent/sessions", headers={"X-API-Key": key})
     assert listed.json()["total"] == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/meters/llm_tokens_in/query"])
+async def test_huge_body_under_api_v1_is_a_413_problem(api: Api, path: str) -> None:
+    """The OpenMeter-compatible surface answers the body limit as problem details too."""
+    headers = {**api.admin, "Content-Type": "application/json"}
+    huge = b'{"subject": ["' + b"x" * (2 * 1024 * 1024) + b'"]}'
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read up to the limit
+        yield huge[: len(huge) // 2]
+        yield huge[len(huge) // 2 :]
+
+    for content in (huge, chunks()):
+        response = await api.client.post(path, content=content, headers=headers)
+        body = assert_problem(response, 413, code="payload_too_large")
+        assert body["title"] == "Request Entity Too Large"
+        assert "larger than" in body["detail"]
 
 
 async def test_message_limits_and_wrong_types(api: Api) -> None:

@@ -80,3 +80,46 @@ def test_error_fields_reads_both_body_shapes(body: object) -> None:
 def test_error_fields_tolerates_anything_else() -> None:
     assert errors.error_fields("Internal Server Error") == (None, None)
     assert errors.error_fields({"error": "nope"}) == (None, None)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _Connection(Exception):
+    pass
+
+
+class _Status(Exception):
+    def __init__(self, status_code: int, body: object) -> None:
+        super().__init__("status")
+        self.status_code = status_code
+        self.body = body
+
+
+_SDK = errors.SDKErrors(timeout=_Timeout, connection=_Connection, status=_Status)
+
+
+@pytest.mark.parametrize(
+    ("exc", "started", "code"),
+    [
+        (_Timeout(), False, "provider_timeout"),
+        (_Connection(), False, "provider_unreachable"),
+        (_Connection(), True, "provider_error"),
+        (_Status(503, {"error": {"message": "down"}}), False, "provider_unavailable"),
+        # An error event inside a stream whose status was 200: its type decides.
+        (_Status(200, {"error": {"type": "rate_limit_error"}}), True, "provider_rate_limited"),
+        (ValueError("garbled"), True, "provider_error"),
+    ],
+)
+def test_sdk_exceptions_map_to_the_table(exc: Exception, started: bool, code: str) -> None:
+    assert errors.from_exception("p", exc, started=started, secret="k", sdk=_SDK).code == code
+
+
+def test_sdk_exception_details_are_redacted() -> None:
+    exc = _Status(400, {"error": {"message": "bad key sk-secret"}})
+
+    error = errors.from_exception("p", exc, started=False, secret="sk-secret", sdk=_SDK)
+
+    assert "sk-secret" not in error.message
+    assert "[redacted]" in error.message

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kgents.store.engine import create_engine, upgrade_database_async
 from kgents.store.meter_repo import SqlMeterStore
-from tests.metering.support import TEST_METERS, async_url
+from tests.metering.support import TEST_METERS
 
 
 @pytest.fixture
@@ -24,18 +23,6 @@ def anyio_backend() -> str:
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A fresh, empty database."""
     yield f"sqlite:///{tmp_path / 'kgents.db'}"
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """An engine on the migrated database, disposed after the test."""
-    url = async_url(database_url)
-    await upgrade_database_async(url)
-    engine = create_engine(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -4,12 +4,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import URL
-
-from kgents.config import Settings
 from kgents.metering.meters import DEFAULT_METERS, Meter, MeterAggregation
 from kgents.records import UsageEvent
-from kgents.store import engine as store_engine
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 """A Monday, midnight UTC: the origin of the tests' clocks."""
@@ -76,11 +72,6 @@ def tokens(
         time=at,
         data={"tokens_in": tokens_in, "tokens_out": tokens_out, "model": model},
     )
-
-
-def async_url(database_url: str) -> URL:
-    """The async SQLAlchemy URL the platform would use for ``database_url``."""
-    return store_engine.database_url(Settings(database_url=database_url))
 
 
 def minutes(count: float) -> timedelta:

@@ -19,7 +19,8 @@ from kgents.store import metering_schema
 from kgents.store.engine import alembic_config
 from kgents.store.meter_repo import SqlMeterStore
 from kgents.store.schema import Base
-from tests.metering.support import T0, TEST_METERS, async_url, sample, tokens
+from tests.metering.support import T0, TEST_METERS, sample, tokens
+from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
 

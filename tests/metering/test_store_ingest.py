@@ -12,7 +12,8 @@ from kgents.errors import InvalidInput, Unavailable
 from kgents.records import UsageEvent
 from kgents.store.engine import create_engine
 from kgents.store.meter_repo import SqlMeterStore
-from tests.metering.support import T0, TEST_METERS, async_url, sample, tokens
+from tests.metering.support import T0, TEST_METERS, sample, tokens
+from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
 

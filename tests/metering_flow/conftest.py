@@ -15,7 +15,7 @@ from kgents.store.engine import create_engine, upgrade_database_async
 from kgents.store.meter_repo import SqlMeterStore
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.topology import ensure_streams
-from tests.metering.support import async_url
+from tests.support.database import async_url
 from tests.support.nats import NatsServer, nats_server
 
 

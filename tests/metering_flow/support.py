@@ -1,5 +1,6 @@
 """Helpers of the metering flow tests: events, raw publishing, processors, a scripted HTTP
-endpoint for the OpenMeter sink, and reading event keys straight from a database."""
+endpoint for the OpenMeter sink, a second kgents process as the OpenMeter, and reading event
+keys straight from a database."""
 
 import asyncio
 import contextlib
@@ -12,6 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +31,7 @@ from kgents.streaming.connection import NatsConnection
 from kgents.streaming.topology import USAGE_STREAM
 from kgents.streaming.usage_consumer import METERING_CONSUMER, ConsumerSpec, UsageConsumer
 from tests.conftest import Api
+from tests.support.servers import ServerProcess
 
 _ids = itertools.count()
 DEFAULT_SPEC = ConsumerSpec()
@@ -174,11 +177,13 @@ class ScriptedEndpoint:
     then answer only after ``hang_seconds``, as a server whose reply is lost), and when the
     script is empty passes the batch on. Passing on means forwarding to ``upstream`` (a real
     kgents) when there is one, else answering 204. ``refuse`` may name a problem with a batch:
-    then the answer is 400 with that detail."""
+    then the answer is 400 with that detail. While ``unavailable`` is set (an outage window,
+    switched from another thread), every request is answered 503 and the script waits."""
 
     upstream: str | None = None
     hang_seconds: float = 1.0
     script: deque[str] = field(default_factory=deque)
+    unavailable: bool = False
     refuse: Callable[[list[dict[str, Any]]], str | None] = lambda events: None
     received: list[Received] = field(default_factory=list)
 
@@ -193,7 +198,10 @@ class ScriptedEndpoint:
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         events = json.loads(body) if body else []
-        answer = self.script.popleft() if self.script else "pass"
+        if self.unavailable:
+            answer = "503"
+        else:
+            answer = self.script.popleft() if self.script else "pass"
         refused = self.refuse(events)
         if answer == "pass" and refused is not None:
             answer = "400"
@@ -236,6 +244,39 @@ async def _respond(
     headers = [(b"content-type", b"application/problem+json"), *extra] if problem else extra
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+ENDPOINT_TOKEN = "kg_admin_openmeter_endpoint_0123456789ab"
+
+
+class OpenMeterKgents:
+    """``kgents serve`` in its own process, data dir, SQLite database and embedded NATS, as an
+    OpenMeter (its ``POST /api/v1/events`` is OpenMeter's ingest API)."""
+
+    def __init__(self, base: Path) -> None:
+        self.database_url = f"sqlite:///{base / 'openmeter.db'}"
+        env = {
+            "KGENTS_ADMIN_TOKEN": ENDPOINT_TOKEN,
+            "KGENTS_DATABASE_URL": self.database_url,
+            "KGENTS_NATS_URL": "",
+            "KGENTS_OPENMETER_URL": "",
+        }
+        self.server = ServerProcess(base / "data", env)
+
+    @property
+    def url(self) -> str:
+        return self.server.base_url
+
+    async def total(self, meter: str, subject: str) -> float:
+        """The meter's all-time value for ``subject``, through its OpenMeter query API."""
+        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
+            response = await client.get(
+                f"/api/v1/meters/{meter}/query",
+                params={"subject": subject},
+                headers={"Authorization": f"Bearer {ENDPOINT_TOKEN}"},
+            )
+        assert response.status_code == 200, response.text
+        return float(sum(row["value"] for row in response.json()["data"]))
 
 
 def free_port() -> int:

@@ -15,6 +15,8 @@ from kgents.streaming.topology import USAGE_STREAM
 from kgents.streaming.usage_consumer import METERING_CONSUMER
 from tests.conftest import Api, make_settings
 from tests.metering_flow.support import (
+    ENDPOINT_TOKEN,
+    OpenMeterKgents,
     ScriptedEndpoint,
     consumer_idle,
     converse,
@@ -22,41 +24,9 @@ from tests.metering_flow.support import (
     running_api,
     serving,
 )
-from tests.support.servers import ServerProcess
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
-
-ENDPOINT_TOKEN = "kg_admin_openmeter_endpoint_0123456789ab"
-
-
-class OpenMeterKgents:
-    """``kgents serve`` in its own process, data dir, SQLite database and embedded NATS."""
-
-    def __init__(self, base: Path) -> None:
-        self.database_url = f"sqlite:///{base / 'openmeter.db'}"
-        env = {
-            "KGENTS_ADMIN_TOKEN": ENDPOINT_TOKEN,
-            "KGENTS_DATABASE_URL": self.database_url,
-            "KGENTS_NATS_URL": "",
-            "KGENTS_OPENMETER_URL": "",
-        }
-        self.server = ServerProcess(base / "data", env)
-
-    @property
-    def url(self) -> str:
-        return self.server.base_url
-
-    async def total(self, meter: str, subject: str) -> float:
-        """The meter's all-time value for ``subject``, through its OpenMeter query API."""
-        async with httpx.AsyncClient(base_url=self.url, timeout=5.0) as client:
-            response = await client.get(
-                f"/api/v1/meters/{meter}/query",
-                params={"subject": subject},
-                headers={"Authorization": f"Bearer {ENDPOINT_TOKEN}"},
-            )
-        assert response.status_code == 200, response.text
-        return float(sum(row["value"] for row in response.json()["data"]))
 
 
 @pytest.fixture(scope="module")

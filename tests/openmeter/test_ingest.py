@@ -209,7 +209,7 @@ async def test_huge_body_is_refused(contract: ContractClient, api: Api) -> None:
     response = await api.client.post(
         "/api/v1/events", content=json.dumps(event), headers={"Content-Type": CE, **api.admin}
     )
-    assert response.status_code == 413
+    assert_problem(response, 413, code="payload_too_large")
     assert await outbox_rows(platform_of(api)) == []
 
 

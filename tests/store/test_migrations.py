@@ -7,10 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from kgents.config import Settings
 from kgents.store import limits_schema, metering_schema  # noqa: F401  (register their tables)
-from kgents.store.engine import create_engine, database_url, upgrade_database_async
+from kgents.store.engine import create_engine, upgrade_database_async
 from kgents.store.schema import Base
+from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ def _differences(connection: Connection) -> list[Any]:
 
 
 async def test_migrations_match_models(database_url: str) -> None:
-    url = database_url_for(database_url)
+    url = async_url(database_url)
     await upgrade_database_async(url)
     await upgrade_database_async(url)  # idempotent
     engine = create_engine(url)
@@ -31,7 +31,3 @@ async def test_migrations_match_models(database_url: str) -> None:
     finally:
         await engine.dispose()
     assert differences == []
-
-
-def database_url_for(raw: str):  # type: ignore[no-untyped-def]
-    return database_url(Settings(database_url=raw))

@@ -34,11 +34,17 @@ logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
+# What any route reading the database can also answer (``errors._database``), for the
+# OpenAPI document.
+DATABASE_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "Database busy or unreachable; retry shortly"},
+}
 # What any route taking a tenant's API key can also answer, for the OpenAPI document.
 API_KEY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "Tenant suspended"},
     413: {"model": ErrorBody, "description": "Request body too large"},
     429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
+    **DATABASE_ERRORS,
 }
 
 
@@ -84,11 +90,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(tenants.router)
+    app.include_router(tenants.router, responses=DATABASE_ERRORS)
     app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS)
-    app.include_router(usage.router)
+    app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS)
     app.include_router(openmeter.router)
-    app.include_router(admin_metering.router)
+    app.include_router(admin_metering.router, responses=DATABASE_ERRORS)
     app.include_router(metrics_routes.router)
     console.install(app)
 

@@ -2,11 +2,19 @@
 
 A declared ``Content-Length`` is checked before anything is read. A body without one is read
 first, up to the limit (so at most ``max_bytes`` are held), and replayed to the application.
+
+The 413 is the error body of the path, as ``kgents.api.errors`` answers every other error:
+``{"error": {...}}``, or problem details (``application/problem+json``) under ``/api/v1``.
 """
 
 import json
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kgents.api.problems import PROBLEM_CONTENT_TYPE, problem_body, wants_problem
+
+_CODE = "payload_too_large"
 
 
 class BodyLimitMiddleware:
@@ -21,7 +29,7 @@ class BodyLimitMiddleware:
         declared = _content_length(scope)
         if declared is not None:
             if declared < 0 or declared > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -38,7 +46,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -46,21 +54,22 @@ class BodyLimitMiddleware:
         whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([whole], receive), send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body is larger than {self.max_bytes} bytes",
-                }
-            }
-        ).encode()
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        message = f"request body is larger than {self.max_bytes} bytes"
+        document: dict[str, Any]
+        if wants_problem(scope.get("path", "")):
+            document = problem_body(413, detail=message, code=_CODE)
+            content_type = PROBLEM_CONTENT_TYPE
+        else:
+            document = {"error": {"code": _CODE, "message": message}}
+            content_type = "application/json"
+        body = json.dumps(document).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
-                    (b"content-type", b"application/json"),
+                    (b"content-type", content_type.encode()),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                 ],

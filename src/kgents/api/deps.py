@@ -38,16 +38,30 @@ async def require_admin(request: Request, bearer: BearerDep) -> None:
         raise Unauthenticated("admin token required")
 
 
-async def get_principal(
+async def get_uncounted_principal(
     request: Request, platform: PlatformDep, bearer: BearerDep, api_key: ApiKeyHeaderDep
 ) -> Principal:
-    """The tenant behind ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    """The tenant behind ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, not yet
+    counted against the key's rate limit: for a route that counts the request in its own
+    transaction (``RateCharge``) and sets ``request.state.rate_status`` itself."""
     raw = bearer.credentials if bearer is not None else api_key
     if not raw:
         raise Unauthenticated("API key required (Authorization: Bearer <key> or X-API-Key)")
     principal = await platform.tenancy.authenticate(raw)
     request.state.principal = principal
     request.state.tenant_id = principal.tenant.id  # for api.request metering
+    return principal
+
+
+UncountedPrincipalDep = Annotated[Principal, Depends(get_uncounted_principal)]
+
+
+async def get_principal(
+    request: Request, platform: PlatformDep, bearer: BearerDep, api_key: ApiKeyHeaderDep
+) -> Principal:
+    """The tenant behind ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, with this
+    request counted against the key's rate limit (``RateLimited`` when over it)."""
+    principal = await get_uncounted_principal(request, platform, bearer, api_key)
     try:
         request.state.rate_status = await platform.rate_limiter.hit(
             key_id=principal.key.id, limit=principal.plan.requests_per_minute

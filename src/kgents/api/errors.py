@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgents.api.problems import new_instance, problem_response, wants_problem
@@ -123,10 +124,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return _respond(request, exc.status_code, code, message, dict(exc.headers or {}))
 
     @app.exception_handler(OperationalError)
-    async def _database(request: Request, exc: OperationalError) -> JSONResponse:
+    @app.exception_handler(PoolTimeout)  # no turn at the writer's connection in time (SQLite)
+    async def _database(request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
         # Locked or unreachable database: a temporary condition, not a server bug.
         logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
+        return _respond(
+            request,
             503,
             "database_unavailable",
             "the database is busy or unreachable; try again shortly",

@@ -22,6 +22,34 @@ from fastapi.responses import JSONResponse
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_PREFIX = "/api/v1/"
 
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance", "code"],
+    "properties": {
+        "type": {"type": "string", "examples": ["about:blank"]},
+        "title": {"type": "string", "examples": ["Bad Request"]},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string", "description": "This occurrence (a URN)"},
+        "code": {"type": "string", "description": "Stable snake_case error code"},
+        "errors": {
+            "type": "array",
+            "description": "Ingest only: one entry per invalid field",
+            "items": {
+                "type": "object",
+                "required": ["index", "field", "message"],
+                "properties": {
+                    "index": {"type": "integer"},
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+"""The JSON schema of ``problem_body``, for the OpenAPI document."""
+
 
 def wants_problem(path: str) -> bool:
     """Whether errors of ``path`` are problem details (the OpenMeter-compatible surface)."""
@@ -55,6 +83,14 @@ def problem_body(
     if extensions:
         body.update(extensions)
     return body
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI response (for a route's ``responses=``) answered with problem details."""
+    return {
+        "description": description,
+        "content": {PROBLEM_CONTENT_TYPE: {"schema": PROBLEM_SCHEMA}},
+    }
 
 
 def problem_response(

@@ -21,14 +21,15 @@ END_GRACE_SECONDS = 3.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def sse_frame(*, event_id: int | None, event: str, data: dict[str, Any]) -> bytes:
     """One SSE frame. JSON never contains a raw newline, so ``data`` is a single line."""
-    lines = []
-    if event_id is not None:
-        lines.append(f"id: {event_id}")
-    lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-    return ("\n".join(lines) + "\n\n").encode()
+    body = _JSON.encode(data)
+    if event_id is None:
+        return f"event: {event}\ndata: {body}\n\n".encode()
+    return f"id: {event_id}\nevent: {event}\ndata: {body}\n\n".encode()
 
 
 def error_body_of(error: KgentsError) -> dict[str, dict[str, str]]:
@@ -49,51 +50,34 @@ async def sse_frames(
 ) -> AsyncIterator[bytes]:
     """Frames for ``follower``'s events until ``stop_when`` says so or the client goes away.
 
-    Waiting for the next event is raced against a heartbeat timer; the client's disconnect is
-    noticed at the next heartbeat or write at the latest, and the follower is then closed.
+    One loop reads every event already received at once (``next_batch``) and writes their
+    frames as one chunk, so a client that fell behind catches up in few writes; when nothing
+    comes for ``heartbeat_seconds`` it writes a heartbeat comment, and the client's disconnect
+    is noticed then or at the next write, and the follower is then closed.
     ``turn_end`` resolves with the end event of the turn being streamed: if the stream cannot
     deliver it (NATS went away) within ``END_GRACE_SECONDS``, it is sent from there, without id.
     """
-    iterator = follower.__aiter__()
-    pending: asyncio.Task[FollowedEvent] | None = None
     loop = asyncio.get_running_loop()
-    last_event_at = loop.time()
+    last_event_at = last_write_at = loop.time()
     ended_at: float | None = None
+
+    def turn_ended(_: "asyncio.Future[SessionEvent]") -> None:
+        follower.wake()  # the grace timer starts now
+
+    if turn_end is not None:
+        turn_end.add_done_callback(turn_ended)
     try:
         yield sse_comment("connected")
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(_next(iterator))
-            waiting: set[asyncio.Future[Any]] = {pending}
-            timeout = heartbeat_seconds
-            if turn_end is not None:
-                if not turn_end.done():
-                    waiting.add(turn_end)
-                else:
-                    ended_at = ended_at or loop.time()
-                    # The grace runs from the later of the turn's end and the last event
-                    # delivered: while events flow, the stream is catching up, not stuck.
-                    deadline = max(ended_at, last_event_at) + END_GRACE_SECONDS
-                    timeout = min(timeout, max(0.0, deadline - loop.time()))
-            done, _ = await asyncio.wait(
-                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if pending not in done:
-                if turn_end is not None and turn_end in done:
-                    continue
-                if ended_at is not None and turn_end is not None:
-                    if loop.time() >= max(ended_at, last_event_at) + END_GRACE_SECONDS:
-                        # The stream cannot deliver the end (NATS is gone): send it from here.
-                        end = turn_end.result()
-                        yield sse_frame(event_id=None, event=end.type, data=end.data)
-                        return
-                    continue
-                if await request.is_disconnected():
-                    return
-                yield sse_comment("heartbeat")
-                continue
+            wait = max(0.0, last_write_at + heartbeat_seconds - loop.time())
+            if turn_end is not None and turn_end.done():
+                ended_at = ended_at or loop.time()
+                # The grace runs from the later of the turn's end and the last event
+                # delivered: while events flow, the stream is catching up, not stuck.
+                deadline = max(ended_at, last_event_at) + END_GRACE_SECONDS
+                wait = min(wait, max(0.0, deadline - loop.time()))
             try:
-                followed = pending.result()
+                batch = await follower.next_batch(wait)
             except StopAsyncIteration:
                 return
             except EventsUnavailable as exc:
@@ -102,22 +86,51 @@ async def sse_frames(
                     event_id=None, event="error", data={"error": error_body_of(exc)["error"]}
                 )
                 return
-            finally:
-                pending = None
-            last_event_at = loop.time()
-            event = followed.event
-            yield sse_frame(event_id=followed.seq, event=event.type, data=event.data)
-            if stop_when is not None and stop_when(event):
+            now = loop.time()
+            if batch:
+                last_event_at = last_write_at = now
+                frames = []
+                for followed in batch:
+                    frames.append(event_frame(followed))
+                    if stop_when is not None and stop_when(followed.event):
+                        yield b"".join(frames)
+                        return
+                yield frames[0] if len(frames) == 1 else b"".join(frames)
+                continue
+            if turn_end is not None and turn_end.done():
+                ended_at = ended_at or now
+                if now >= max(ended_at, last_event_at) + END_GRACE_SECONDS:
+                    # The stream cannot deliver the end (NATS is gone): send it from here.
+                    end = turn_end.result()
+                    yield sse_frame(event_id=None, event=end.type, data=end.data)
+                    return
+                continue
+            if now < last_write_at + heartbeat_seconds:
+                continue  # woken up early (the turn ended): look again
+            if await request.is_disconnected():
                 return
+            yield sse_comment("heartbeat")
+            last_write_at = loop.time()
     finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        if turn_end is not None:
+            turn_end.remove_done_callback(turn_ended)
         await follower.aclose()
 
 
-async def _next(iterator: AsyncIterator[FollowedEvent]) -> FollowedEvent:
-    return await iterator.__anext__()
+def event_frame(followed: FollowedEvent) -> bytes:
+    """The frame of a followed event, made once per process when the event object is shared
+    by several followers (it then carries a ``memo``)."""
+    memo: dict[str, bytes] | None = getattr(followed, "memo", None)
+    if memo is not None:
+        frame = memo.get("sse")
+        if frame is None:
+            event = followed.event
+            frame = memo["sse"] = sse_frame(
+                event_id=followed.seq, event=event.type, data=event.data
+            )
+        return frame
+    event = followed.event
+    return sse_frame(event_id=followed.seq, event=event.type, data=event.data)
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:

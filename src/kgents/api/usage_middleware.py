@@ -2,7 +2,9 @@
 
 When the response starts, the ``X-RateLimit-*`` headers found by authentication are added, and
 an ``api.request`` usage event with the final status code is stored in the outbox before the
-status line leaves, so a request that was answered is never missing from metering.
+status line leaves, so a request that was answered is never missing from metering. A route
+that stores the event itself, in the transaction of what it does (a streamed turn: DESIGN,
+flow step 2), says so with ``mark_usage_recorded`` and the middleware stores nothing more.
 """
 
 import logging
@@ -18,6 +20,25 @@ from kgents.tenancy.rate_limit import RateStatus
 logger = logging.getLogger(__name__)
 
 RecordUsage = Callable[[list[UsageEvent]], Awaitable[None]]
+_RECORDED = "api_request_recorded"
+
+
+def request_usage_event(scope: Scope, *, tenant_id: str, status_code: int) -> UsageEvent:
+    """The ``api.request`` event of the request of ``scope`` answered with ``status_code``."""
+    route = scope.get("route")
+    endpoint = getattr(route, "path", None) or scope.get("path", "")
+    return usage_events.api_request(
+        tenant_id=tenant_id,
+        endpoint=endpoint,
+        method=scope.get("method", ""),
+        status_code=status_code,
+        at=utc_now(),
+    )
+
+
+def mark_usage_recorded(scope: Scope) -> None:
+    """The request's ``api.request`` is stored (committed) already: do not store another."""
+    scope.setdefault("state", {})[_RECORDED] = True
 
 
 class RequestUsageMiddleware:
@@ -42,22 +63,14 @@ class RequestUsageMiddleware:
                     )
                     message["headers"] = headers
                 tenant_id: str | None = state.get("tenant_id")
-                if tenant_id is not None:
+                if tenant_id is not None and not state.get(_RECORDED):
                     await self._record(scope, tenant_id, int(message["status"]))
             await send(message)
 
         await self.app(scope, receive, send_with_usage)
 
     async def _record(self, scope: Scope, tenant_id: str, status_code: int) -> None:
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or scope.get("path", "")
-        event = usage_events.api_request(
-            tenant_id=tenant_id,
-            endpoint=endpoint,
-            method=scope.get("method", ""),
-            status_code=status_code,
-            at=utc_now(),
-        )
+        event = request_usage_event(scope, tenant_id=tenant_id, status_code=status_code)
         try:
             await self.record([event])
         except Exception:

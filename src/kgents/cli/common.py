@@ -7,6 +7,14 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from kgents.config import Settings
 from kgents.errors import KgentsError
@@ -33,6 +41,20 @@ def load_settings(data_dir: Path | None, **overrides: Any) -> Settings:
     if data_dir is not None:
         values["data_dir"] = data_dir
     return Settings(**values)
+
+
+def progress_bar() -> Progress:
+    """A progress bar for long operations, on stderr so stdout keeps only the results; it
+    disappears when done (and is not drawn at all when stderr is not a terminal)."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=error_console,
+        transient=True,
+    )
 
 
 def run(coroutine: Awaitable[T]) -> T:

@@ -1,4 +1,5 @@
-"""The ``kgents`` command: ``serve``, ``db``, ``tenant``, ``key``, ``usage`` and friends."""
+"""The ``kgents`` command: ``serve``, ``db``, ``tenant``, ``key``, ``usage``, ``metering`` and
+friends."""
 
 from typing import Annotated
 
@@ -7,12 +8,20 @@ import uvicorn
 
 from kgents.cli.admin import key_app, tenant_app
 from kgents.cli.chat import ask, chat
-from kgents.cli.common import DataDirOption, console, error_console, load_settings
+from kgents.cli.common import (
+    DataDirOption,
+    console,
+    error_console,
+    load_settings,
+    progress_bar,
+    run,
+)
+from kgents.cli.metering import metering_app
 from kgents.cli.nats import nats_app
 from kgents.cli.usage import usage
 from kgents.errors import KgentsError
 from kgents.metering.meters import load_meters
-from kgents.store.engine import database_url, upgrade_database
+from kgents.store.engine import Migration, database_url, pending_migrations, upgrade_database
 from kgents.tenancy.admin_token import load_or_create_admin_token
 
 app = typer.Typer(
@@ -25,6 +34,7 @@ app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
 app.add_typer(nats_app, name="nats")
+app.add_typer(metering_app, name="metering")
 app.command("usage")(usage)
 app.command()(chat)
 app.command()(ask)
@@ -86,9 +96,29 @@ def serve(
 
 @db_app.command("upgrade")
 def db_upgrade(data_dir: DataDirOption = None) -> None:
-    """Apply all database migrations."""
+    """Apply all database migrations, with progress per revision."""
     settings = load_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = database_url(settings)
-    upgrade_database(url)
-    console.print(f"database at {url.render_as_string(hide_password=True)} is up to date")
+    shown = url.render_as_string(hide_password=True)
+    pending = run(pending_migrations(url))
+    applied: list[Migration] = []
+    if pending:
+        with progress_bar() as bar:
+            task = bar.add_task(_migrating(pending[0]), total=len(pending))
+
+            def on_applied(migration: Migration) -> None:
+                applied.append(migration)
+                upcoming = pending[len(applied)] if len(applied) < len(pending) else None
+                description = _migrating(upcoming) if upcoming else "Committing"
+                bar.update(task, advance=1, description=description)
+
+            upgrade_database(url, on_applied=on_applied)
+        # Listed only now: the revisions commit together, at the end.
+        for migration in applied:
+            console.print(f"applied {migration.revision}: {migration.title}", highlight=False)
+    console.print(f"database at {shown} is up to date")
+
+
+def _migrating(migration: Migration) -> str:
+    return f"Migrating: {migration.revision} {migration.title[:50]}"

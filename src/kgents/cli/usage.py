@@ -16,10 +16,8 @@ from rich.table import Table
 from kgents.cli.common import DataDirOption, console, load_settings, run
 from kgents.clock import utc_now
 from kgents.metering.meters import WindowSize
-from kgents.metering.query import QueryRow
+from kgents.metering.query import DEFAULT_SPAN, QueryRow
 from kgents.platform import open_platform
-
-DEFAULT_SPAN = timedelta(days=30)
 
 
 class Window(StrEnum):

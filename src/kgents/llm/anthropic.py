@@ -13,8 +13,6 @@ The SDK's own retries are off (``max_retries=0``) for the reason given in ``kgen
 from collections.abc import AsyncGenerator
 
 import anthropic
-import anyio
-import httpx2
 from anthropic.types import (
     AssistantMessageParam,
     MessageParam,
@@ -27,14 +25,7 @@ from anthropic.types import (
 
 from kgents.errors import ProviderError
 from kgents.llm import errors
-from kgents.llm.base import (
-    GenerationRequest,
-    StreamItem,
-    TextDelta,
-    Usage,
-    estimate_request_tokens,
-    estimate_tokens,
-)
+from kgents.llm.base import GenerationRequest, StreamItem, TextDelta, reply_usage
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -110,11 +101,12 @@ class AnthropicProvider:
 
         if not stopped:
             raise errors.malformed(_NAME, "the stream ended before message_stop")
-        yield Usage(
-            tokens_in=estimate_request_tokens(request) if tokens_in is None else tokens_in,
-            tokens_out=estimate_tokens("".join(produced)) if tokens_out is None else tokens_out,
+        yield reply_usage(
+            request,
+            "".join(produced),
             model=self.model,
-            estimated=tokens_in is None or tokens_out is None,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
         )
 
     async def check(self) -> bool:
@@ -133,23 +125,18 @@ class AnthropicProvider:
         await self._client.close()
 
     def _translate(self, exc: Exception, *, started: bool) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
-        if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException):
-            return errors.timed_out(_NAME)
-        if isinstance(exc, anthropic.APIConnectionError):
-            return errors.connection_lost(_NAME) if started else errors.unreachable(_NAME)
-        # The SDK wraps transport errors at connect time only; mid-stream they arrive raw.
-        if isinstance(exc, httpx2.TransportError | anyio.EndOfStream):
-            return errors.connection_lost(_NAME)
-        if isinstance(exc, anthropic.APIStatusError):
-            error_type, detail = errors.error_fields(exc.body)
-            detail = errors.redact(detail, self._api_key)
-            if 200 <= exc.status_code < 300:
-                # An ``event: error`` inside the stream, e.g. ``overloaded_error``.
-                return errors.from_error_event(_NAME, error_type, detail)
-            return errors.from_status(_NAME, exc.status_code, detail)
-        return errors.unexpected(_NAME, exc, started=started)
+        return errors.from_exception(
+            _NAME, exc, started=started, secret=self._api_key, sdk=_SDK_ERRORS
+        )
+
+
+# An ``event: error`` inside the stream (e.g. ``overloaded_error``) arrives as an
+# ``APIStatusError`` with the stream's status, 200.
+_SDK_ERRORS = errors.SDKErrors(
+    timeout=anthropic.APITimeoutError,
+    connection=anthropic.APIConnectionError,
+    status=anthropic.APIStatusError,
+)
 
 
 def _input_tokens(usage: object) -> int:

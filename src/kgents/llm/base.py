@@ -66,6 +66,24 @@ class LLMProvider(Protocol):
     async def aclose(self) -> None: ...
 
 
+def reply_usage(
+    request: GenerationRequest,
+    produced: str,
+    *,
+    model: str,
+    tokens_in: int | None,
+    tokens_out: int | None,
+) -> Usage:
+    """The ``Usage`` of a finished reply: the counts the provider reported, and an estimate
+    (then ``estimated``) for each it did not, from ``request`` and the ``produced`` text."""
+    return Usage(
+        tokens_in=estimate_request_tokens(request) if tokens_in is None else tokens_in,
+        tokens_out=estimate_tokens(produced) if tokens_out is None else tokens_out,
+        model=model,
+        estimated=tokens_in is None or tokens_out is None,
+    )
+
+
 def estimate_tokens(text: str) -> int:
     """Rough token count (about four characters a token) for history trimming and estimates."""
     return max(1, (len(text) + 3) // 4) if text else 0

@@ -13,9 +13,18 @@ provider_error          anything else: malformed or truncated stream, connection
 
 Messages never carry the API key: text supplied by the provider is redacted against the key and
 cut short, and auth failures carry no provider text at all (providers echo parts of keys there).
+
+``from_exception`` applies the table to what the official SDKs (and the transport under them)
+raise; the SDKs are not imported here, each provider names its own exception classes
+(``SDKErrors``), so choosing one provider never imports the other's SDK.
 """
 
+import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import anyio
+import httpx2
 
 from kgents.errors import ProviderError
 
@@ -43,6 +52,22 @@ _TYPE_CODES = {
 }
 
 _MAX_DETAIL_CHARS = 300
+
+TRANSPORT_ERRORS = (httpx2.TransportError, anyio.EndOfStream, ssl.SSLError)
+"""What the transport raises when a connection fails or drops."""
+
+
+@dataclass(frozen=True, slots=True)
+class SDKErrors:
+    """The exception classes of an official SDK (openai and anthropic share their shape)."""
+
+    timeout: type[Exception]
+    connection: type[Exception]
+    status: type[Exception]
+    """An HTTP error response, or an error event sent inside a stream with status 200: it
+    carries ``status_code`` and the error ``body``."""
+    in_stream: tuple[type[Exception], ...] = ()
+    """Other errors reported inside a stream, with the error ``body``."""
 
 
 def provider_error(code: str, message: str) -> ProviderError:
@@ -104,6 +129,29 @@ def unexpected(provider: str, exc: Exception, *, started: bool) -> ProviderError
     if started:
         return malformed(provider, type(exc).__name__)
     return provider_error(FAILED, f"the request to {provider} failed ({type(exc).__name__})")
+
+
+def from_exception(
+    provider: str, exc: Exception, *, started: bool, secret: str | None, sdk: SDKErrors
+) -> ProviderError:
+    """The ``ProviderError`` for ``exc``, raised by ``sdk`` or its transport before the reply
+    started (``started=False``) or while it was read."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, (sdk.timeout, httpx2.TimeoutException)):
+        return timed_out(provider)
+    # The SDKs wrap transport errors while they make the request; read from the body, they
+    # arrive unwrapped.
+    if isinstance(exc, (sdk.connection, *TRANSPORT_ERRORS)):
+        return connection_lost(provider) if started else unreachable(provider)
+    if isinstance(exc, (sdk.status, *sdk.in_stream)):
+        error_type, detail = error_fields(getattr(exc, "body", None))
+        detail = redact(detail, secret)
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and not 200 <= status < 300:
+            return from_status(provider, status, detail)
+        return from_error_event(provider, error_type, detail)
+    return unexpected(provider, exc, started=started)
 
 
 def error_fields(body: object) -> tuple[str | None, str | None]:

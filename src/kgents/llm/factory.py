@@ -1,13 +1,16 @@
-"""Build the configured LLM provider from ``Settings`` (once, at start-up)."""
+"""Build the configured LLM provider from ``Settings`` (once, at start-up).
+
+The openai and anthropic SDKs are imported only when their provider is chosen: together they
+take seconds to import, which every start of ``kgents serve`` (and so every restart after a
+crash) would otherwise pay.
+"""
 
 from pydantic import SecretStr
 
 from kgents.config import Settings
 from kgents.errors import ProviderError
-from kgents.llm.anthropic import AnthropicProvider
 from kgents.llm.base import LLMProvider
 from kgents.llm.demo import DemoProvider
-from kgents.llm.openai import OpenAIProvider
 
 NOT_CONFIGURED = "provider_not_configured"
 
@@ -25,6 +28,8 @@ def build_provider(settings: Settings) -> LLMProvider:
     Raises ``ProviderError`` (code ``provider_not_configured``) when a hosted provider has no key.
     """
     if settings.llm_provider == "openai":
+        from kgents.llm.openai import OpenAIProvider
+
         return OpenAIProvider(
             api_key=_api_key("openai", settings.openai_api_key, settings.openai_base_url),
             base_url=settings.openai_base_url,
@@ -32,6 +37,8 @@ def build_provider(settings: Settings) -> LLMProvider:
             timeout_seconds=settings.llm_timeout_seconds,
         )
     if settings.llm_provider == "anthropic":
+        from kgents.llm.anthropic import AnthropicProvider
+
         return AnthropicProvider(
             api_key=_api_key("anthropic", settings.anthropic_api_key, settings.anthropic_base_url),
             base_url=settings.anthropic_base_url,

@@ -20,12 +20,9 @@ flag, so the decision to try again stays with the caller.
 import asyncio
 import contextlib
 import json
-import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
-import anyio
-import httpx2
 import openai
 from openai.types.chat import (
     ChatCompletionAssistantMessageParam,
@@ -36,14 +33,7 @@ from openai.types.chat import (
 
 from kgents.errors import ProviderError
 from kgents.llm import errors
-from kgents.llm.base import (
-    GenerationRequest,
-    StreamItem,
-    TextDelta,
-    Usage,
-    estimate_request_tokens,
-    estimate_tokens,
-)
+from kgents.llm.base import GenerationRequest, StreamItem, TextDelta, reply_usage
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -51,7 +41,6 @@ CHECK_TIMEOUT_SECONDS = 5.0
 DRAIN_SECONDS = 0.1
 """How long to read on after ``[DONE]`` for the end of the body (as the SDK does)."""
 _NAME = "openai"
-_TRANSPORT_ERRORS = (httpx2.TransportError, anyio.EndOfStream, ssl.SSLError)
 
 
 class OpenAIProvider:
@@ -120,16 +109,14 @@ class OpenAIProvider:
 
         if not reply.finished:
             raise errors.malformed(_NAME, "the stream ended before the reply was complete")
-        reported = reply.reported_usage()
-        if reported is None:
-            yield Usage(
-                tokens_in=estimate_request_tokens(request),
-                tokens_out=estimate_tokens("".join(reply.produced)),
-                model=self.model,
-                estimated=True,
-            )
-        else:
-            yield Usage(tokens_in=reported[0], tokens_out=reported[1], model=self.model)
+        tokens_in, tokens_out = reply.reported_usage() or (None, None)
+        yield reply_usage(
+            request,
+            "".join(reply.produced),
+            model=self.model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
 
     async def check(self) -> bool:
         """Ready when ``GET /models`` answers within a few seconds.
@@ -148,24 +135,9 @@ class OpenAIProvider:
         await self._client.close()
 
     def _translate(self, exc: Exception, *, started: bool) -> ProviderError:
-        if isinstance(exc, ProviderError):
-            return exc
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-            return errors.timed_out(_NAME)
-        if isinstance(exc, openai.APIConnectionError):
-            return errors.connection_lost(_NAME) if started else errors.unreachable(_NAME)
-        # The SDK wraps transport errors while it makes the request; reading the body raw, they
-        # arrive unwrapped.
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            return errors.connection_lost(_NAME) if started else errors.unreachable(_NAME)
-        if isinstance(exc, openai.APIStatusError):
-            _, detail = errors.error_fields(exc.body)
-            return errors.from_status(_NAME, exc.status_code, errors.redact(detail, self._api_key))
-        if isinstance(exc, ErrorEvent | openai.APIError):
-            # An ``{"error": ...}`` object sent as a stream event.
-            error_type, detail = errors.error_fields(exc.body)
-            return errors.from_error_event(_NAME, error_type, errors.redact(detail, self._api_key))
-        return errors.unexpected(_NAME, exc, started=started)
+        return errors.from_exception(
+            _NAME, exc, started=started, secret=self._api_key, sdk=_SDK_ERRORS
+        )
 
 
 class ErrorEvent(Exception):
@@ -178,6 +150,14 @@ class ErrorEvent(Exception):
     def __init__(self, body: object) -> None:
         super().__init__("error event in the stream")
         self.body = body
+
+
+_SDK_ERRORS = errors.SDKErrors(
+    timeout=openai.APITimeoutError,
+    connection=openai.APIConnectionError,
+    status=openai.APIStatusError,
+    in_stream=(ErrorEvent, openai.APIError),
+)
 
 
 class _Reply:
@@ -272,7 +252,7 @@ class _SSEData:
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
     """Read what follows ``[DONE]`` (normally only the end of the body) for a short while, so the
     HTTP/1.1 connection goes back to the pool instead of being closed."""
-    with contextlib.suppress(TimeoutError, *_TRANSPORT_ERRORS):
+    with contextlib.suppress(TimeoutError, *errors.TRANSPORT_ERRORS):
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in chunks:
                 pass

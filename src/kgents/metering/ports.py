@@ -3,8 +3,9 @@
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+from kgents.errors import InvalidInput
 from kgents.metering.meters import Meter, WindowSize
 from kgents.metering.query import QueryRow
 from kgents.records import UsageEvent
@@ -21,6 +22,23 @@ class DeadLetter:
     parked_at: datetime
 
 
+ReplayStatus = Literal["counted", "duplicate", "still_parked", "gone"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What replaying one dead letter did.
+
+    ``counted``: ingested and removed from the dead letters. ``duplicate``: the meter store
+    already had the event (it counts once), removed. ``still_parked``: still refused, kept,
+    ``error`` says why. ``gone``: no longer parked (replayed meanwhile by someone else).
+    """
+
+    dead_letter_id: int
+    status: ReplayStatus
+    error: str | None = None
+
+
 def cloudevent(event: UsageEvent) -> dict[str, Any]:
     """``event`` as CloudEvents 1.0 JSON (OpenMeter's ``Event``)."""
     return {
@@ -32,6 +50,36 @@ def cloudevent(event: UsageEvent) -> dict[str, Any]:
         "time": event.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
         "data": event.data,
     }
+
+
+def event_from_cloudevent(payload: Mapping[str, Any]) -> UsageEvent:
+    """The ``UsageEvent`` in CloudEvents JSON as ``cloudevent`` writes it (a dead letter's
+    event); ``InvalidInput`` naming the problem when it is not one."""
+    fields: dict[str, str] = {}
+    for name in ("id", "source", "type", "subject", "time"):
+        value = payload.get(name)
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(f"not a usage event: {name} must be a non-empty string")
+        fields[name] = value
+    if payload.get("specversion", "1.0") != "1.0":
+        raise InvalidInput(f"unsupported specversion {payload.get('specversion')!r}")
+    try:
+        time = datetime.fromisoformat(fields["time"])
+    except ValueError:
+        raise InvalidInput(f"time {fields['time']!r} is not RFC 3339") from None
+    if time.utcoffset() is None:
+        raise InvalidInput(f"time {fields['time']!r} has no UTC offset")
+    data = payload.get("data") or {}
+    if not isinstance(data, dict):
+        raise InvalidInput("data must be a JSON object")
+    return UsageEvent(
+        id=fields["id"],
+        source=fields["source"],
+        type=fields["type"],
+        subject=fields["subject"],
+        time=time.astimezone(UTC),
+        data=data,
+    )
 
 
 class MeterStore(Protocol):
@@ -63,6 +111,14 @@ class MeterStore(Protocol):
     async def dead_letters(self, *, limit: int = 100, offset: int = 0) -> list[DeadLetter]: ...
 
     async def dead_letter_count(self) -> int: ...
+
+    async def dead_letter_ids(self, *, among: Sequence[int] | None = None) -> list[int]: ...
+
+    async def replay_dead_letter(
+        self, dead_letter_id: int, *, at: datetime | None = None
+    ) -> ReplayOutcome: ...
+
+    async def stale_meters(self) -> list[str]: ...
 
     async def event_count(self) -> int: ...
 

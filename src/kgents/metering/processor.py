@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from kgents.clock import utc_now
 from kgents.errors import InvalidInput, KgentsError
+from kgents.metering.cancellation import raise_if_cancelled
 from kgents.records import UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class MeteringProcessor:
         it before starting the workers)."""
         delay = self._retry_base
         while True:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             try:
                 await self.drain_once()
             except KgentsError as exc:
@@ -415,7 +416,7 @@ class MeteringProcessor:
     async def _hold(self, delay: float) -> None:
         """Wait ``delay`` (with jitter) before retrying a held batch (``_keep_alive`` stops
         its messages from being redelivered meanwhile)."""
-        _raise_if_cancelled()
+        raise_if_cancelled()
         if self.stats.held_since is None:
             self.stats.held_since = self._clock()
         await asyncio.sleep(_jittered(delay))
@@ -439,16 +440,6 @@ class MeteringProcessor:
         oldest = min(d.published_at for d in deliveries)
         self.stats.last_lag_seconds = max((self._clock() - oldest).total_seconds(), 0.0)
         self.stats.last_pending = deliveries[-1].pending
-
-
-def _raise_if_cancelled() -> None:
-    """Honour a cancellation that a library swallowed: in Python 3.11 ``asyncio.wait_for``
-    (which nats-py awaits inside every request) returns its result instead of raising when the
-    result and the cancellation arrive together. ``Task.cancelling()`` still counts it, so the
-    loops that could otherwise run forever check it each time round."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _event(delivery: Delivery) -> UsageEvent:

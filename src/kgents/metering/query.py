@@ -33,6 +33,9 @@ from kgents.metering.rollup import (
     minute_start,
 )
 
+DEFAULT_SPAN = timedelta(days=30)
+"""How far back a usage report reaches when given no start (``GET /v1/usage``, ``kgents usage``)."""
+
 _EPOCH_DAY = date(1970, 1, 1)
 _MINUTES_PER_DAY = 1440
 _ONE_MINUTE = timedelta(minutes=1)

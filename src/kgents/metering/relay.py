@@ -6,6 +6,7 @@ the meter store's unique key) absorb the repeat: an event is never lost and neve
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -13,6 +14,7 @@ from typing import Protocol
 
 from kgents.clock import utc_now
 from kgents.errors import KgentsError
+from kgents.metering.cancellation import raise_if_cancelled
 from kgents.records import UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -59,16 +61,23 @@ class OutboxRelay:
         return total
 
     async def run(self, *, poll_seconds: float = 0.5) -> None:
-        """Relay forever: on ``notify`` or every ``poll_seconds``; failures are retried."""
+        """Relay until cancelled: on ``notify`` or every ``poll_seconds``; failures are retried.
+
+        A cancellation stops it even when the publisher swallowed it and failed instead (a
+        NATS request cancelled as its reply arrived): it is not mistaken for a failure to retry.
+        """
         while True:
+            raise_if_cancelled()
             try:
                 await self.drain()
             except KgentsError as exc:
+                raise_if_cancelled()  # not a failure: a cancellation the publisher turned into one
                 logger.warning("outbox relay postponed: %s", exc)
             except Exception:
+                raise_if_cancelled()
                 logger.exception("outbox relay failed; retrying")
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=poll_seconds)
-            except TimeoutError:
-                pass
+            # ``asyncio.timeout``, not ``wait_for``: in 3.11 ``wait_for`` can swallow a cancel.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll_seconds):
+                    await self._wake.wait()

@@ -14,10 +14,9 @@ from dataclasses import dataclass, replace
 from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, KgentsError, ProviderError
 from kgents.flux import FluxStream
-from kgents.ids import new_id
 from kgents.llm.base import GenerationRequest, LLMProvider, StreamItem, TextDelta, Usage
-from kgents.metering import events as usage_events
 from kgents.records import Message, Turn, TurnStatus
+from kgents.sessions.billing import turn_bill
 from kgents.sessions.persona import DORMANT_REPLY
 from kgents.sessions.ports import EventBatch, SessionEvent, SessionEventLog, SessionStore
 
@@ -124,20 +123,36 @@ class TurnRunner:
         self._provider = provider
         self._events = events
         self._buffer_size = buffer_size
+        self._background: set[asyncio.Task[None]] = set()  # strong references until done
 
     async def open(self, planned: PlannedTurn, user_message: Message) -> int:
         """Publish the turn's ``user_message`` event and return its stream sequence.
 
         If the event stream is unavailable the turn is closed as ``failed`` (nothing was
         generated, nothing is billed) and ``EventsUnavailable`` propagates.
+
+        The sequence is stored on the turn in the background, not before the reply starts:
+        only the recovery of a turn whose process died reads it (to find its chunks).
         """
         try:
             seq = await self._events.publish(user_message_event(planned.turn, user_message))
         except EventsUnavailable as exc:
             await self._close(planned, _Progress(text=[]), None, status="failed", error=exc)
             raise
-        await self._store.set_first_seq(planned.turn.id, seq)
+        task = asyncio.create_task(
+            self._store_first_seq(planned.turn.id, seq), name=f"first-seq:{planned.turn.id}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return seq
+
+    async def _store_first_seq(self, turn_id: str, seq: int) -> None:
+        try:
+            await self._store.set_first_seq(turn_id, seq)
+        except Exception:
+            # The turn runs on; only if its process also dies is it recovered without its
+            # chunks (billed for nothing rather than twice).
+            logger.warning("could not store the first sequence of turn %s", turn_id, exc_info=True)
 
     async def run(self, planned: PlannedTurn) -> TurnOutcome:
         """Generate, publish and store the reply of ``planned``; never raises a domain error.
@@ -213,44 +228,19 @@ class TurnRunner:
         status: TurnStatus,
         error: KgentsError | None,
     ) -> TurnOutcome:
-        turn = planned.turn
         final = self._final_turn(planned, progress, status)
         if error is not None:
             final = replace(final, error_code=error.code)
-        text = "".join(progress.text)
-        message = None
-        if text:
-            message = Message(
-                id=new_id("msg"),
-                session_id=turn.session_id,
-                tenant_id=turn.tenant_id,
-                turn_id=turn.id,
-                role="assistant",
-                content=text,
-                tokens_in=final.tokens_in,
-                tokens_out=final.tokens_out,
-                model=final.model,
-                created_at=final.finished_at or utc_now(),
-            )
-        billed = []
-        if final.tokens_in or final.tokens_out:
-            billed.append(
-                usage_events.llm_tokens(
-                    tenant_id=turn.tenant_id,
-                    session_id=turn.session_id,
-                    turn_id=turn.id,
-                    tokens_in=final.tokens_in,
-                    tokens_out=final.tokens_out,
-                    model=final.model or "unknown",
-                    estimated=final.estimated,
-                    at=final.finished_at or utc_now(),
-                )
-            )
-        stored = await self._store.finish_turn(final, assistant_message=message, events=billed)
+        bill = turn_bill(final, text="".join(progress.text))
+        stored = await self._store.finish_turn(
+            final, assistant_message=bill.message, events=bill.events
+        )
         if stored is None:
             # Someone else (start-up recovery on another replica) closed this turn first.
             return TurnOutcome(turn=final, message=None, error=error, chunks=progress.chunks)
-        outcome = TurnOutcome(turn=stored, message=message, error=error, chunks=progress.chunks)
+        outcome = TurnOutcome(
+            turn=stored, message=bill.message, error=error, chunks=progress.chunks
+        )
         if batch is not None:
             await self._publish_end(outcome, batch)
         return outcome

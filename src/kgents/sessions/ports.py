@@ -1,6 +1,7 @@
 """What the sessions service needs from storage and from the event stream."""
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -18,6 +19,50 @@ class SessionEvent:
     type: SessionEventType
     data: dict[str, Any] = field(default_factory=dict)
     msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStartReads:
+    """What starting a turn reads, all at once, in the transaction that then stores it."""
+
+    request_count: int | None  # the key's requests in the window, this one included
+    session: Session | None  # the tenant's live session (locked until the end)
+    turn_running: bool  # the session runs a turn already
+    tokens_used: int | None  # the tenant's tokens since ``tokens_since``
+    history: list[Message]  # the session's last messages, oldest first
+
+
+class TurnStart(Protocol):
+    """One write transaction that starts a turn: what ``read`` counts and what ``add_turn``
+    stages commit together when the ``begin_turn`` block ends normally, and nothing does
+    otherwise. Two steps, so a store can do each in one trip to the database."""
+
+    async def read(
+        self,
+        *,
+        tenant_id: str,
+        session_id: str | None,
+        count_key: str | None,
+        window_start: datetime | None,
+        tokens_since: datetime | None,
+        history_limit: int,
+    ) -> TurnStartReads:
+        """Count a request of ``count_key`` in the rate-limit window ``window_start`` (when
+        given), read and lock the session (``None``: none), whether it runs a turn, the
+        tenant's tokens since ``tokens_since`` (when given) and the last ``history_limit``
+        messages."""
+        ...
+
+    def add_turn(
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
+    ) -> None:
+        """Stage the user message, the running turn and usage events, for the commit."""
+        ...
 
 
 class SessionStore(Protocol):
@@ -39,6 +84,10 @@ class SessionStore(Protocol):
         events: Sequence[UsageEvent],
         lease_until: datetime,
     ) -> Session: ...
+
+    def begin_turn(self) -> AbstractAsyncContextManager[TurnStart]:
+        """A ``TurnStart`` transaction (``TurnInProgress`` if a concurrent turn won the race)."""
+        ...
 
     async def finish_turn(
         self, turn: Turn, *, assistant_message: Message | None, events: Sequence[UsageEvent]
@@ -75,6 +124,16 @@ class Follower(Protocol):
     """An open follower: iterate it for events in stream order; ``aclose`` it when done."""
 
     def __aiter__(self) -> AsyncIterator[FollowedEvent]: ...
+
+    async def next_batch(self, wait_seconds: float | None = None) -> Sequence[FollowedEvent]:
+        """Every event received and not yet taken, in order, waiting up to ``wait_seconds``
+        for the first; empty when none came or ``wake()`` was called. ``StopAsyncIteration``
+        once closed; ``EventsUnavailable`` once the stream failed (after the events before)."""
+        ...
+
+    def wake(self) -> None:
+        """Make a waiting ``next_batch`` return now."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from kgents.clock import utc_now
 from kgents.errors import KgentsError
-from kgents.ids import new_id
-from kgents.metering import events as usage_events
-from kgents.records import Message, Turn
+from kgents.metering.cancellation import raise_if_cancelled
+from kgents.records import Turn
+from kgents.sessions.billing import turn_bill
 from kgents.sessions.generation import error_event
 from kgents.sessions.ports import SessionEventLog, SessionStore
 from kgents.sessions.supervisor import TurnSupervisor
@@ -56,8 +56,6 @@ class TurnRecovery:
             chunks = await self._events.turn_chunks(
                 turn.session_id, turn.id, first_seq=turn.first_seq
             )
-        now = utc_now()
-        text = "".join(chunks)
         final = replace(
             turn,
             status="interrupted",
@@ -66,37 +64,13 @@ class TurnRecovery:
             model=turn.model or "unknown",
             estimated=True,
             error_code="interrupted",
-            finished_at=now,
+            finished_at=utc_now(),
         )
-        message = None
-        if text:
-            message = Message(
-                id=new_id("msg"),
-                session_id=turn.session_id,
-                tenant_id=turn.tenant_id,
-                turn_id=turn.id,
-                role="assistant",
-                content=text,
-                tokens_in=final.tokens_in,
-                tokens_out=final.tokens_out,
-                model=final.model,
-                created_at=now,
-            )
-        billed = []
-        if final.tokens_in or final.tokens_out:
-            billed.append(
-                usage_events.llm_tokens(
-                    tenant_id=turn.tenant_id,
-                    session_id=turn.session_id,
-                    turn_id=turn.id,
-                    tokens_in=final.tokens_in,
-                    tokens_out=final.tokens_out,
-                    model=final.model or "unknown",
-                    estimated=True,
-                    at=now,
-                )
-            )
-        if await self._store.finish_turn(final, assistant_message=message, events=billed) is None:
+        bill = turn_bill(final, text="".join(chunks))
+        stored = await self._store.finish_turn(
+            final, assistant_message=bill.message, events=bill.events
+        )
+        if stored is None:
             return False  # another replica closed it first
         logger.info("turn %s interrupted (%d chunks recovered)", turn.id, len(chunks))
         await self._events.publish(
@@ -111,6 +85,7 @@ class TurnRecovery:
     async def run(self, *, interval_seconds: float) -> None:
         """Renew leases and close expired turns until cancelled."""
         while True:
+            raise_if_cancelled()
             try:
                 await self.renew_leases()
                 await self.interrupt_expired()

@@ -1,15 +1,23 @@
 """Sessions and their turns: the service the API and the CLI call."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from kgents.clock import utc_now
 from kgents.config import Budget
-from kgents.errors import BudgetNotAllowed, Conflict, InvalidInput, NotFound
+from kgents.errors import (
+    BudgetNotAllowed,
+    Conflict,
+    InvalidInput,
+    KgentsError,
+    NotFound,
+    TurnInProgress,
+)
 from kgents.ids import is_valid_id, new_id
 from kgents.llm.base import GenerationRequest, estimate_request_tokens
 from kgents.metering import events as usage_events
-from kgents.records import Message, Session, Turn
+from kgents.records import Message, Session, Turn, UsageEvent
 from kgents.sessions.generation import PlannedTurn
 from kgents.sessions.persona import (
     MAX_TOKENS_BY_BUDGET,
@@ -19,8 +27,9 @@ from kgents.sessions.persona import (
     history_that_fits,
     system_prompt,
 )
-from kgents.sessions.ports import SessionStore
-from kgents.tenancy.quota import TokenQuota
+from kgents.sessions.ports import SessionStore, TurnStartReads
+from kgents.tenancy.quota import month_bounds, quota_status, require_tokens_left
+from kgents.tenancy.rate_limit import RateCharge, window_of
 from kgents.tenancy.service import Principal
 
 HISTORY_WINDOW = 200  # messages read from the store before trimming to the budget
@@ -38,12 +47,10 @@ class SessionService:
         self,
         *,
         store: SessionStore,
-        quota: TokenQuota,
         max_message_chars: int,
         turn_lease: timedelta,
     ) -> None:
         self._store = store
-        self._quota = quota
         self._max_message_chars = max_message_chars
         self._turn_lease = turn_lease
 
@@ -112,13 +119,66 @@ class SessionService:
         return running[0]
 
     async def start_turn(
-        self, *, principal: Principal, session_id: str, request: TurnRequest
+        self,
+        *,
+        principal: Principal,
+        session_id: str,
+        request: TurnRequest,
+        rate: RateCharge | None = None,
+        request_events: Sequence[UsageEvent] = (),
     ) -> tuple[PlannedTurn, Message]:
         """Store the user message and a running turn; return what the generation must do.
 
-        Raises ``TurnInProgress`` if the session already runs a turn, ``BudgetNotAllowed`` if
-        the plan does not include the budget.
+        One transaction (DESIGN, flow step 2) counts the request against its key's rate limit
+        (``rate``, when the caller has not counted it yet), checks the session, the token
+        quota and that no turn is running, and stores the user message, the turn and the usage
+        events: ``session.message`` and ``request_events`` (the request's ``api.request``).
+
+        Raises ``RateLimitExceeded``, ``InvalidInput``, ``BudgetNotAllowed``, ``NotFound``,
+        ``QuotaExceeded`` or ``TurnInProgress``; a refused turn stores nothing but the
+        request's count, which still counts.
         """
+        tenant_id = principal.tenant.id
+        now = utc_now()
+        max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
+        refusal: KgentsError
+        async with self._store.begin_turn() as tx:
+            reads = await tx.read(
+                tenant_id=tenant_id,
+                session_id=session_id if is_valid_id(session_id) else None,
+                count_key=rate.key_id if rate else None,
+                window_start=window_of(now) if rate else None,
+                tokens_since=month_bounds(now)[0] if max_tokens else None,
+                history_limit=HISTORY_WINDOW if max_tokens else 0,
+            )
+            try:
+                if rate is not None and reads.request_count is not None:
+                    rate.settle(count=reads.request_count, now=now)
+                planned, user_message, event = self._plan_turn(
+                    reads, principal=principal, session_id=session_id, request=request, now=now
+                )
+            except KgentsError as exc:
+                refusal = exc  # raised once the request's count is committed
+            else:
+                tx.add_turn(
+                    planned.turn,
+                    user_message=user_message,
+                    events=[event, *request_events],
+                    lease_until=now + self._turn_lease,
+                )
+                return planned, user_message
+        raise refusal
+
+    def _plan_turn(
+        self,
+        reads: TurnStartReads,
+        *,
+        principal: Principal,
+        session_id: str,
+        request: TurnRequest,
+        now: datetime,
+    ) -> tuple[PlannedTurn, Message, UsageEvent]:
+        """Check the turn against what was read (raising the refusal) and build its rows."""
         tenant_id = principal.tenant.id
         if len(request.message) > self._max_message_chars:
             raise InvalidInput(
@@ -132,13 +192,16 @@ class SessionService:
                 f"budget {request.budget.value!r} is not included in plan "
                 f"{principal.tenant.plan!r} (highest: {principal.plan.max_budget.value!r})"
             )
-        session = await self.get_session(tenant_id=tenant_id, session_id=session_id)
-        if request.budget is not Budget.dormant:
-            await self._quota.check(tenant_id=tenant_id, plan=principal.plan)
+        session = reads.session
+        if session is None:
+            raise NotFound("session not found")
+        if reads.tokens_used is not None:
+            require_tokens_left(quota_status(plan=principal.plan, used=reads.tokens_used, at=now))
         mode = request.mode or session.mode
         _check_mode(mode)
+        if reads.turn_running:
+            raise TurnInProgress("a turn is already running in this session")
 
-        now = utc_now()
         turn_id = new_id("turn")
         user_message = Message(
             id=new_id("msg"),
@@ -170,7 +233,7 @@ class SessionService:
             started_at=now,
             finished_at=None,
         )
-        generation = await self._generation_request(session_id, request, mode)
+        generation = _generation_request(reads.history, request, mode)
         if generation is not None:
             # Stored now, so a turn whose process dies can still be billed for its prompt.
             turn = replace(turn, tokens_in=estimate_request_tokens(generation))
@@ -181,24 +244,21 @@ class SessionService:
             message_length=len(request.message),
             at=now,
         )
-        await self._store.start_turn(
-            turn, user_message=user_message, events=[event], lease_until=now + self._turn_lease
-        )
-        return PlannedTurn(turn=turn, request=generation), user_message
+        return PlannedTurn(turn=turn, request=generation), user_message, event
 
-    async def _generation_request(
-        self, session_id: str, request: TurnRequest, mode: str
-    ) -> GenerationRequest | None:
-        max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
-        if max_tokens == 0:
-            return None
-        history = await self._store.recent_messages(session_id, limit=HISTORY_WINDOW)
-        return GenerationRequest(
-            system=system_prompt(mode),
-            messages=history_that_fits(history, request.message, budget_tokens=max_tokens),
-            temperature=TEMPERATURE_BY_MODE[mode],
-            max_tokens=max_tokens,
-        )
+
+def _generation_request(
+    history: list[Message], request: TurnRequest, mode: str
+) -> GenerationRequest | None:
+    max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
+    if max_tokens == 0:
+        return None
+    return GenerationRequest(
+        system=system_prompt(mode),
+        messages=history_that_fits(history, request.message, budget_tokens=max_tokens),
+        temperature=TEMPERATURE_BY_MODE[mode],
+        max_tokens=max_tokens,
+    )
 
 
 def _check_mode(mode: str) -> None:

@@ -5,17 +5,23 @@ Operators write URLs the way they always do (``postgresql://user:pass@host/db``,
 """
 
 import asyncio
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext, MigrationInfo
+from alembic.script import Script, ScriptDirectory
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kgents.config import Settings
-from kgents.errors import InvalidInput
+from kgents.errors import InvalidInput, Unavailable
 
 _MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITES = "kgents_writes"
@@ -59,16 +65,54 @@ def _sqlite_begin(connection: Any) -> None:
 
 
 def for_writes(engine: AsyncEngine) -> AsyncEngine:
-    """The same engine (and pool) for transactions that write."""
+    """The engine for transactions that write.
+
+    On SQLite (a file) that is the engine's writer: a second engine on the same file with a
+    single connection, so this process's write transactions queue for it in order on the
+    event loop. SQLite admits one writer at a time anyway; without the queue, a writer that
+    finds the lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms...) and finds out
+    late that the lock is free, which cost requests ~10 ms whenever a background write (the
+    outbox relay, metering, the end of another turn) was running. ``busy_timeout`` still
+    arbitrates between processes. Elsewhere it is the same engine (and pool), marked.
+    """
+    writer = _WRITERS.get(engine.sync_engine)
+    if writer is not None:
+        return writer
     return engine.execution_options(**{_WRITES: True})
+
+
+# Each SQLite engine's writer (see ``for_writes``); weak, so it goes with its engine.
+_WRITERS: "weakref.WeakKeyDictionary[Engine, AsyncEngine]" = weakref.WeakKeyDictionary()
+# Longest wait for the writer's connection, as long as SQLite's own busy timeout.
+_WRITER_TIMEOUT_SECONDS = 10.0
+
+
+def _sqlite_engine(url: URL, **options: Any) -> AsyncEngine:
+    engine = create_async_engine(url, **options)
+    event.listen(engine.sync_engine, "connect", _sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
 
 
 def create_engine(url: URL) -> AsyncEngine:
     """An async engine for ``url`` with the settings each backend needs."""
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url)
-        event.listen(engine.sync_engine, "connect", _sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        engine = _sqlite_engine(url)
+        if url.database and url.database != ":memory:":
+            writer = _sqlite_engine(
+                url,
+                pool_size=1,
+                max_overflow=0,
+                pool_timeout=_WRITER_TIMEOUT_SECONDS,
+                execution_options={_WRITES: True},
+            )
+            _WRITERS[engine.sync_engine] = writer
+
+            def dispose_writer(_engine: Engine) -> None:
+                # Runs inside ``AsyncEngine.dispose``'s greenlet, so the sync call may await.
+                writer.sync_engine.dispose()
+
+            event.listen(engine.sync_engine, "engine_disposed", dispose_writer)
         return engine
     # asyncpg takes a Unix socket directory through ``host`` in the query string as libpq does.
     return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -81,12 +125,63 @@ def alembic_config(url: URL) -> Config:
     return config
 
 
-def upgrade_database(url: URL) -> None:
-    """Apply every migration (blocking; call through ``upgrade_database_async`` in async code)."""
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One Alembic revision: its id and the first line of its docstring."""
+
+    revision: str
+    title: str
+
+
+def _migration(script: Script) -> Migration:
+    return Migration(
+        revision=script.revision, title=script.doc.splitlines()[0] if script.doc else ""
+    )
+
+
+def upgrade_database(url: URL, *, on_applied: Callable[[Migration], None] | None = None) -> None:
+    """Apply every migration (blocking; call through ``upgrade_database_async`` in async code).
+
+    ``on_applied`` is called after each revision is applied (all commit together at the end)."""
     if url.get_backend_name() == "sqlite" and url.database:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+    config = alembic_config(url)
+    if on_applied is not None:
+        callback = on_applied
+
+        def report(*, step: MigrationInfo, **_: Any) -> None:
+            for script in step.up_revisions:
+                if isinstance(script, Script):
+                    callback(_migration(script))
+
+        config.attributes["on_version_apply"] = report
+    command.upgrade(config, "head")
 
 
 async def upgrade_database_async(url: URL) -> None:
     await asyncio.to_thread(upgrade_database, url)
+
+
+async def pending_migrations(url: URL) -> list[Migration]:
+    """The migrations ``upgrade_database`` would apply to the database at ``url``, oldest
+    first. Raises ``Unavailable`` when the database cannot be read."""
+    if url.get_backend_name() == "sqlite" and url.database:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            heads = await connection.run_sync(_current_heads)
+    except (SQLAlchemyError, OSError) as exc:
+        raise Unavailable(
+            f"cannot read the database's migration state ({type(exc).__name__})",
+            code="database_unavailable",
+        ) from exc
+    finally:
+        await engine.dispose()
+    scripts = ScriptDirectory.from_config(alembic_config(url))
+    pending = scripts.iterate_revisions("heads", heads or "base")
+    return [_migration(script) for script in reversed(list(pending)) if isinstance(script, Script)]
+
+
+def _current_heads(connection: Connection) -> tuple[str, ...]:
+    return tuple(MigrationContext.configure(connection).get_current_heads())

@@ -3,7 +3,7 @@
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from kgents.metering.rollup import (
     RollupState,
 )
 from kgents.records import UsageEvent
+from kgents.store.driver_sql import ROWS_PER_INSERT, MultiRowInsert, bind_processor, compiled
 from kgents.store.metering_schema import (
     EVENTS,
     HOURLY,
@@ -42,43 +43,21 @@ class IngestSql:
     ``VALUES`` or ``executemany`` without SQLAlchemy's per-row statement processing, which
     costs more than the database's own work at these batch sizes."""
 
-    _PAGE = 1000  # rows per multi-row INSERT: 7,000 parameters, under both backends' limits
-
     def __init__(self, dialect: Dialect) -> None:
         insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        self.numbered = dialect.paramstyle in ("numeric", "numeric_dollar")
-        self.bind_time = _processor(EVENTS.c.time.type, dialect)
+        self.bind_time = bind_processor(EVENTS.c.time.type, dialect)
         # What SQLAlchemy's JSON type sends on both backends (json.dumps), minus NaN and
         # infinities, which PostgreSQL's json refuses and SQLite would store as invalid JSON.
         self.bind_data = functools.partial(json.dumps, allow_nan=False)
-        self.events_columns = ", ".join(column.name for column in EVENTS.columns)
-        # Rows below are tuples in table column order; _compiled checks the SQL expects that.
-        self.upsert_rollups = _compiled(_upsert_rollups(insert(ROLLUPS)), dialect, _ROLLUP_FIELDS)
-        self.upsert_hourly = _compiled(_upsert_rollups(insert(HOURLY)), dialect, _ROLLUP_FIELDS)
-        self.insert_values = _compiled(
+        self.insert_events_sql = MultiRowInsert(
+            EVENTS, dialect, suffix=" ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
+        )
+        # Rows below are tuples in table column order; compiled checks the SQL expects that.
+        self.upsert_rollups = compiled(_upsert_rollups(insert(ROLLUPS)), dialect, _ROLLUP_FIELDS)
+        self.upsert_hourly = compiled(_upsert_rollups(insert(HOURLY)), dialect, _ROLLUP_FIELDS)
+        self.insert_values = compiled(
             insert(VALUES).on_conflict_do_nothing(), dialect, _VALUE_FIELDS
         )
-        self._events_sql: dict[int, str] = {}
-
-    def events_sql(self, rows: int) -> str:
-        sql = self._events_sql.get(rows)
-        if sql is None:
-            width = len(EVENTS.columns)
-            if self.numbered:
-                groups = (
-                    "(" + ", ".join(f"${row * width + col + 1}" for col in range(width)) + ")"
-                    for row in range(rows)
-                )
-            else:
-                groups = ("(" + ", ".join("?" * width) + ")" for _ in range(rows))
-            # Only column names and placeholders go into the text; values are parameters.
-            head = f"INSERT INTO meter_events ({self.events_columns}) VALUES "  # noqa: S608
-            sql = self._events_sql[rows] = (
-                head
-                + ", ".join(groups)
-                + " ON CONFLICT (source, id) DO NOTHING RETURNING source, id"
-            )
-        return sql
 
     def event_pages(
         self, events: Sequence[UsageEvent], *, ingested_at: datetime
@@ -87,8 +66,8 @@ class IngestSql:
         bound before the transaction opens so a bad event fails fast and holds no lock."""
         stamp = self.bind_time(ingested_at)
         pages = []
-        for first in range(0, len(events), self._PAGE):
-            page = events[first : first + self._PAGE]
+        for first in range(0, len(events), ROWS_PER_INSERT):
+            page = events[first : first + ROWS_PER_INSERT]
             values: list[Any] = []
             for event in page:
                 try:
@@ -113,7 +92,7 @@ class IngestSql:
         """Insert the events unless present; the ``(source, id)`` of those really inserted."""
         inserted: set[tuple[str, str]] = set()
         for rows, values in pages:
-            result = await connection.exec_driver_sql(self.events_sql(rows), values)
+            result = await connection.exec_driver_sql(self.insert_events_sql.sql(rows), values)
             returned: Sequence[Any] = result.all()
             inserted.update((row[0], row[1]) for row in returned)
         return inserted
@@ -165,19 +144,6 @@ def _rollup_rows(states: dict[RollupKey, RollupState]) -> list[tuple[Any, ...]]:
 
 _ROLLUP_FIELDS = [column.name for column in ROLLUPS.columns]
 _VALUE_FIELDS = [column.name for column in VALUES.columns]
-
-
-def _processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any]:
-    processor = type_.dialect_impl(dialect).bind_processor(dialect)
-    return processor if processor is not None else (lambda value: value)
-
-
-def _compiled(statement: Any, dialect: Dialect, fields: list[str]) -> str:
-    """SQL text of an INSERT whose positional parameters are ``fields``, in that order."""
-    compiled = statement.compile(dialect=dialect)
-    if list(compiled.positiontup or ()) != fields:
-        raise RuntimeError(f"unexpected parameter order {compiled.positiontup} != {fields}")
-    return str(compiled.string)
 
 
 def _upsert_rollups(statement: Any) -> Any:

@@ -30,15 +30,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kgents.clock import utc_now
-from kgents.errors import NotFound, Unavailable
-from kgents.metering.meters import Meter, WindowSize
-from kgents.metering.ports import DeadLetter, cloudevent
+from kgents.errors import InvalidInput, NotFound, Unavailable
+from kgents.metering.meters import Meter, MeterAggregation, WindowSize
+from kgents.metering.ports import DeadLetter, ReplayOutcome, cloudevent, event_from_cloudevent
 from kgents.metering.query import (
     QueryRow,
     build_query,
+    final_value,
 )
 from kgents.metering.rollup import (
     MeterSet,
+    RollupState,
 )
 from kgents.records import UsageEvent
 from kgents.store.engine import for_writes
@@ -127,11 +129,18 @@ class SqlMeterStore:
         if not unique:
             return 0
         ordered = [unique[key] for key in sorted(unique)]
-        pages = self._sql.event_pages(ordered, ingested_at=at or self._clock())
         async with self._database("ingest", write=True) as connection:
-            inserted = await self._sql.insert_events(connection, pages)
-            new = [event for event in ordered if (event.source, event.id) in inserted]
-            await self._sql.write_delta(connection, self._meter_set.rollup(new))
+            return await self._store_events(connection, ordered, at=at or self._clock())
+
+    async def _store_events(
+        self, connection: AsyncConnection, ordered: Sequence[UsageEvent], *, at: datetime
+    ) -> int:
+        """Insert checked, unique events (in key order) and roll up the new ones."""
+        inserted = await self._sql.insert_events(
+            connection, self._sql.event_pages(ordered, ingested_at=at)
+        )
+        new = [event for event in ordered if (event.source, event.id) in inserted]
+        await self._sql.write_delta(connection, self._meter_set.rollup(new))
         return len(new)
 
     # -- meter definitions ----------------------------------------------------------------
@@ -169,6 +178,16 @@ class SqlMeterStore:
                     ],
                 )
         return [meter.slug for meter in stale]
+
+    async def stale_meters(self) -> list[str]:
+        """Slugs of the meters whose rollups were not built with the configured definition
+        (new, changed or no longer configured): ``sync_meters`` would rebuild or drop them."""
+        async with self._database("reading meter definitions", write=False) as connection:
+            rows = await connection.execute(select(DEFINITIONS.c.slug, DEFINITIONS.c.fingerprint))
+            known: dict[str, str] = dict(rows.all())
+        configured = {meter.slug: meter_fingerprint(meter) for meter in self._meters}
+        changed = {slug for slug, print_ in configured.items() if known.get(slug) != print_}
+        return sorted(changed | (known.keys() - configured.keys()))
 
     async def _rebuild(self, connection: AsyncConnection, meters: MeterSet) -> None:
         after: tuple[str, str] | None = None
@@ -226,9 +245,38 @@ class SqlMeterStore:
             return await QueryRun(connection, query).rows()
 
     async def totals_by_subject(self, meter: Meter | str) -> dict[str, float]:
-        """Each subject's all-time value of ``meter`` (for reconciliation)."""
-        rows = await self.query(meter, group_by=["subject"])
-        return {row.subject: row.value for row in rows if row.subject is not None}
+        """Each subject's all-time value of ``meter`` (for reconciliation): one aggregate
+        over the hour rollups, which hold the same events as the minutes in 60 times fewer
+        rows (LATEST and UNIQUE_COUNT, which need more than the merged state, go through
+        ``query``)."""
+        chosen = self.meter(meter) if isinstance(meter, str) else meter
+        if chosen.aggregation in (MeterAggregation.LATEST, MeterAggregation.UNIQUE_COUNT):
+            queried = await self.query(chosen, group_by=["subject"])
+            return {row.subject: row.value for row in queried if row.subject is not None}
+        t = HOURLY.c
+        statement = (
+            select(
+                t.subject,
+                func.sum(t.event_count),
+                func.sum(t.value_count),
+                func.sum(t.value_sum),
+                func.min(t.value_min),
+                func.max(t.value_max),
+            )
+            .where(t.meter == chosen.slug)
+            .group_by(t.subject)
+        )
+        async with self._database("totals by subject", write=False) as connection:
+            rows = (await connection.execute(statement)).all()
+        totals: dict[str, float] = {}
+        for subject, count, value_count, value_sum, low, high in rows:
+            state = RollupState(
+                int(count or 0), int(value_count or 0), float(value_sum or 0), low, high
+            )
+            value = final_value(chosen.aggregation, state) if state.event_count else None
+            if value is not None:
+                totals[subject] = value
+        return totals
 
     async def event_count(self) -> int:
         async with self._database("counting events", write=False) as connection:
@@ -273,3 +321,45 @@ class SqlMeterStore:
     async def dead_letter_count(self) -> int:
         async with self._database("counting dead letters", write=False) as connection:
             return (await connection.scalar(select(func.count()).select_from(DEAD_LETTERS))) or 0
+
+    async def dead_letter_ids(self, *, among: Sequence[int] | None = None) -> list[int]:
+        """The ids of parked events, oldest first: all of them, or those of ``among`` that
+        are still parked."""
+        statement = select(DEAD_LETTERS.c.id).order_by(DEAD_LETTERS.c.id)
+        if among is not None:
+            statement = statement.where(DEAD_LETTERS.c.id.in_(list(among)))
+        async with self._database("listing dead letters", write=False) as connection:
+            return list((await connection.scalars(statement)).all())
+
+    async def replay_dead_letter(
+        self, dead_letter_id: int, *, at: datetime | None = None
+    ) -> ReplayOutcome:
+        """Ingest a parked event and remove it from the dead letters, in one transaction.
+
+        Its ``(source, id)`` key makes this idempotent: an event the store already holds
+        counts nothing more (``duplicate``). An event still refused (not a usage event, or
+        one the tables cannot hold) stays parked (``still_parked``, with the reason)."""
+        async with self._database("replaying a dead letter", write=True) as connection:
+            # FOR UPDATE: two replays of one dead letter on PostgreSQL run one after the
+            # other (SQLite's write transactions already do).
+            row = (
+                await connection.execute(
+                    select(DEAD_LETTERS.c.event)
+                    .where(DEAD_LETTERS.c.id == dead_letter_id)
+                    .with_for_update()
+                )
+            ).first()
+            if row is None:
+                return ReplayOutcome(dead_letter_id, "gone")
+            try:
+                if not isinstance(row.event, dict):
+                    raise InvalidInput("not a usage event: not a JSON object")
+                event = event_from_cloudevent(row.event)
+                check_event(event)
+            except InvalidInput as exc:
+                return ReplayOutcome(dead_letter_id, "still_parked", exc.message)
+            new = await self._store_events(connection, [event], at=at or self._clock())
+            await connection.execute(
+                delete(DEAD_LETTERS).where(DEAD_LETTERS.c.id == dead_letter_id)
+            )
+        return ReplayOutcome(dead_letter_id, "counted" if new else "duplicate")

@@ -2,30 +2,37 @@
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from kgents.records import UsageEvent
 from kgents.store.engine import for_writes
+from kgents.store.outbox_sql import OUTBOX, OutboxSql
 from kgents.store.schema import OutboxRow
 
 
-def add_outbox_events(db: AsyncSession, events: Iterable[UsageEvent], *, at: datetime) -> None:
-    """Stage ``events`` in the caller's transaction, so they commit or vanish with it."""
-    db.add_all(
-        OutboxRow(
-            source=event.source,
-            id=event.id,
-            type=event.type,
-            subject=event.subject,
-            time=event.time,
-            data=event.data,
-            created_at=at,
-            sent_at=None,
-        )
-        for event in events
-    )
+def add_outbox_events(
+    db: AsyncSession | Session, events: Iterable[UsageEvent], *, at: datetime
+) -> None:
+    """Stage ``events`` in the caller's transaction (async or not), so they commit or vanish
+    with it."""
+    db.add_all(OutboxRow(**_outbox_values(event, at=at)) for event in events)
+
+
+def _outbox_values(event: UsageEvent, *, at: datetime) -> dict[str, Any]:
+    return {
+        "source": event.source,
+        "id": event.id,
+        "type": event.type,
+        "subject": event.subject,
+        "time": event.time,
+        "data": event.data,
+        "created_at": at,
+        "sent_at": None,
+    }
 
 
 def usage_event_record(row: OutboxRow) -> UsageEvent:
@@ -43,33 +50,54 @@ class SqlOutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
         self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
+        self._engine = engine
+        self._sql = OutboxSql(engine.dialect)
 
     async def add(self, events: Sequence[UsageEvent], *, at: datetime) -> None:
-        """Store events that bill no other change (``api.request``) in their own transaction."""
-        async with self._writes.begin() as db:
-            add_outbox_events(db, events, at=at)
+        """Store events that bill no other change (``api.request``, ingested events) in their
+        own transaction. An event whose ``(source, id)`` is stored already is skipped: storing
+        the same batch again (a client's retry) is harmless and changes nothing.
+
+        ``INSERT ... ON CONFLICT (source, id) DO NOTHING``: the database skips a duplicate row
+        by row, so it neither raises nor aborts the transaction (on PostgreSQL a failed
+        statement would abort it)."""
+        if not events:
+            return
+        pages = self._sql.insert_pages(events, at=at)
+        async with for_writes(self._engine).begin() as connection:
+            for rows, values in pages:
+                await connection.exec_driver_sql(self._sql.insert.sql(rows), values)
 
     async def pending(self, *, limit: int) -> Sequence[UsageEvent]:
         """The oldest unsent events."""
-        async with self._reads() as db:
-            rows = await db.scalars(
-                select(OutboxRow)
-                .where(OutboxRow.sent_at.is_(None))
-                .order_by(OutboxRow.created_at)
-                .limit(limit)
-            )
-            return [usage_event_record(row) for row in rows]
+        c = OUTBOX.c
+        statement = (
+            select(c.source, c.id, c.type, c.subject, c.time, c.data)
+            .where(c.sent_at.is_(None))
+            .order_by(c.created_at)
+            .limit(limit)
+        )
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(statement)
+            return [
+                UsageEvent(
+                    id=row.id,
+                    source=row.source,
+                    type=row.type,
+                    subject=row.subject,
+                    time=row.time,
+                    data=dict(row.data),
+                )
+                for row in rows
+            ]
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None:
         """Mark ``(source, id)`` pairs as published (after JetStream acknowledged them)."""
         if not keys:
             return
-        async with self._writes.begin() as db:
-            await db.execute(
-                update(OutboxRow)
-                .where(tuple_(OutboxRow.source, OutboxRow.id).in_(keys))
-                .values(sent_at=at)
-            )
+        rows = self._sql.sent_rows(keys, at=at)
+        async with for_writes(self._engine).begin() as connection:
+            await connection.exec_driver_sql(self._sql.mark_sent, rows)
 
     async def backlog(self) -> int:
         async with self._reads() as db:

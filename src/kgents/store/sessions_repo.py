@@ -4,19 +4,26 @@ Each method is one transaction. Usage events are staged in the same transaction 
 they bill, so a crash can never store one without the other.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session as OrmSession
 
 from kgents.errors import NotFound, TurnInProgress
 from kgents.records import Message, Role, Session, Turn, TurnStatus, UsageEvent
+from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
+from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
+from kgents.store.sqlite_thread import ThreadTransaction, thread_transaction
 
 
 def session_record(row: SessionRow) -> Session:
@@ -88,10 +95,41 @@ def _message_row(message: Message, position: int) -> MessageRow:
     )
 
 
+def tokens_used_query(tenant_id: str, *, since: datetime) -> Select[int]:
+    """The tokens in and out of the tenant's finished turns started at or after ``since``."""
+    return select(func.coalesce(func.sum(TurnRow.tokens_in + TurnRow.tokens_out), 0)).where(
+        TurnRow.tenant_id == tenant_id,
+        TurnRow.started_at >= since,
+        TurnRow.status != "running",
+    )
+
+
+def recent_messages_query(session_id: str, *, limit: int) -> Select[MessageRow]:
+    """The last ``limit`` messages of a session, newest first."""
+    return (
+        select(MessageRow)
+        .where(MessageRow.session_id == session_id)
+        .order_by(MessageRow.position.desc())
+        .limit(limit)
+    )
+
+
+# How SQLite and PostgreSQL name the unique indexes a concurrent turn start runs into.
+_CONCURRENT_TURN = (
+    "ux_turns_one_running",
+    "turns.session_id",
+    "ux_messages_session_position",
+    "messages.session_id, messages.position",
+)
+
+
 class SqlSessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
+        self._writer = for_writes(engine)
+        self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
+        # A SQLite file has a writer of its own (``for_writes``): turns start on its thread.
+        self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
 
     async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
         async with self._writes.begin() as db:
@@ -161,39 +199,46 @@ class SqlSessionStore:
         Raises ``TurnInProgress`` when the session already has a running turn and ``NotFound``
         when the session is gone.
         """
+        async with self.begin_turn() as tx:
+            reads = await tx.read(
+                tenant_id=turn.tenant_id,
+                session_id=turn.session_id,
+                count_key=None,
+                window_start=None,
+                tokens_since=None,
+                history_limit=0,
+            )
+            if reads.session is None:
+                raise NotFound("session not found")
+            if reads.turn_running:
+                raise TurnInProgress("a turn is already running in this session")
+            tx.add_turn(turn, user_message=user_message, events=events, lease_until=lease_until)
+            return replace(
+                reads.session,
+                message_count=reads.session.message_count + 1,
+                last_message_at=user_message.created_at,
+            )
+
+    @contextlib.asynccontextmanager
+    async def begin_turn(self) -> AsyncIterator[TurnStart]:
+        """One write transaction to start a turn in (see ``kgents.sessions.ports.TurnStart``).
+
+        Commits when the block ends normally, else rolls everything back; ``TurnInProgress``
+        when the unique indexes on running turns or message positions refuse the turn (a
+        concurrent start won). On a SQLite file, each of its two steps is one trip to the
+        connection's thread (``sqlite_thread``)."""
         try:
-            async with self._writes.begin() as db:
-                session = await db.get(SessionRow, turn.session_id, with_for_update=True)
-                if session is None or session.deleted_at is not None:
-                    raise NotFound("session not found")
-                db.add(_message_row(user_message, session.message_count))
-                session.message_count += 1
-                session.last_message_at = user_message.created_at
-                db.add(
-                    TurnRow(
-                        id=turn.id,
-                        session_id=turn.session_id,
-                        tenant_id=turn.tenant_id,
-                        status="running",
-                        mode=turn.mode,
-                        budget=turn.budget,
-                        user_message_id=user_message.id,
-                        assistant_message_id=None,
-                        tokens_in=turn.tokens_in,
-                        tokens_out=0,
-                        model=None,
-                        estimated=False,
-                        error_code=None,
-                        first_seq=turn.first_seq,
-                        started_at=turn.started_at,
-                        finished_at=None,
-                        lease_expires_at=lease_until,
-                    )
-                )
-                add_outbox_events(db, events, at=turn.started_at)
-                await db.flush()
-                return session_record(session)
+            if self._thread_writes:
+                async with thread_transaction(self._writer) as transaction:
+                    on_thread = _ThreadTurnStart(transaction)
+                    yield on_thread
+                    await transaction.commit(on_thread.staged)
+            else:
+                async with self._writes.begin() as db:
+                    yield _OrmTurnStart(db)
         except IntegrityError as exc:
+            if not any(name in str(exc) for name in _CONCURRENT_TURN):
+                raise
             raise TurnInProgress("a turn is already running in this session") from exc
 
     async def finish_turn(
@@ -280,13 +325,7 @@ class SqlSessionStore:
     async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
         """Tokens in and out of the tenant's turns started at or after ``since``."""
         async with self._reads() as db:
-            total = await db.scalar(
-                select(func.coalesce(func.sum(TurnRow.tokens_in + TurnRow.tokens_out), 0)).where(
-                    TurnRow.tenant_id == tenant_id,
-                    TurnRow.started_at >= since,
-                    TurnRow.status != "running",
-                )
-            )
+            total = await db.scalar(tokens_used_query(tenant_id, since=since))
             return int(total or 0)
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
@@ -306,12 +345,7 @@ class SqlSessionStore:
     async def recent_messages(self, session_id: str, *, limit: int) -> list[Message]:
         """The last ``limit`` messages of a session, oldest first."""
         async with self._reads() as db:
-            rows = await db.scalars(
-                select(MessageRow)
-                .where(MessageRow.session_id == session_id)
-                .order_by(MessageRow.position.desc())
-                .limit(limit)
-            )
+            rows = await db.scalars(recent_messages_query(session_id, limit=limit))
             return [message_record(row) for row in reversed(rows.all())]
 
     async def list_messages(
@@ -331,3 +365,158 @@ class SqlSessionStore:
                 .offset(offset)
             )
             return [message_record(row) for row in rows], total or 0
+
+
+def _read_turn_start(
+    db: OrmSession,
+    *,
+    tenant_id: str,
+    session_id: str | None,
+    count_key: str | None,
+    window_start: datetime | None,
+    tokens_since: datetime | None,
+    history_limit: int,
+) -> tuple[TurnStartReads, SessionRow | None]:
+    """``TurnStart.read`` on a synchronous session (which keeps the session row for staging)."""
+    count = None
+    if count_key is not None and window_start is not None:
+        statement = request_count_statement(db.get_bind().dialect.name, count_key, window_start)
+        count = int(db.scalar(statement) or 0)
+    row = db.get(SessionRow, session_id, with_for_update=True) if session_id else None
+    if row is not None and (row.tenant_id != tenant_id or row.deleted_at is not None):
+        row = None
+    running = False
+    history: list[Message] = []
+    tokens = None
+    if row is not None:
+        running = (
+            db.scalar(
+                select(TurnRow.id)
+                .where(TurnRow.session_id == row.id, TurnRow.status == "running")
+                .limit(1)
+            )
+            is not None
+        )
+        if tokens_since is not None:
+            tokens = int(db.scalar(tokens_used_query(tenant_id, since=tokens_since)) or 0)
+        if history_limit:
+            rows = db.scalars(recent_messages_query(row.id, limit=history_limit)).all()
+            history = [message_record(message) for message in reversed(rows)]
+    session = session_record(row) if row is not None else None
+    return TurnStartReads(count, session, running, tokens, history), row
+
+
+def _stage_turn(
+    db: OrmSession,
+    session: SessionRow,
+    turn: Turn,
+    *,
+    user_message: Message,
+    events: Sequence[UsageEvent],
+    lease_until: datetime,
+) -> None:
+    """``TurnStart.add_turn`` on a synchronous session: the rows, written at the flush."""
+    db.add(_message_row(user_message, session.message_count))
+    session.message_count += 1
+    session.last_message_at = user_message.created_at
+    db.add(
+        TurnRow(
+            id=turn.id,
+            session_id=turn.session_id,
+            tenant_id=turn.tenant_id,
+            status="running",
+            mode=turn.mode,
+            budget=turn.budget,
+            user_message_id=user_message.id,
+            assistant_message_id=None,
+            tokens_in=turn.tokens_in,
+            tokens_out=0,
+            model=None,
+            estimated=False,
+            error_code=None,
+            first_seq=turn.first_seq,
+            started_at=turn.started_at,
+            finished_at=None,
+            lease_expires_at=lease_until,
+        )
+    )
+    add_outbox_events(db, events, at=turn.started_at)
+
+
+class _StagedTurn:
+    """What ``add_turn`` was given, checked against what ``read`` found."""
+
+    def __init__(self) -> None:
+        self.row: SessionRow | None = None
+        self.step: Callable[[OrmSession], None] | None = None
+
+    def stage(
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
+    ) -> Callable[[OrmSession], None]:
+        row = self.row
+        if row is None or row.id != turn.session_id:
+            raise RuntimeError("add_turn needs the turn's session, found by read() first")
+        return partial(
+            _stage_turn,
+            session=row,
+            turn=turn,
+            user_message=user_message,
+            events=events,
+            lease_until=lease_until,
+        )
+
+
+class _OrmTurnStart(_StagedTurn):
+    """``TurnStart`` on an ``AsyncSession`` transaction (PostgreSQL; SQLite in memory)."""
+
+    def __init__(self, db: AsyncSession) -> None:
+        super().__init__()
+        self._db = db
+
+    async def read(self, **query: Any) -> TurnStartReads:
+        reads, self.row = await self._db.run_sync(partial(_read_turn_start, **query))
+        return reads
+
+    def add_turn(
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
+    ) -> None:
+        # Only adds objects to the session (no I/O): the commit flushes them.
+        self.stage(turn, user_message=user_message, events=events, lease_until=lease_until)(
+            self._db.sync_session
+        )
+
+
+class _ThreadTurnStart(_StagedTurn):
+    """``TurnStart`` on a SQLite ``ThreadTransaction``: ``read`` is one trip, and what
+    ``add_turn`` stages is written with the commit, in a second one."""
+
+    def __init__(self, transaction: ThreadTransaction) -> None:
+        super().__init__()
+        self._transaction = transaction
+        self.staged: Callable[[OrmSession], None] | None = None
+
+    async def read(self, **query: Any) -> TurnStartReads:
+        reads, self.row = await self._transaction.run(partial(_read_turn_start, **query))
+        return reads
+
+    def add_turn(
+        self,
+        turn: Turn,
+        *,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
+    ) -> None:
+        self.staged = self.stage(
+            turn, user_message=user_message, events=events, lease_until=lease_until
+        )

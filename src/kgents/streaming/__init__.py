@@ -11,6 +11,7 @@ Modules, each with one job:
 - ``wire``: how events are encoded (JSON, CloudEvents, ``Nats-Msg-Id``);
 - ``pipeline``: pipelined publishing, acks counted in batches;
 - ``consumer``: ordered ephemeral pull consumers (followers, read-back);
+- ``fanout``: one consumer per followed session per process, fanned out to local followers;
 - ``bridge``: ``JetStreamEventLog``, the sessions' ``SessionEventLog``;
 - ``cancel``: cancel requests across replicas (core NATS);
 - ``usage``: ``JetStreamUsagePublisher`` for the outbox relay;

@@ -3,8 +3,10 @@
 - ``publish`` waits for the ack and returns the stream sequence (one round trip).
 - ``batch()`` publishes asynchronously and awaits acks in batches: at most ``window`` acks are
   outstanding; half the window is awaited when it fills, and ``flush()`` awaits the rest.
-- ``follow`` is an ordered ephemeral consumer filtered on ``kgent.session.<id>.>``: replay from a
-  sequence (or from the start, or only new events), then live, in order, bounded buffering.
+- ``follow`` / ``open_follower``: replay from a sequence (or from the start, or only new events),
+  then live, in order, bounded buffering. All the followers of a session in this process share
+  one ordered ephemeral consumer filtered on ``kgent.session.<id>.>`` (``fanout.SessionHub``);
+  a follower behind it replays on its own consumer first.
 - ``turn_chunks`` reads back what a dead turn generated, for start-up recovery.
 - ``request_cancel`` / ``subscribe_cancels`` signal cancellation across replicas (core NATS).
 
@@ -28,16 +30,18 @@ from kgents.streaming.consumer import (
     OrderedConsumer,
     StartPosition,
 )
+from kgents.streaming.fanout import SessionFollower, SessionHub
 from kgents.streaming.pipeline import AckRouter, PipelinedBatch
 from kgents.streaming.subjects import session_subject, session_wildcard
 from kgents.streaming.topology import EVENTS_STREAM
-from kgents.streaming.wire import ReceivedEvent, decode_session_event, encode_session_event
+from kgents.streaming.wire import decode_session_event, encode_session_event
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACK_TIMEOUT = 5.0
 DEFAULT_ACK_WINDOW = 256
 DEFAULT_FOLLOW_BATCH = 128
+FOLLOW_MAILBOX_BATCHES = 4
 DEFAULT_READ_TIMEOUT = 10.0
 
 
@@ -116,6 +120,14 @@ class JetStreamEventLog:
         self._heartbeat = heartbeat_seconds
         self._outage = outage_seconds
         self._stream = stream
+        # A client may fall a few pull batches behind before it leaves the shared feed for a
+        # consumer of its own; a joiner up to one batch behind starts from the feed's memory.
+        self._hub = SessionHub(
+            self._session_consumer,
+            self.last_sequence,
+            mailbox=FOLLOW_MAILBOX_BATCHES * max(follow_batch, 1),
+            ring=max(follow_batch, 1),
+        )
 
     @property
     def connection(self) -> NatsConnection:
@@ -152,19 +164,26 @@ class JetStreamEventLog:
 
     async def open_follower(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
-    ) -> "SessionFollower":
+    ) -> SessionFollower:
         """Start following a session now (``EventsUnavailable`` raised here, not later)."""
-        consumer = OrderedConsumer(
+        self._conn.require_connected()
+        return await self._hub.open(session_id, after_seq=after_seq, from_start=from_start)
+
+    @property
+    def hub(self) -> SessionHub:
+        """The shared followers of this process (one consumer per followed session)."""
+        return self._hub
+
+    def _session_consumer(self, session_id: str, start: StartPosition) -> OrderedConsumer:
+        return OrderedConsumer(
             self._conn,
             stream=self._stream,
             filter_subject=session_wildcard(session_id),
-            start=StartPosition(after_seq=after_seq, from_start=from_start),
+            start=start,
             batch=self._follow_batch,
             heartbeat_seconds=self._heartbeat,
             outage_seconds=self._outage,
         )
-        await consumer.start()
-        return SessionFollower(consumer)
 
     async def follow(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
@@ -259,40 +278,3 @@ async def _collect_chunks(consumer: OrderedConsumer, turn_id: str) -> list[Sessi
         else:
             unindexed.append(received.event)
     return [by_index[i] for i in sorted(by_index)] + unindexed
-
-
-class SessionFollower:
-    """An open follower of one session: async iterator of ``ReceivedEvent`` in stream order."""
-
-    def __init__(self, consumer: OrderedConsumer) -> None:
-        self._consumer = consumer
-
-    @property
-    def last_seq(self) -> int:
-        """The stream sequence of the last event read (or the start position)."""
-        return self._consumer.last_seq
-
-    def __aiter__(self) -> "SessionFollower":
-        return self
-
-    async def __anext__(self) -> ReceivedEvent:
-        while True:
-            message = await self._consumer.__anext__()
-            received = decode_session_event(
-                seq=message.seq,
-                subject=message.subject,
-                payload=message.data,
-                headers=message.headers,
-            )
-            if received is not None:
-                return received
-
-    async def aclose(self) -> None:
-        """Stop following: unsubscribe and delete the consumer."""
-        await self._consumer.close()
-
-    async def __aenter__(self) -> "SessionFollower":
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()

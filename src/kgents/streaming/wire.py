@@ -17,7 +17,7 @@ A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object:
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, get_args
 
@@ -52,6 +52,9 @@ class ReceivedEvent:
     seq: int
     event: SessionEvent
     time: datetime | None
+    memo: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """Encodings of this event made by a reader (an SSE frame), kept for the other followers
+    in the process that are handed the same object."""
 
 
 def rfc3339(value: datetime) -> str:

@@ -44,23 +44,32 @@ def month_bounds(moment: datetime) -> tuple[datetime, datetime]:
     return start, end
 
 
+def quota_status(*, plan: PlanConfig, used: int, at: datetime) -> QuotaStatus:
+    """The quota of the period containing ``at``, in which the tenant's turns used ``used``
+    tokens (counted from the period's start, ``month_bounds(at)[0]``)."""
+    start, end = month_bounds(at)
+    return QuotaStatus(period_start=start, period_end=end, limit=plan.tokens_per_month, used=used)
+
+
 class TokenQuota:
     def __init__(self, ledger: TokenLedger) -> None:
         self._ledger = ledger
 
     async def status(self, *, tenant_id: str, plan: PlanConfig) -> QuotaStatus:
-        start, end = month_bounds(utc_now())
-        used = await self._ledger.tokens_used(tenant_id, since=start)
-        return QuotaStatus(
-            period_start=start, period_end=end, limit=plan.tokens_per_month, used=used
-        )
+        now = utc_now()
+        used = await self._ledger.tokens_used(tenant_id, since=month_bounds(now)[0])
+        return quota_status(plan=plan, used=used, at=now)
 
     async def check(self, *, tenant_id: str, plan: PlanConfig) -> QuotaStatus:
         """Raise ``QuotaExceeded`` when the period's tokens are used up."""
-        status = await self.status(tenant_id=tenant_id, plan=plan)
-        if status.limit is not None and status.used >= status.limit:
-            raise QuotaExceeded(
-                f"the plan's {status.limit:,} tokens for this month are used up; "
-                f"the quota renews at {status.period_end.isoformat()}"
-            )
-        return status
+        return require_tokens_left(await self.status(tenant_id=tenant_id, plan=plan))
+
+
+def require_tokens_left(status: QuotaStatus) -> QuotaStatus:
+    """``status``, or ``QuotaExceeded`` when its period's tokens are used up."""
+    if status.limit is not None and status.used >= status.limit:
+        raise QuotaExceeded(
+            f"the plan's {status.limit:,} tokens for this month are used up; "
+            f"the quota renews at {status.period_end.isoformat()}"
+        )
+    return status

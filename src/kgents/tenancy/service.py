@@ -1,6 +1,6 @@
 """Tenants and their API keys: creation, listing, revocation and authentication of requests."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from kgents.clock import utc_now
@@ -8,6 +8,7 @@ from kgents.config import PlanConfig
 from kgents.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
 from kgents.ids import is_valid_id, new_id
 from kgents.records import ApiKey, Tenant, TenantStatus
+from kgents.tenancy.key_cache import KeyCache
 from kgents.tenancy.keys import (
     display_prefix,
     generate_api_key,
@@ -39,9 +40,18 @@ class Principal:
 
 
 class TenancyService:
-    def __init__(self, *, store: TenancyStore, plans: dict[str, PlanConfig]) -> None:
+    def __init__(
+        self,
+        *,
+        store: TenancyStore,
+        plans: dict[str, PlanConfig],
+        key_cache: KeyCache | None = None,
+    ) -> None:
+        """``key_cache``: where ``authenticate`` remembers lookups (default: none, every
+        request reads the store). Changes to keys and tenants made here clear it."""
         self._store = store
         self.plans = plans
+        self._keys = key_cache if key_cache is not None else KeyCache(ttl_seconds=0)
 
     def plan(self, name: str) -> PlanConfig:
         try:
@@ -75,6 +85,7 @@ class TenancyService:
             self.plan(plan)
         await self.get_tenant(tenant_id=tenant_id)
         tenant = await self._store.update_tenant(tenant_id, plan=plan, status=status)
+        self._keys.clear()  # a suspension or a new plan applies to this process's next request
         if tenant is None:
             raise NotFound("tenant not found")
         return tenant
@@ -116,6 +127,7 @@ class TenancyService:
         if key is None or (tenant_id is not None and key.tenant_id != tenant_id):
             raise NotFound("API key not found")
         revoked = await self._store.revoke_api_key(key_id, at=utc_now())
+        self._keys.clear()  # refused by this process from the next request on
         if revoked is None:
             raise NotFound("API key not found")
         return revoked
@@ -124,9 +136,13 @@ class TenancyService:
         """The principal behind ``raw_key``; ``Unauthenticated`` for anything but a live key."""
         if not looks_like_api_key(raw_key):
             raise Unauthenticated("invalid API key")
-        found = await self._store.find_api_key(hash_api_key(raw_key))
+        key_hash = hash_api_key(raw_key)
+        found = self._keys.get(key_hash)
         if found is None:
-            raise Unauthenticated("invalid API key")
+            found = await self._store.find_api_key(key_hash)
+            if found is None:
+                raise Unauthenticated("invalid API key")
+            self._keys.put(key_hash, *found)
         key, tenant = found
         now = utc_now()
         if key.revoked_at is not None:
@@ -137,4 +153,6 @@ class TenancyService:
             raise Forbidden("tenant suspended", code="tenant_suspended")
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             await self._store.touch_api_key(key.id, at=now)
+            key = replace(key, last_used_at=now)
+            self._keys.replace_key(key_hash, key)
         return Principal(tenant=tenant, key=key, plan=self.plan(tenant.plan))

@@ -17,11 +17,10 @@ Where OpenMeter's spec leaves a choice, this is what kgents does:
 - A batch is all-or-nothing: every event is checked first, and one invalid event refuses the
   batch (400, nothing stored), naming each bad field as ``events[i].field`` (a single event is
   ``events[0]``). At most ``MAX_BATCH`` events per request; bodies over 1 MiB are refused (413).
-- Events are checked for what the pipeline needs, not only for the CloudEvents shape: ``type`` is
-  dot-separated ``[A-Za-z0-9_-]`` parts (it becomes the NATS subject ``kgent.usage.<type>``),
-  ``source`` and ``id`` together at most 255 characters (the JetStream dedupe id), no control
-  characters, text that is valid Unicode, ``time`` RFC 3339 with an offset (missing: now).
-  Extension attributes are accepted and not kept; ``datacontenttype`` must be JSON if given.
+- Events are checked for what the pipeline needs, not only for the CloudEvents shape (the
+  rules are in ``kgents.metering.cloudevents``): ``type`` becomes a NATS subject, ``source``
+  and ``id`` the JetStream dedupe id, ``time`` defaults to now. Extension attributes are
+  accepted and not kept; ``datacontenttype`` must be JSON if given.
 - Duplicates (same ``source`` and ``id``, in one batch or ever before) are accepted and counted
   once; the first one wins, as in OpenMeter.
 - Accepted events go to the usage outbox, then the outbox relay, JetStream and the metering
@@ -36,9 +35,6 @@ Where OpenMeter's spec leaves a choice, this is what kgents does:
 """
 
 import hashlib
-import json
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -46,10 +42,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from kgents.api.deps import ApiKeyHeaderDep, BearerDep, PlatformDep, get_principal
-from kgents.api.problems import problem_response
+from kgents.api.problems import problem_doc, problem_response
 from kgents.api.routes.usage import require_usage_scope
 from kgents.api.schemas import (
     MeterPublic,
@@ -59,8 +55,13 @@ from kgents.api.schemas import (
 )
 from kgents.clock import utc_now
 from kgents.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from kgents.metering.cloudevents import (
+    JSON_CONTENT_TYPE,
+    MAX_BATCH,
+    decode_events,
+    parse_events,
+)
 from kgents.metering.meters import Meter, WindowSize
-from kgents.metering.rollup import EARLIEST, LATEST
 from kgents.platform import Platform
 from kgents.records import UsageEvent
 from kgents.store.outbox_repo import SqlOutboxStore
@@ -69,20 +70,11 @@ from kgents.tenancy.service import Principal
 
 router = APIRouter(prefix="/api/v1", tags=["metering (OpenMeter)"])
 
-MAX_BATCH = 1000
-"""Events per ingest request; a larger batch is refused whole (400)."""
 MAX_REPORTED_ERRORS = 100
-_MAX_DATA_DEPTH = 64
 _CLOUDEVENT = "application/cloudevents+json"
 _CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
-_JSON = "application/json"
-_TYPE_PART = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})", re.ASCII
-)
+_JSON = JSON_CONTENT_TYPE
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_LIMITS = {"id": 256, "source": 256, "subject": 256}
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -156,7 +148,7 @@ MeterRef = Annotated[str, Path(alias="meterIdOrSlug", description="The meter's s
 @router.post(
     "/events",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**_ERRORS, 413: {**_PROBLEM, "description": "Body over 1 MiB"}},
+    responses={**_ERRORS, 413: problem_doc("Body over the limit (1 MiB by default)")},
     openapi_extra=_INGEST_BODY,
     summary="Ingest events",
 )
@@ -174,10 +166,7 @@ async def ingest_events(request: Request, caller: CallerDep, platform: PlatformD
             detail=f"send {_CLOUDEVENT}, {_CLOUDEVENTS_BATCH} or {_JSON}",
             code="unsupported_media_type",
         )
-    try:
-        document = json.loads(await request.body(), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        raise InvalidInput("the body is not valid JSON", code="invalid_json") from None
+    document = decode_events(await request.body())
     if media_type == _CLOUDEVENT and not isinstance(document, dict):
         raise InvalidInput(f"{_CLOUDEVENT} takes one event (a JSON object)", code="invalid_json")
     if media_type == _CLOUDEVENTS_BATCH and not isinstance(document, list):
@@ -185,21 +174,16 @@ async def ingest_events(request: Request, caller: CallerDep, platform: PlatformD
     if not isinstance(document, dict | list):
         raise InvalidInput("expected an event object or an array of events", code="invalid_json")
     items: list[Any] = [document] if isinstance(document, dict) else document
-    if len(items) > MAX_BATCH:
-        raise InvalidInput(
-            f"a batch holds at most {MAX_BATCH} events, this one has {len(items)}",
-            code="batch_too_large",
-        )
     now = utc_now()
-    events, errors = parse_events(items, now=now)
-    if errors:
-        first = f"{errors[0]['field']}: {errors[0]['message']}"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    events, problems = parse_events(items, now=now)
+    if problems:
+        first = f"{problems[0].field}: {problems[0].message}"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return problem_response(
             400,
             detail=f"{first}{more}; nothing was stored",
             code="invalid_event",
-            extensions={"errors": errors[:MAX_REPORTED_ERRORS]},
+            extensions={"errors": [problem.wire() for problem in problems[:MAX_REPORTED_ERRORS]]},
         )
     await _add_to_outbox(platform.outbox, events, at=now)
     notify = getattr(getattr(request.app.state, "relay", None), "notify", None)
@@ -208,166 +192,11 @@ async def ingest_events(request: Request, caller: CallerDep, platform: PlatformD
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_events(
-    items: Sequence[Any], *, now: datetime
-) -> tuple[list[UsageEvent], list[dict[str, Any]]]:
-    """The events of a batch, one per ``(source, id)`` (first wins), or every problem found
-    as ``{"index", "field", "message"}``."""
-    events: dict[tuple[str, str], UsageEvent] = {}
-    errors: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        found: list[tuple[str, str]] = []
-        event = _parse_event(item, now=now, problems=found)
-        for name, message in found:
-            field = f"events[{index}]" + (f".{name}" if name else "")
-            errors.append({"index": index, "field": field, "message": message})
-        if event is not None and not found:
-            events.setdefault((event.source, event.id), event)
-    return list(events.values()), errors
-
-
-def _parse_event(item: Any, *, now: datetime, problems: list[tuple[str, str]]) -> UsageEvent | None:
-    if not isinstance(item, dict):
-        problems.append(("", "must be a JSON object (a CloudEvent)"))
-        return None
-    if "specversion" not in item:
-        problems.append(("specversion", 'is required ("1.0")'))
-    elif item["specversion"] != "1.0":
-        problems.append(("specversion", 'must be "1.0"'))
-    text: dict[str, str] = {}
-    for name in ("id", "source", "subject"):
-        value = _text(item, name, _LIMITS[name], problems)
-        if value is not None:
-            text[name] = value
-    if "id" in text and "source" in text and len(text["source"]) + len(text["id"]) > 255:
-        problems.append(("id", "source and id together must be at most 255 characters"))
-    event_type = item.get("type")
-    if not isinstance(event_type, str) or not _is_event_type(event_type):
-        problems.append(
-            (
-                "type",
-                "must be dot-separated parts of letters, digits, '_' and '-', at most 128 "
-                "characters (like 'llm.tokens')",
-            )
-        )
-    at = _time(item.get("time"), now=now, problems=problems)
-    content_type = item.get("datacontenttype")
-    if content_type is not None and content_type != _JSON:
-        problems.append(("datacontenttype", f'must be "{_JSON}" or absent'))
-    data = item.get("data")
-    if data is None:
-        data = {}
-    elif not isinstance(data, dict):
-        problems.append(("data", "must be a JSON object"))
-    elif (message := _data_problem(data)) is not None:
-        problems.append(("data", message))
-    if problems or at is None or not isinstance(event_type, str) or not isinstance(data, dict):
-        return None
-    return UsageEvent(
-        id=text["id"],
-        source=text["source"],
-        type=event_type,
-        subject=text["subject"],
-        time=at,
-        data=data,
-    )
-
-
-def _text(
-    item: dict[str, Any], name: str, limit: int, problems: list[tuple[str, str]]
-) -> str | None:
-    value = item.get(name)
-    if not isinstance(value, str) or not value:
-        problems.append((name, "is required: a non-empty string"))
-    elif len(value) > limit:
-        problems.append((name, f"must be at most {limit} characters"))
-    elif _CONTROL.search(value) or not _is_unicode(value):
-        problems.append((name, "must not contain control characters or invalid Unicode"))
-    else:
-        return value
-    return None
-
-
-def _is_event_type(value: str) -> bool:
-    return len(value) <= 128 and all(_TYPE_PART.fullmatch(part) for part in value.split("."))
-
-
-def _is_unicode(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, which JSON's \\ud800 can smuggle in
-        return False
-    return True
-
-
-def _time(value: Any, *, now: datetime, problems: list[tuple[str, str]]) -> datetime | None:
-    if value is None:
-        return now
-    message = "must be an RFC 3339 date-time with an offset, like 2026-01-02T03:04:05Z"
-    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        problems.append(("time", message))
-        return None
-    try:
-        at = datetime.fromisoformat(value.upper()).astimezone(UTC)
-    except (ValueError, OverflowError):
-        problems.append(("time", message))
-        return None
-    if not EARLIEST <= at < LATEST:
-        problems.append(("time", f"must be between the years {EARLIEST.year} and {LATEST.year}"))
-        return None
-    return at
-
-
-def _data_problem(data: dict[str, Any]) -> str | None:
-    """Why ``data`` cannot travel through the outbox and JetStream, if it cannot."""
-    if _depth(data) > _MAX_DATA_DEPTH:
-        return f"must not nest deeper than {_MAX_DATA_DEPTH} levels"
-    try:
-        json.dumps(data, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return "must not contain invalid Unicode (lone surrogates)"
-    except (ValueError, RecursionError):
-        return "must be plain JSON"
-    return None
-
-
-def _depth(value: Any) -> int:
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        current, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > _MAX_DATA_DEPTH:
-            break
-        if isinstance(current, dict):
-            stack.extend((child, depth + 1) for child in current.values())
-        elif isinstance(current, list):
-            stack.extend((child, depth + 1) for child in current)
-    return deepest
-
-
 async def _add_to_outbox(outbox: SqlOutboxStore, events: list[UsageEvent], *, at: datetime) -> None:
-    """Store ``events`` in the outbox, skipping those stored before (duplicates).
-
-    The whole batch goes in one transaction. The outbox refuses a ``(source, id)`` it holds
-    already, so on that conflict the batch is split and retried until only the duplicates are
-    left out. A failure after a split can leave part of the batch stored: the client's retry
-    is then safe, as the stored part is a duplicate the second time.
-    """
-    if not events:
-        return
+    """Store ``events`` in the outbox in one transaction; those stored before (duplicates)
+    are skipped by the outbox, so a client's retry is safe."""
     try:
         await outbox.add(events, at=at)
-    except IntegrityError:
-        if len(events) == 1:
-            return  # seen before: accepted silently, counted once
-        middle = len(events) // 2
-        await _add_to_outbox(outbox, events[:middle], at=at)
-        await _add_to_outbox(outbox, events[middle:], at=at)
     except SQLAlchemyError as exc:
         raise Unavailable(
             "could not store the events; retrying is safe (duplicates are ignored)",
@@ -498,7 +327,7 @@ async def query_meter(
 @router.post(
     "/meters/{meterIdOrSlug}/query",
     response_model=MeterQueryResultPublic,
-    responses={**_ERRORS, 413: {**_PROBLEM, "description": "Body over 1 MiB"}},
+    responses={**_ERRORS, 413: problem_doc("Body over the limit (1 MiB by default)")},
     summary="Query meter",
 )
 async def query_meter_post(

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from kgents.api.deps import GenerationDep, PlatformDep, PrincipalDep
+from kgents.api.deps import GenerationDep, PlatformDep, PrincipalDep, UncountedPrincipalDep
 from kgents.api.schemas import (
     ErrorBody,
     MessageCreate,
@@ -18,10 +18,12 @@ from kgents.api.schemas import (
     TurnCancelled,
 )
 from kgents.api.sse import sse_frames, sse_response
+from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput
 from kgents.sessions.generation import error_event
 from kgents.sessions.ports import SessionEvent
 from kgents.sessions.service import TurnRequest
+from kgents.tenancy.rate_limit import RateCharge
 
 router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
 
@@ -38,9 +40,21 @@ _TURN_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "Request body too large"},
     429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
     502: {"model": ErrorBody, "description": "The LLM provider refused the request"},
-    503: {"model": ErrorBody, "description": "LLM provider or event stream unavailable"},
+    503: {
+        "model": ErrorBody,
+        "description": "LLM provider, event stream (NATS) or database unavailable",
+    },
 }
-_SSE: dict[str, Any] = {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}
+_EVENTS_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorBody, "description": "Event stream (NATS) or database unavailable"},
+}
+_SSE: dict[str, Any] = {
+    "description": (
+        "Server-Sent Events: `id:` is the stream sequence (resume with `Last-Event-ID`), "
+        "`event:` the event type, `data:` its JSON; `:` comments are heartbeats"
+    ),
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
@@ -110,7 +124,7 @@ async def send_message(
     session_id: str,
     body: MessageCreate,
     request: Request,
-    principal: PrincipalDep,
+    principal: UncountedPrincipalDep,
     platform: PlatformDep,
     generation: GenerationDep,
 ) -> Response:
@@ -119,11 +133,26 @@ async def send_message(
     if not generation.events.is_connected():
         # Refuse before storing anything: a turn must be able to publish its events.
         raise EventsUnavailable("the event stream is unavailable; try again shortly")
-    planned, user_message = await platform.sessions.start_turn(
-        principal=principal,
-        session_id=session_id,
-        request=TurnRequest(message=body.message, mode=body.mode, budget=body.budget),
-    )
+    # The request is counted against the key's rate limit in the turn's own transaction, and
+    # a streamed reply's api.request (200 once the turn is stored) is stored in it too.
+    rate = RateCharge(key_id=principal.key.id, limit=principal.plan.requests_per_minute)
+    request_events = []
+    if body.stream:
+        request_events.append(
+            request_usage_event(request.scope, tenant_id=principal.tenant.id, status_code=200)
+        )
+    try:
+        planned, user_message = await platform.sessions.start_turn(
+            principal=principal,
+            session_id=session_id,
+            request=TurnRequest(message=body.message, mode=body.mode, budget=body.budget),
+            rate=rate,
+            request_events=request_events,
+        )
+    finally:
+        request.state.rate_status = rate.status
+    if request_events:
+        mark_usage_recorded(request.scope)
     first_seq, task = await generation.supervisor.launch(planned, user_message)
     if not body.stream:
         # Shielded: a client that goes away does not stop the generation; it is still stored.
@@ -161,7 +190,11 @@ async def send_message(
     )
 
 
-@router.get("/{session_id}/events", responses={**_ERRORS, 200: _SSE})
+@router.get(
+    "/{session_id}/events",
+    response_class=StreamingResponse,  # the 200 is text/event-stream only, not JSON
+    responses={**_ERRORS, **_EVENTS_DOWN, 200: _SSE},
+)
 async def follow_events(
     session_id: str,
     request: Request,
@@ -187,7 +220,14 @@ async def follow_events(
     return sse_response(sse_frames(follower, request=request))
 
 
-@router.post("/{session_id}/cancel", responses={**_ERRORS, 409: _TURN_ERRORS[409]})
+@router.post(
+    "/{session_id}/cancel",
+    responses={
+        **_ERRORS,
+        **_EVENTS_DOWN,
+        409: {"model": ErrorBody, "description": "No turn is running in this session"},
+    },
+)
 async def cancel_turn(
     session_id: str, principal: PrincipalDep, platform: PlatformDep, generation: GenerationDep
 ) -> TurnCancelled:

@@ -7,8 +7,9 @@ UTC. Every configured meter is queried for the tenant's own subject, grouped by 
 keys (tokens by model); only windows with usage have rows.
 
 ``quota`` is the plan's tokens per calendar month (UTC) with what the tenant's turns used; it is
-read from the turns themselves, so it is never behind the meters. ``rate_limit`` is the calling
-key's requests-per-minute window after counting this request.
+read from the turns themselves, so it is never behind the meters. The meters and the quota are
+read in one transaction (``kgents.store.usage_repo``), so they show the same moment. ``rate_limit``
+is the calling key's requests-per-minute window after counting this request.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -28,19 +29,21 @@ from kgents.api.usage_schemas import (
 from kgents.clock import utc_now
 from kgents.errors import Forbidden
 from kgents.metering.meters import WindowSize
+from kgents.metering.query import DEFAULT_SPAN
+from kgents.tenancy.quota import month_bounds, quota_status
 from kgents.tenancy.rate_limit import RateStatus
 from kgents.tenancy.service import Principal
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
 USAGE_SCOPE = "usage"
-DEFAULT_SPAN = timedelta(days=30)
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
-    403: {"model": ErrorBody, "description": "The key lacks the 'usage' scope"},
+    403: {"model": ErrorBody, "description": "Tenant suspended, or no 'usage' scope on the key"},
     422: {"model": ErrorBody, "description": "Invalid range, window size or time zone"},
     429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
+    503: {"model": ErrorBody, "description": "Database unavailable; retry shortly"},
 }
 
 
@@ -74,20 +77,19 @@ async def get_usage(
     """The tenant's usage per meter and window, its token quota and its rate-limit headroom."""
     require_usage_scope(principal)
     tenant_id = principal.tenant.id
-    start, end = default_range(from_, to, now=utc_now())
-    meters = []
-    for meter in platform.meters.meters:
-        rows = await platform.meters.query(
-            meter,
-            subjects=[tenant_id],
-            group_by=list(meter.group_by),
-            from_=start,
-            to=end,
-            window_size=window_size,
-            window_time_zone=window_time_zone,
-        )
-        meters.append(MeterUsagePublic.of(meter, rows))
-    quota = await platform.quota.status(tenant_id=tenant_id, plan=principal.plan)
+    now = utc_now()
+    start, end = default_range(from_, to, now=now)
+    period_start, _ = month_bounds(now)
+    usage = await platform.usage.tenant_usage(
+        tenant_id=tenant_id,
+        meters=platform.meters.meters,
+        from_=start,
+        to=end,
+        window_size=window_size,
+        window_time_zone=window_time_zone,
+        tokens_since=period_start,
+    )
+    quota = quota_status(plan=principal.plan, used=usage.tokens_used, at=now)
     rate: RateStatus | None = getattr(request.state, "rate_status", None)
     return UsagePublic(
         tenant_id=tenant_id,
@@ -96,7 +98,7 @@ async def get_usage(
         to=end,
         window_size=window_size,
         window_time_zone=window_time_zone,
-        meters=meters,
+        meters=[MeterUsagePublic.of(meter, rows) for meter, rows in usage.meters],
         quota=QuotaPublic.of(quota),
         rate_limit=RateLimitPublic.of(rate) if rate is not None else None,
     )

@@ -13,7 +13,12 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        # Set by ``upgrade_database(on_applied=...)``: called after each revision.
+        on_version_apply=context.config.attributes.get("on_version_apply", ()),
+    )
     with context.begin_transaction():
         context.run_migrations()
 
