@@ -303,7 +303,8 @@ async def test_a_fetch_cancelled_mid_batch_hands_its_messages_back_at_once(
     await asyncio.gather(fetching, return_exceptions=True)
     await leaving.close()
 
-    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=5)
+    # 15 s: room for a loaded machine, and still well below the 30 s ack wait.
+    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=15)
 
 
 async def test_what_reaches_an_abandoned_pull_request_is_handed_back_on_close(
@@ -320,4 +321,5 @@ async def test_what_reaches_an_abandoned_pull_request_is_handed_back_on_close(
     await asyncio.sleep(0.3)  # delivered to the abandoned request, queued on our side
     await leaving.close()
 
-    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=5)
+    # 15 s: room for a loaded machine, and still well below the 30 s ack wait.
+    await drain_until(processor(conn, store), lambda: _count_is(store, 10), seconds=15)
