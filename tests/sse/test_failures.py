@@ -1,5 +1,6 @@
 """Failures of whole processes: SIGKILL of the API mid-turn, two replicas, a NATS outage."""
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -200,6 +201,23 @@ async def test_nats_outage_gives_clean_503_and_recovers(tmp_path: Path) -> None:
                 assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
                 partial = "".join(e.data["text"] for e in events if e.event == "chunk")
                 assert messages[1]["content"].startswith(partial)
+
+                # Followers of the cut turn get its end too, once the stream is back.
+                cut_turn = events[0].data["turn_id"]
+                ends: dict[str, str] = {}
+                async with asyncio.timeout(30):
+                    async with client.stream(
+                        "GET",
+                        f"/v1/kgent/sessions/{session_id}/events",
+                        params={"from": "start"},
+                        headers=headers,
+                    ) as replay:
+                        async for event in read_events(replay):
+                            if event.event in ("complete", "error"):
+                                ends[event.data["turn_id"]] = event.event
+                            if len(ends) == 2:
+                                break
+                assert ends[cut_turn] == "error"
 
 
 def nats_servers_on(store_dir: Path) -> list[int]:

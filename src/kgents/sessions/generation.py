@@ -8,8 +8,9 @@ and only then is ``complete`` or ``error`` published.
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, KgentsError, ProviderError
@@ -21,6 +22,11 @@ from kgents.sessions.persona import DORMANT_REPLY
 from kgents.sessions.ports import EventBatch, SessionEvent, SessionEventLog, SessionStore
 
 logger = logging.getLogger(__name__)
+
+END_RETRY_FIRST_SECONDS = 0.5
+END_RETRY_MAX_SECONDS = 10.0
+END_RETRY_SECONDS = 600.0
+"""How long a turn's end event is retried while the event stream is unavailable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +145,9 @@ class TurnRunner:
         except EventsUnavailable as exc:
             await self._close(planned, _Progress(text=[]), None, status="failed", error=exc)
             raise
-        task = asyncio.create_task(
+        self._in_background(
             self._store_first_seq(planned.turn.id, seq), name=f"first-seq:{planned.turn.id}"
         )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
         return seq
 
     async def _store_first_seq(self, turn_id: str, seq: int) -> None:
@@ -250,5 +254,38 @@ class TurnRunner:
             await batch.add(outcome.end_event())
             await batch.flush()
         except EventsUnavailable:
-            # The turn is stored; followers learn its end when the stream is back.
-            logger.warning("could not publish the end of turn %s", outcome.turn.id)
+            # The turn is stored; its followers learn its end once the stream is back.
+            logger.warning("could not publish the end of turn %s; retrying", outcome.turn.id)
+            self._in_background(
+                self._publish_end_later(outcome.end_event()), name=f"end:{outcome.turn.id}"
+            )
+
+    async def _publish_end_later(self, end: SessionEvent) -> None:
+        """Publish a turn's end event once the stream is back (its message id makes a copy
+        that did reach the stream a duplicate, which JetStream drops)."""
+        delay = END_RETRY_FIRST_SECONDS
+        deadline = asyncio.get_running_loop().time() + END_RETRY_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._events.publish(end)
+            except EventsUnavailable:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    logger.error("gave up publishing the end of %s", end.msg_id)
+                    return
+                delay = min(delay * 2, END_RETRY_MAX_SECONDS)
+            else:
+                logger.info("published the end of %s after the stream came back", end.msg_id)
+                return
+
+    def _in_background(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Stop the background work (first sequences, late end events) of this runner."""
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

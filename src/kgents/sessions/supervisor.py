@@ -57,11 +57,12 @@ class TurnSupervisor:
         return len(self._by_session)
 
     async def shutdown(self, *, grace_seconds: float) -> None:
-        """Let running turns finish for ``grace_seconds``, then cancel (and so store) the rest."""
+        """Let running turns finish for ``grace_seconds``, cancel (and so store) the rest, then
+        stop the runner's background work."""
         tasks = list(self._by_session.values())
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self._runner.aclose()
