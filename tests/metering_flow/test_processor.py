@@ -189,6 +189,75 @@ async def test_a_crash_between_ingest_and_ack_redelivers_and_counts_once(
     assert (await store.totals_by_subject("llm_tokens_in")) == {"tenant-crash": 210}
 
 
+class RecordingStore:
+    """The meter store, recording the size of each ingest (one per transaction)."""
+
+    def __init__(self, store: SqlMeterStore) -> None:
+        self.store = store
+        self.ingests: list[int] = []
+
+    async def ingest(self, events: Sequence[UsageEvent], *, at: datetime | None = None) -> int:
+        self.ingests.append(len(events))
+        return await self.store.ingest(events, at=at)
+
+    async def park_dead_letter(self, **kwargs: Any) -> int:
+        raise AssertionError("nothing is parked")
+
+    async def dead_letter_count(self) -> int:
+        return await self.store.dead_letter_count()
+
+
+async def test_a_backlog_is_fetched_100_at_a_time_and_stored_in_one_transaction(
+    conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    events = [tokens_event("tenant-backlog", tokens_in=2) for _ in range(350)]
+    await JetStreamUsagePublisher(conn).publish_usage(events)
+    recording = RecordingStore(store)
+    metering = processor(conn, recording)
+
+    assert await metering.drain_once() == 350
+
+    assert recording.ingests == [350]  # four fetches (100, 100, 100, 50), one transaction
+    assert metering.stats.batches == 4 and metering.stats.last_pending == 0
+    assert metering.stats.processed == 350 and metering.stats.ingested == 350
+    assert await consumer_idle(conn)  # every one acknowledged, after the commit
+    assert (await store.totals_by_subject("llm_tokens_in")) == {"tenant-backlog": 700}
+
+
+async def test_a_batch_takes_at_most_five_fetches(
+    conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    events = [tokens_event("tenant-long-backlog", tokens_in=1) for _ in range(620)]
+    await JetStreamUsagePublisher(conn).publish_usage(events)
+    recording = RecordingStore(store)
+    metering = processor(conn, recording)
+
+    await drain_until(metering, lambda: consumer_idle(conn))
+
+    assert recording.ingests == [500, 120]
+    assert await store.event_count() == 620
+
+
+async def test_a_crash_after_a_multi_fetch_ingest_redelivers_every_fetch_and_counts_once(
+    nats: NatsServer, conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    spec = ConsumerSpec(ack_wait_seconds=1.0)
+    events = [tokens_event("tenant-crash-backlog", tokens_in=3) for _ in range(250)]
+    await JetStreamUsagePublisher(conn).publish_usage(events)
+    doomed = await NatsConnection.connect(nats.url)
+    first = processor(doomed, CrashAfterIngest(store, doomed), spec=spec)
+    with pytest.raises(Crash):
+        await first.drain_once()
+    assert first.stats.batches == 3  # 250 events from three fetches, none acknowledged
+    assert await store.event_count() == 250
+
+    second = processor(conn, store, spec=spec)
+    await drain_until(second, lambda: consumer_idle(conn))
+
+    assert second.stats.processed == 250 and second.stats.duplicates == 250
+    assert (await store.totals_by_subject("llm_tokens_in")) == {"tenant-crash-backlog": 750}
+
+
 async def test_replicas_share_the_consumer_without_counting_twice(
     nats: NatsServer, conn: NatsConnection, store: SqlMeterStore
 ) -> None:

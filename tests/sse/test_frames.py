@@ -110,6 +110,22 @@ async def test_stops_after_the_end_of_the_turn_in_a_batch() -> None:
     assert len(got) == 2 and follower.closed
 
 
+async def test_events_before_the_first_seq_are_skipped() -> None:
+    # A follower opened before the turn's first event (seq 20) may hold older events of the
+    # session, such as a previous turn's late end: none of them is sent, nothing after is lost.
+    late_end = ReceivedEvent(
+        seq=18,
+        event=SessionEvent(session_id="ses_1", type="complete", data={"turn_id": "trn_0"}),
+        time=None,
+    )
+    follower = ScriptedFollower(batches=[[chunk(17, 9), late_end], [chunk(19, 3), chunk(20, 0)]])
+    follower.batches.append([chunk(21, 1)])
+    frames = sse_frames(follower, request=request(), first_seq=20)
+    got = await collect(frames, 3)
+    await frames.aclose()  # type: ignore[attr-defined]
+    assert got[1:] == [event_frame(chunk(20, 0)), event_frame(chunk(21, 1))]
+
+
 async def test_the_end_of_the_turn_is_sent_when_the_stream_cannot() -> None:
     follower = ScriptedFollower(batches=[])
     loop = asyncio.get_running_loop()

@@ -56,6 +56,33 @@ async def test_reply_streams_token_by_token(live: Live) -> None:
     assert arrivals[-1][0] - first_chunk_at > 1.0
 
 
+async def test_each_turn_streams_exactly_its_own_events(live: Live) -> None:
+    # The POST's follower opens while the turn is stored (only new events, older ones
+    # skipped): each stream is its turn's events, from its user message, nothing else.
+    session_id = await live.new_session()
+    first = await stream_turn(live, session_id, "First")
+    second = await stream_turn(live, session_id, "Second")
+    for events in (first, second):
+        kinds = [e.event for e in events]
+        assert kinds[0] == "user_message" and kinds[-1] == "complete"
+        assert len({e.data["turn_id"] for e in events}) == 1
+        chunks = [e for e in events if e.event == "chunk"]
+        assert [c.data["index"] for c in chunks] == list(range(len(chunks)))
+    assert first[0].data["content"] == "First" and second[0].data["content"] == "Second"
+    assert first[0].data["turn_id"] != second[0].data["turn_id"]
+    assert first[-1].id is not None and second[0].id is not None
+    assert second[0].id > first[-1].id
+    replayed = []
+    async with live.client.stream(
+        "GET", f"/v1/kgent/sessions/{session_id}/events?from=start", headers=live.headers
+    ) as response:
+        async for event in read_events(response):
+            replayed.append(event)
+            if len(replayed) == len(first) + len(second):
+                break
+    assert [e.id for e in replayed] == [e.id for e in first + second]
+
+
 async def test_resume_after_disconnect_returns_exactly_the_missing_events(live: Live) -> None:
     session_id = await live.new_session()
     seen: list[SseEvent] = []

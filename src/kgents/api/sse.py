@@ -44,6 +44,7 @@ async def sse_frames(
     follower: Follower,
     *,
     request: Request,
+    first_seq: int = 0,
     stop_when: Callable[[SessionEvent], bool] | None = None,
     turn_end: "asyncio.Future[SessionEvent] | None" = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
@@ -54,6 +55,8 @@ async def sse_frames(
     frames as one chunk, so a client that fell behind catches up in few writes; when nothing
     comes for ``heartbeat_seconds`` it writes a heartbeat comment, and the client's disconnect
     is noticed then or at the next write, and the follower is then closed.
+    Events below ``first_seq`` are skipped: a follower opened before the turn's first event
+    was published may hold older ones (a previous turn's late end event).
     ``turn_end`` resolves with the end event of the turn being streamed: if the stream cannot
     deliver it (NATS went away) within ``END_GRACE_SECONDS``, it is sent from there, without id.
     """
@@ -87,6 +90,10 @@ async def sse_frames(
                 )
                 return
             now = loop.time()
+            if batch and batch[0].seq < first_seq:
+                batch = [followed for followed in batch if followed.seq >= first_seq]
+                if not batch:
+                    continue
             if batch:
                 last_event_at = last_write_at = now
                 frames = []

@@ -4,16 +4,18 @@ OpenMeter when one is configured; acknowledged only once both hold them.
 One batch at a time (``drain_once``; ``run`` loops over it)::
 
     fetch up to 100 deliveries (or what came within 1 s)
+      -> while the stream says more are waiting, fetch up to 100 more, up to 5 fetches
       -> park the undecodable ones
       -> ingest the rest in one transaction (duplicates are recognised and ignored)
-      -> forward the stored ones to OpenMeter as one CloudEvents batch
+      -> forward the stored ones to OpenMeter, 100 to a CloudEvents batch
       -> ack them
 
-A batch is therefore at most 100 events and at most about one second of arrivals: the fetch
-returns as soon as it has 100 messages or its one-second wait is over, and that batch is what
-goes to OpenMeter in one request. Nothing is acknowledged before it is stored (and forwarded),
-so a crash at any point only causes a redelivery, which the store's unique ``(source, id)``
-and OpenMeter's id dedupe absorb.
+Each fetch is at most 100 events and at most about one second of arrivals: it returns as soon
+as it has 100 messages or its one-second wait is over. Only a backlog makes a batch span more
+fetches (up to 500 events in one transaction, which the store ingests about twice as fast per
+event as 100); when the processor keeps up, a batch is one fetch and latency is unchanged.
+Nothing is acknowledged before it is stored (and forwarded), so a crash at any point only
+causes a redelivery, which the store's unique ``(source, id)`` and OpenMeter's id dedupe absorb.
 
 What happens on each failure:
 
@@ -51,7 +53,13 @@ from kgents.records import UsageEvent
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 100
+FETCHES_PER_BATCH = 5
+"""At most this many fetches of ``BATCH_SIZE`` go into one transaction (when a backlog waits);
+their sum stays well under the consumer's ``max_ack_pending`` (1,000)."""
 MAX_WAIT_SECONDS = 1.0
+BACKLOG_WAIT_SECONDS = 0.1
+"""The wait of a fetch made because the stream reported a backlog: messages are there, unless
+another replica took them first."""
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 
@@ -143,6 +151,7 @@ class ProcessorStats:
     """Counters of one processor since it started (for logs, health and tests)."""
 
     batches: int = 0
+    """Fetches that returned deliveries (at most ``batch_size`` each)."""
     received: int = 0
     processed: int = 0
     """Events acknowledged after being stored (and forwarded): new ones and duplicates."""
@@ -198,6 +207,7 @@ class MeteringProcessor:
         store: MeteringStore,
         sink: UsageSink | None = None,
         batch_size: int = BATCH_SIZE,
+        fetches_per_batch: int = FETCHES_PER_BATCH,
         max_wait_seconds: float = MAX_WAIT_SECONDS,
         retry_base_seconds: float = RETRY_BASE_SECONDS,
         retry_max_seconds: float = RETRY_MAX_SECONDS,
@@ -205,10 +215,13 @@ class MeteringProcessor:
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if fetches_per_batch < 1:
+            raise ValueError("fetches_per_batch must be at least 1")
         self._source = source
         self._store = store
         self._sink = sink
         self._batch_size = batch_size
+        self._fetches_per_batch = fetches_per_batch
         self._max_wait = max_wait_seconds
         self._retry_base = retry_base_seconds
         self._retry_max = retry_max_seconds
@@ -236,9 +249,9 @@ class MeteringProcessor:
             delay = min(delay * 2, self._retry_max)
 
     async def drain_once(self) -> int:
-        """Fetch one batch and see it through: stored, forwarded and acknowledged, or parked,
-        or handed back for redelivery. Returns how many messages the batch had (0 when none
-        arrived within the fetch timeout)."""
+        """Fetch one batch (more fetches while a backlog waits) and see it through: stored,
+        forwarded and acknowledged, or parked, or handed back for redelivery. Returns how many
+        messages the batch had (0 when none arrived within the fetch timeout)."""
         deliveries = await self._source.fetch(batch=self._batch_size, max_wait=self._max_wait)
         if not deliveries:
             return 0
@@ -246,6 +259,7 @@ class MeteringProcessor:
         batch = _Batch(deliveries)
         keep_alive = asyncio.create_task(self._keep_alive(batch), name="metering-keep-alive")
         try:
+            await self._fetch_backlog(batch)
             await self._process(batch)
         except BaseException:
             # Stopped or failed mid-batch: hand back what is not settled, so another
@@ -257,9 +271,23 @@ class MeteringProcessor:
             keep_alive.cancel()
             await asyncio.gather(keep_alive, return_exceptions=True)
             self.stats.held_since = None
-        return len(deliveries)
+        return len(batch.deliveries)
 
     # -- one batch ------------------------------------------------------------------------
+
+    async def _fetch_backlog(self, batch: _Batch) -> None:
+        """Add further fetches to ``batch`` while the stream reports more waiting: one
+        transaction then stores several fetches. (A failure here hands the whole batch back.)"""
+        for _ in range(self._fetches_per_batch - 1):
+            if batch.deliveries[-1].pending <= 0:
+                return
+            more = await self._source.fetch(
+                batch=self._batch_size, max_wait=min(self._max_wait, BACKLOG_WAIT_SECONDS)
+            )
+            if not more:
+                return
+            self._observe(more)
+            batch.deliveries.extend(more)
 
     async def _process(self, batch: _Batch) -> None:
         decoded: list[Delivery] = []
@@ -269,7 +297,10 @@ class MeteringProcessor:
             else:
                 decoded.append(delivery)
         stored = await self._ingest(batch, decoded)
-        accepted = await self._forward(batch, stored)
+        accepted = []
+        size = self._batch_size
+        for first in range(0, len(stored), size):
+            accepted += await self._forward(batch, stored[first : first + size])
         for delivery in accepted:
             await batch.settle(delivery, delivery.ack)
         self.stats.processed += len(accepted)

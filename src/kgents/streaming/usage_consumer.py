@@ -209,6 +209,10 @@ class UsageConsumer:
         self._conn = conn
         self._spec = spec
         self._sub: Subscription | None = None
+        # What the server delivers to the inbox, put here by the subscription's callback: a
+        # fetch cancelled while it waits leaves an item in the queue, never half-taken (as
+        # nats-py's ``next_msg`` can, its ``wait_for`` losing a message it already took).
+        self._delivered: asyncio.Queue[Msg] = asyncio.Queue()
         self._inbox = ""
         self._requests = 0
         self._next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.name}"
@@ -227,8 +231,14 @@ class UsageConsumer:
             return
         await ensure_usage_consumer(self._conn, self._spec)
         self._inbox = self._conn.client.new_inbox()
+        delivered: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def deliver(msg: Msg) -> None:
+            delivered.put_nowait(msg)
+
         with events_unavailable(f"subscribing to consumer {self._spec.name}"):
-            self._sub = await self._conn.client.subscribe(f"{self._inbox}.*")
+            self._sub = await self._conn.client.subscribe(f"{self._inbox}.*", cb=deliver)
+        self._delivered = delivered
 
     async def fetch(
         self, *, batch: int = FETCH_BATCH, max_wait: float = FETCH_MAX_WAIT_SECONDS
@@ -264,9 +274,9 @@ class UsageConsumer:
         return deliveries
 
     async def _collect(self, reply: str, batch: int, max_wait: float) -> list[Msg]:
-        sub = self._sub
-        if sub is None:
+        if self._sub is None:
             raise EventsUnavailable("event stream unavailable: no metering subscription")
+        delivered = self._delivered
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max_wait + _EXPIRY_GRACE_SECONDS
         collected: list[Msg] = []
@@ -276,8 +286,9 @@ class UsageConsumer:
                 if remaining <= 0:
                     break
                 try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
+                    async with asyncio.timeout(remaining):
+                        msg = await delivered.get()
+                except TimeoutError:
                     break
                 headers = msg.headers or {}
                 status = headers.get(api.Header.STATUS.value)
@@ -311,21 +322,19 @@ class UsageConsumer:
         if sub is None:
             return
         with contextlib.suppress(*CLEANUP_ERRORS):
-            await asyncio.wait_for(sub.unsubscribe(), timeout=1.0)
-            if not self._conn.is_connected:
-                return
-            # Once the server answers this PING it has seen the UNSUB (an open pull request
-            # without interest gets nothing more), and all it sent before is queued here.
-            await self._conn.client.flush(timeout=1)
-            leftovers = []
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.001)
-                except nats.errors.TimeoutError:
-                    break
-                if not (msg.headers or {}).get(api.Header.STATUS.value):
-                    leftovers.append(msg)
-            await _nak_all(leftovers)
+            if self._conn.is_connected:
+                # UNSUB, a PING round trip (the server has seen the UNSUB: an open pull
+                # request without interest gets nothing more), then every message it sent
+                # before handed to ``deliver``.
+                await asyncio.wait_for(sub.drain(), timeout=1.0)  # type: ignore[no-untyped-call]
+            else:
+                await asyncio.wait_for(sub.unsubscribe(), timeout=1.0)
+        leftovers = []
+        while not self._delivered.empty():
+            msg = self._delivered.get_nowait()
+            if not (msg.headers or {}).get(api.Header.STATUS.value):
+                leftovers.append(msg)
+        await _nak_all(leftovers)
 
 
 def _request_ended(status: str, headers: Mapping[str, str]) -> bool:

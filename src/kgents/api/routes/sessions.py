@@ -21,7 +21,7 @@ from kgents.api.sse import sse_frames, sse_response
 from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput
 from kgents.sessions.generation import error_event
-from kgents.sessions.ports import SessionEvent
+from kgents.sessions.ports import Follower, SessionEvent
 from kgents.sessions.service import TurnRequest
 from kgents.tenancy.rate_limit import RateCharge
 
@@ -137,10 +137,16 @@ async def send_message(
     # a streamed reply's api.request (200 once the turn is stored) is stored in it too.
     rate = RateCharge(key_id=principal.key.id, limit=principal.plan.requests_per_minute)
     request_events = []
+    opening: asyncio.Task[Follower] | None = None
     if body.stream:
         request_events.append(
             request_usage_event(request.scope, tenant_id=principal.tenant.id, status_code=200)
         )
+        # The follower (a NATS round trip) opens while the turn is stored. It follows only
+        # new events and is open before the turn's first event is published, so it misses
+        # none of the turn's; older ones it may see (a previous turn's late end) are skipped
+        # by sequence below.
+        opening = asyncio.create_task(generation.events.open_follower(session_id, after_seq=None))
     try:
         planned, user_message = await platform.sessions.start_turn(
             principal=principal,
@@ -149,12 +155,18 @@ async def send_message(
             rate=rate,
             request_events=request_events,
         )
+        if request_events:
+            mark_usage_recorded(request.scope)
+        if opening is not None:
+            await asyncio.wait([opening])  # open (or failed) before the first event
+        first_seq, task = await generation.supervisor.launch(planned, user_message)
+    except BaseException:
+        if opening is not None:
+            await _discard(opening)
+        raise
     finally:
         request.state.rate_status = rate.status
-    if request_events:
-        mark_usage_recorded(request.scope)
-    first_seq, task = await generation.supervisor.launch(planned, user_message)
-    if not body.stream:
+    if opening is None:
         # Shielded: a client that goes away does not stop the generation; it is still stored.
         outcome = await asyncio.shield(task)
         if outcome.error is not None:
@@ -179,15 +191,26 @@ async def send_message(
                 planned.turn, code="turn_failed", message="the turn could not be stored"
             )
 
-    follower = await generation.events.open_follower(session_id, after_seq=first_seq - 1)
+    follower = opening.result()  # a failure to open is raised here, the turn running on
     return sse_response(
         sse_frames(
             follower,
             request=request,
+            first_seq=first_seq,
             stop_when=turn_ended,
             turn_end=asyncio.ensure_future(end_of_turn()),
         )
     )
+
+
+async def _discard(opening: "asyncio.Task[Follower]") -> None:
+    """Close a follower opened for a reply that will not be streamed (waiting for it to open
+    rather than cancelling it halfway, which could leave its consumer behind)."""
+    try:
+        follower = await asyncio.shield(opening)
+    except Exception:
+        return
+    await follower.aclose()
 
 
 @router.get(
