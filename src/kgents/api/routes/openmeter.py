@@ -76,14 +76,16 @@ _CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 _JSON = JSON_CONTENT_TYPE
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {**_PROBLEM, "description": "Invalid request: which event, field or parameter"},
-    401: {**_PROBLEM, "description": "No admin token or valid API key"},
-    403: {**_PROBLEM, "description": "Admin only, another subject, or no 'usage' scope"},
-    404: {**_PROBLEM, "description": "No such meter"},
-    429: {**_PROBLEM, "description": "Rate limit of the API key exceeded"},
-    503: {**_PROBLEM, "description": "Database unavailable; retrying is safe"},
+    400: problem_doc("Invalid request: which event, field or parameter"),
+    401: problem_doc("No admin token or valid API key"),
+    403: problem_doc("Admin only, another subject, or no 'usage' scope"),
+    404: problem_doc("No such meter"),
+    429: problem_doc("Rate limit of the API key exceeded"),
+    503: problem_doc("Database unavailable; retrying is safe"),
+    # Invalid input is a 400 here, as in OpenMeter; "4XX" also keeps FastAPI from documenting
+    # its own 422 body, which these routes never answer.
+    "4XX": problem_doc("Any other client error"),
 }
 _EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
