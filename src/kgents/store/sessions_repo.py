@@ -444,31 +444,36 @@ def _stage_turn(
 
 
 class _StagedTurn:
-    """What ``add_turn`` was given, checked against what ``read`` found."""
+    """``TurnStart``'s ``add_turn``: what it was given, checked against what ``read`` found,
+    becomes one step over a synchronous session, which the subclass runs (``_take``)."""
 
     def __init__(self) -> None:
         self.row: SessionRow | None = None
-        self.step: Callable[[OrmSession], None] | None = None
 
-    def stage(
+    def add_turn(
         self,
         turn: Turn,
         *,
         user_message: Message,
         events: Sequence[UsageEvent],
         lease_until: datetime,
-    ) -> Callable[[OrmSession], None]:
+    ) -> None:
         row = self.row
         if row is None or row.id != turn.session_id:
             raise RuntimeError("add_turn needs the turn's session, found by read() first")
-        return partial(
-            _stage_turn,
-            session=row,
-            turn=turn,
-            user_message=user_message,
-            events=events,
-            lease_until=lease_until,
+        self._take(
+            partial(
+                _stage_turn,
+                session=row,
+                turn=turn,
+                user_message=user_message,
+                events=events,
+                lease_until=lease_until,
+            )
         )
+
+    def _take(self, step: Callable[[OrmSession], None]) -> None:
+        raise NotImplementedError
 
 
 class _OrmTurnStart(_StagedTurn):
@@ -482,18 +487,9 @@ class _OrmTurnStart(_StagedTurn):
         reads, self.row = await self._db.run_sync(partial(_read_turn_start, **query))
         return reads
 
-    def add_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> None:
+    def _take(self, step: Callable[[OrmSession], None]) -> None:
         # Only adds objects to the session (no I/O): the commit flushes them.
-        self.stage(turn, user_message=user_message, events=events, lease_until=lease_until)(
-            self._db.sync_session
-        )
+        step(self._db.sync_session)
 
 
 class _ThreadTurnStart(_StagedTurn):
@@ -509,14 +505,5 @@ class _ThreadTurnStart(_StagedTurn):
         reads, self.row = await self._transaction.run(partial(_read_turn_start, **query))
         return reads
 
-    def add_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> None:
-        self.staged = self.stage(
-            turn, user_message=user_message, events=events, lease_until=lease_until
-        )
+    def _take(self, step: Callable[[OrmSession], None]) -> None:
+        self.staged = step
