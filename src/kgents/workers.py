@@ -16,7 +16,7 @@ from kgents.metering.processor import MeteringProcessor
 from kgents.metering.relay import OutboxRelay
 from kgents.platform import Generation, Platform
 from kgents.sessions.recovery import TurnRecovery
-from kgents.sinks.openmeter import OpenMeterSink
+from kgents.sinks.openmeter import configured_sink
 from kgents.streaming.runtime import Streaming
 from kgents.streaming.usage_consumer import ConsumerSpec, UsageConsumer
 
@@ -40,14 +40,7 @@ async def running_workers(
     )
     relay = OutboxRelay(outbox=platform.outbox, publisher=streaming.usage)
     settings = platform.settings
-    sink = None
-    if settings.openmeter_url:
-        token = settings.openmeter_token
-        sink = OpenMeterSink(
-            settings.openmeter_url,
-            token=token.get_secret_value() if token else None,
-            timeout_seconds=settings.openmeter_timeout_seconds,
-        )
+    sink = configured_sink(settings)
     usage = UsageConsumer(
         streaming.connection,
         spec=ConsumerSpec(ack_wait_seconds=settings.metering_ack_wait_seconds),

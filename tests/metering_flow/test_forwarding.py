@@ -5,10 +5,19 @@ full outage of the endpoint, nothing is lost and nothing is counted twice on eit
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from click.testing import Result
+from typer.testing import CliRunner
 
+from kgents.cli.main import app
+from kgents.clock import utc_now
+from kgents.config import Settings
+from kgents.ids import new_id
+from kgents.platform import open_platform
+from kgents.records import UsageEvent
 from kgents.store.meter_repo import SqlMeterStore
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.topology import USAGE_STREAM
@@ -23,6 +32,7 @@ from tests.metering_flow.support import (
     event_keys,
     running_api,
     serving,
+    tokens_event,
 )
 from tests.support.waiting import eventually
 
@@ -149,3 +159,71 @@ async def _assert_same_totals(
     assert await endpoint.total("session_count", tenant_id) == sessions
     requests = (await meters.totals_by_subject("api_requests"))[tenant_id]
     assert await endpoint.total("api_requests", tenant_id) == requests
+
+
+def _replay(settings: Settings, openmeter_url: str) -> Result:
+    env = {
+        "KGENTS_DATABASE_URL": settings.database_url or "",
+        "KGENTS_OPENMETER_URL": openmeter_url,
+        "KGENTS_OPENMETER_TOKEN": ENDPOINT_TOKEN,
+        "KGENTS_OPENMETER_TIMEOUT_SECONDS": "0.5",
+        "COLUMNS": "200",
+    }
+    argv = ["metering", "replay", "--all", "--data-dir", str(settings.data_dir)]
+    return CliRunner().invoke(app, argv, env=env, catch_exceptions=False)
+
+
+async def test_replayed_dead_letters_reach_openmeter_too(
+    tmp_path: Path, database_url: str, openmeter: OpenMeterKgents
+) -> None:
+    # As the processor leaves them: ``counted`` was stored here but OpenMeter refused it then;
+    # ``lost`` could not be stored at all; ``refused`` OpenMeter refuses again now.
+    tenant_id = new_id("ten")
+    counted, lost, refused = (tokens_event(tenant_id, tokens_in, 1) for tokens_in in (10, 20, 40))
+    settings = make_settings(tmp_path / "data", database_url, "")
+    async with open_platform(settings) as platform:
+        await platform.meters.sync_meters()
+        await platform.meters.ingest([counted])
+        for event, error in (
+            (counted, "not forwarded to OpenMeter: injected 400"),
+            (lost, "storing failed: database was down"),
+            (refused, "not forwarded to OpenMeter: injected 400"),
+        ):
+            await platform.meters.park_dead_letter(
+                event=event, error=error, attempts=1, at=utc_now()
+            )
+
+    def refuse(events: list[dict[str, Any]]) -> str | None:
+        return "still refused" if any(e["id"] == refused.id for e in events) else None
+
+    scripted = ScriptedEndpoint(upstream=openmeter.url, refuse=refuse)
+    with serving(scripted) as proxy_url:
+        result = await asyncio.to_thread(_replay, settings, proxy_url)
+        assert result.exit_code == 1, result.output
+        assert "1 counted, 1 already counted (duplicates), 1 still parked" in result.output
+        assert "OpenMeter" in result.output and "still refused" in result.output
+
+        async def openmeter_has(*events: UsageEvent) -> bool:
+            keys = await event_keys(openmeter.database_url, subject=tenant_id)
+            return keys == sorted((event.source, event.id) for event in events)
+
+        await eventually(lambda: openmeter_has(counted, lost), seconds=15)
+
+        # OpenMeter down: the replay stops, with a clean error, and the event stays parked.
+        scripted.refuse = lambda events: None
+        scripted.unavailable = True
+        down = await asyncio.to_thread(_replay, settings, proxy_url)
+        assert down.exit_code == 1 and "openmeter_unavailable" in down.output, down.output
+        assert "Traceback" not in down.output
+
+        scripted.unavailable = False
+        back = await asyncio.to_thread(_replay, settings, proxy_url)
+        assert back.exit_code == 0, back.output
+        assert "1 counted, 0 already counted (duplicates), 0 still parked" in back.output
+        await eventually(lambda: openmeter_has(counted, lost, refused), seconds=15)
+
+    local = await event_keys(database_url, subject=tenant_id)
+    assert local == sorted((e.source, e.id) for e in (counted, lost, refused))
+    async with open_platform(settings) as platform:
+        assert await platform.meters.dead_letter_count() == 0
+        assert await platform.meters.totals_by_subject("llm_tokens_in") == {tenant_id: 70.0}

@@ -22,6 +22,7 @@ from kgents.metering.dead_letters import dead_letters_to_replay, replay_dead_let
 from kgents.metering.ports import DeadLetter, ReplayOutcome
 from kgents.metering.reconcile import CHECK_STEPS, MeteringCheck, check_metering
 from kgents.platform import open_platform
+from kgents.sinks.openmeter import configured_sink
 
 metering_app = typer.Typer(
     help="Check metering: reconcile, dead letters, replay.", no_args_is_help=True
@@ -141,21 +142,31 @@ def replay(
     """Ingest dead letters into the meter store again and remove them.
 
     Idempotent: an event the meter store already holds is not counted again. An event still
-    refused stays parked (exit code 1). Replayed events are not forwarded to OpenMeter."""
+    refused stays parked (exit code 1). With KGENTS_OPENMETER_URL set, each event is first
+    forwarded to OpenMeter (which ignores an id it already has); one OpenMeter refuses stays
+    parked, and if OpenMeter is unavailable the replay stops with the rest still parked."""
     if bool(ids) == all_:
         raise typer.BadParameter("give --id (one or more) or --all", param_hint="--id/--all")
     settings = load_settings(data_dir)
 
     async def replay_() -> list[ReplayOutcome]:
-        async with open_platform(settings) as platform:
-            chosen = await dead_letters_to_replay(store=platform.meters, ids=None if all_ else ids)
-            with progress_bar() as bar:
-                task = bar.add_task("Replaying dead letters", total=len(chosen))
-                return await replay_dead_letters(
-                    store=platform.meters,
-                    ids=chosen,
-                    on_replayed=lambda _: bar.advance(task),
+        sink = configured_sink(settings)
+        try:
+            async with open_platform(settings) as platform:
+                chosen = await dead_letters_to_replay(
+                    store=platform.meters, ids=None if all_ else ids
                 )
+                with progress_bar() as bar:
+                    task = bar.add_task("Replaying dead letters", total=len(chosen))
+                    return await replay_dead_letters(
+                        store=platform.meters,
+                        ids=chosen,
+                        sink=sink,
+                        on_replayed=lambda _: bar.advance(task),
+                    )
+        finally:
+            if sink is not None:
+                await sink.aclose()
 
     outcomes = run(replay_())
     if not outcomes:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import httpx
 
+from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
 from kgents.metering.ports import cloudevent
 from kgents.records import UsageEvent
@@ -134,6 +135,18 @@ class OpenMeterSink:
             return min(retry_after, self._max_backoff)
         delay = min(self._backoff * 2.0 ** (attempt - 1), self._max_backoff)
         return delay * (0.5 + random.random() / 2)  # noqa: S311 (timing jitter, not security)
+
+
+def configured_sink(settings: Settings) -> OpenMeterSink | None:
+    """The OpenMeter of ``KGENTS_OPENMETER_URL`` (and its token), or ``None`` when unset."""
+    if not settings.openmeter_url:
+        return None
+    token = settings.openmeter_token
+    return OpenMeterSink(
+        settings.openmeter_url,
+        token=token.get_secret_value() if token else None,
+        timeout_seconds=settings.openmeter_timeout_seconds,
+    )
 
 
 def _detail(response: httpx.Response) -> str:

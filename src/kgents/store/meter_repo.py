@@ -331,6 +331,15 @@ class SqlMeterStore:
         async with self._database("listing dead letters", write=False) as connection:
             return list((await connection.scalars(statement)).all())
 
+    async def dead_letter_event(self, dead_letter_id: int) -> UsageEvent | None:
+        """The usage event parked as ``dead_letter_id`` (``None`` when it is no longer
+        parked); ``InvalidInput`` when replaying it would keep it parked, saying why."""
+        async with self._database("reading a dead letter", write=False) as connection:
+            stored = await connection.scalar(
+                select(DEAD_LETTERS.c.event).where(DEAD_LETTERS.c.id == dead_letter_id)
+            )
+        return None if stored is None else _replayable(stored)
+
     async def replay_dead_letter(
         self, dead_letter_id: int, *, at: datetime | None = None
     ) -> ReplayOutcome:
@@ -352,10 +361,7 @@ class SqlMeterStore:
             if row is None:
                 return ReplayOutcome(dead_letter_id, "gone")
             try:
-                if not isinstance(row.event, dict):
-                    raise InvalidInput("not a usage event: not a JSON object")
-                event = event_from_cloudevent(row.event)
-                check_event(event)
+                event = _replayable(row.event)
             except InvalidInput as exc:
                 return ReplayOutcome(dead_letter_id, "still_parked", exc.message)
             new = await self._store_events(connection, [event], at=at or self._clock())
@@ -363,3 +369,12 @@ class SqlMeterStore:
                 delete(DEAD_LETTERS).where(DEAD_LETTERS.c.id == dead_letter_id)
             )
         return ReplayOutcome(dead_letter_id, "counted" if new else "duplicate")
+
+
+def _replayable(stored: Any) -> UsageEvent:
+    """A parked event as the usage event a replay stores; ``InvalidInput`` if it is none."""
+    if not isinstance(stored, dict):
+        raise InvalidInput("not a usage event: not a JSON object")
+    event = event_from_cloudevent(stored)
+    check_event(event)
+    return event
