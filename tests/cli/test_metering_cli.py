@@ -18,11 +18,10 @@ from typer.testing import CliRunner, Result
 from kgents.cli.main import app
 from kgents.clock import utc_now
 from kgents.config import Settings
-from kgents.ids import new_id
 from kgents.metering import events as usage_events
 from kgents.platform import Platform, open_platform
-from kgents.records import Message, Turn
 from tests.support.postgres import create_database, drop_database
+from tests.support.turns import running_turn
 
 runner = CliRunner()
 ONE_DEAD_LETTER = re.compile(r"\b1 dead letter\b(?!s)")
@@ -66,36 +65,7 @@ async def finished_turn(platform: Platform, tenant_id: str, tokens_in: int, toke
         tenant_id=tenant_id, title=None, agent_type="kgent", mode="reflect"
     )
     now = utc_now()
-    turn = Turn(
-        id=new_id("turn"),
-        session_id=session.id,
-        tenant_id=tenant_id,
-        status="running",
-        mode="reflect",
-        budget="dialogue",
-        user_message_id=new_id("msg"),
-        assistant_message_id=None,
-        tokens_in=tokens_in,
-        tokens_out=0,
-        model=None,
-        estimated=False,
-        error_code=None,
-        first_seq=None,
-        started_at=now,
-        finished_at=None,
-    )
-    question = Message(
-        id=turn.user_message_id,
-        session_id=session.id,
-        tenant_id=tenant_id,
-        turn_id=turn.id,
-        role="user",
-        content="hello",
-        tokens_in=0,
-        tokens_out=0,
-        model=None,
-        created_at=now,
-    )
+    turn, question = running_turn(session.id, tenant_id, started_at=now, tokens_in=tokens_in)
     store = platform.session_store
     await store.start_turn(turn, user_message=question, events=[], lease_until=now)
     final = replace(turn, status="complete", tokens_out=tokens_out, finished_at=utc_now())

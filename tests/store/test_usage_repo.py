@@ -41,7 +41,7 @@ async def read(reader: SqlUsageReader) -> TenantUsage:
         from_=T0,
         to=T0 + timedelta(days=1),
         window_size=WindowSize.DAY,
-        tokens_since=T0,
+        tokens_since=T0.replace(day=1),
     )
 
 

@@ -28,7 +28,7 @@ class TurnStartReads:
     request_count: int | None  # the key's requests in the window, this one included
     session: Session | None  # the tenant's live session (locked until the end)
     turn_running: bool  # the session runs a turn already
-    tokens_used: int | None  # the tenant's tokens since ``tokens_since``
+    tokens_used: int | None  # the tenant's tokens in the month from ``tokens_since``
     history: list[Message]  # the session's last messages, oldest first
 
 
@@ -49,8 +49,8 @@ class TurnStart(Protocol):
     ) -> TurnStartReads:
         """Count a request of ``count_key`` in the rate-limit window ``window_start`` (when
         given), read and lock the session (``None``: none), whether it runs a turn, the
-        tenant's tokens since ``tokens_since`` (when given) and the last ``history_limit``
-        messages."""
+        tenant's tokens in the month ``tokens_since`` begins (when given) and the last
+        ``history_limit`` messages."""
         ...
 
     def add_turn(

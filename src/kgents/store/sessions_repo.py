@@ -21,6 +21,7 @@ from kgents.records import Message, Role, Session, Turn, TurnStatus, UsageEvent
 from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
+from kgents.store.quota_sql import add_month_tokens_statement, month_tokens_query
 from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
 from kgents.store.sqlite_thread import ThreadTransaction, thread_transaction
@@ -95,15 +96,6 @@ def _message_row(message: Message, position: int) -> MessageRow:
     )
 
 
-def tokens_used_query(tenant_id: str, *, since: datetime) -> Select[int]:
-    """The tokens in and out of the tenant's finished turns started at or after ``since``."""
-    return select(func.coalesce(func.sum(TurnRow.tokens_in + TurnRow.tokens_out), 0)).where(
-        TurnRow.tenant_id == tenant_id,
-        TurnRow.started_at >= since,
-        TurnRow.status != "running",
-    )
-
-
 def recent_messages_query(session_id: str, *, limit: int) -> Select[MessageRow]:
     """The last ``limit`` messages of a session, newest first."""
     return (
@@ -128,6 +120,7 @@ class SqlSessionStore:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = for_writes(engine)
         self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
+        self._dialect = engine.dialect.name
         # A SQLite file has a writer of its own (``for_writes``): turns start on its thread.
         self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
 
@@ -273,7 +266,14 @@ class SqlSessionStore:
             session = await db.get(SessionRow, turn.session_id, with_for_update=True)
             if session is None:  # sessions are only soft-deleted, so this means corruption
                 raise NotFound("session of the turn not found")
-            session.tokens_used += turn.tokens_in + turn.tokens_out
+            tokens = turn.tokens_in + turn.tokens_out
+            session.tokens_used += tokens
+            if tokens:
+                await db.execute(
+                    add_month_tokens_statement(
+                        self._dialect, turn.tenant_id, started_at=turn.started_at, tokens=tokens
+                    )
+                )
             if assistant_message is not None:
                 db.add(_message_row(assistant_message, session.message_count))
                 session.message_count += 1
@@ -323,9 +323,10 @@ class SqlSessionStore:
             return {tenant: (int(tin), int(tout)) for tenant, tin, tout in rows}
 
     async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
-        """Tokens in and out of the tenant's turns started at or after ``since``."""
+        """Tokens in and out of the tenant's finished turns started in the calendar month
+        that ``since`` begins (one row of ``tenant_month_tokens``)."""
         async with self._reads() as db:
-            total = await db.scalar(tokens_used_query(tenant_id, since=since))
+            total = await db.scalar(month_tokens_query(tenant_id, month_start=since))
             return int(total or 0)
 
     async def get_turn(self, tenant_id: str, turn_id: str) -> Turn | None:
@@ -398,7 +399,7 @@ def _read_turn_start(
             is not None
         )
         if tokens_since is not None:
-            tokens = int(db.scalar(tokens_used_query(tenant_id, since=tokens_since)) or 0)
+            tokens = int(db.scalar(month_tokens_query(tenant_id, month_start=tokens_since)) or 0)
         if history_limit:
             rows = db.scalars(recent_messages_query(row.id, limit=history_limit)).all()
             history = [message_record(message) for message in reversed(rows)]

@@ -19,7 +19,7 @@ from kgents.errors import Unavailable
 from kgents.metering.meters import Meter, WindowSize
 from kgents.metering.query import QueryRow, build_query
 from kgents.store.meter_query_sql import QueryRun
-from kgents.store.sessions_repo import tokens_used_query
+from kgents.store.quota_sql import month_tokens_query
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,8 @@ class TenantUsage:
     meters: list[tuple[Meter, list[QueryRow]]]
     """Each meter with its rows for the tenant's subject, in the order asked."""
     tokens_used: int
-    """Tokens in and out of the tenant's finished turns started at or after ``tokens_since``."""
+    """Tokens in and out of the tenant's finished turns started in the calendar month that
+    ``tokens_since`` begins (the token quota's count)."""
 
 
 class SqlUsageReader:
@@ -51,7 +52,8 @@ class SqlUsageReader:
         tokens_since: datetime,
     ) -> TenantUsage:
         """Each of ``meters`` for the tenant's subject, grouped by the meter's group keys, and
-        the tokens of its turns since ``tokens_since``, from one snapshot of the database.
+        the tokens of its turns in the month from ``tokens_since`` (which must begin a calendar
+        month, UTC), from one snapshot of the database.
 
         Raises ``InvalidInput`` for a bad range, window or zone (before reading anything) and
         ``Unavailable`` when the database fails."""
@@ -77,7 +79,9 @@ class SqlUsageReader:
                     rows = [
                         (meter, await QueryRun(snapshot, query).rows()) for meter, query in queries
                     ]
-                    used = await snapshot.scalar(tokens_used_query(tenant_id, since=tokens_since))
+                    used = await snapshot.scalar(
+                        month_tokens_query(tenant_id, month_start=tokens_since)
+                    )
         except SQLAlchemyError as exc:
             raise Unavailable(f"reading usage failed ({type(exc).__name__})") from exc
         return TenantUsage(meters=rows, tokens_used=int(used or 0))

@@ -17,7 +17,8 @@ from kgents.errors import QuotaExceeded
 
 class TokenLedger(Protocol):
     async def tokens_used(self, tenant_id: str, *, since: datetime) -> int:
-        """Tokens in and out of the tenant's turns started at or after ``since``."""
+        """Tokens in and out of the tenant's finished turns started in the calendar month
+        (UTC) that ``since`` begins (``month_bounds(...)[0]``)."""
         ...
 
 

@@ -1,0 +1,39 @@
+"""The token quota's count: tokens per tenant and calendar month (UTC), added to in the
+transaction that finishes a turn and read in the one that starts a turn (one row, however
+many turns the tenant ran)."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from kgents.store.limits_schema import TenantMonthTokensRow
+from kgents.tenancy.quota import month_bounds
+
+
+def add_month_tokens_statement(
+    dialect: str, tenant_id: str, *, started_at: datetime, tokens: int
+) -> Any:
+    """Add ``tokens`` of a turn started at ``started_at`` to its tenant's month (an upsert)."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return (
+        insert(TenantMonthTokensRow)
+        .values(tenant_id=tenant_id, month_start=month_bounds(started_at)[0], tokens=tokens)
+        .on_conflict_do_update(
+            index_elements=["tenant_id", "month_start"],
+            set_={"tokens": TenantMonthTokensRow.tokens + tokens},
+        )
+    )
+
+
+def month_tokens_query(tenant_id: str, *, month_start: datetime) -> Select[int]:
+    """The tokens of the tenant's finished turns started in the month from ``month_start``
+    (no row: none). ``month_start`` must begin a month (``month_bounds``), not any moment."""
+    if month_bounds(month_start)[0] != month_start:
+        raise ValueError(f"{month_start.isoformat()} does not begin a calendar month (UTC)")
+    return select(TenantMonthTokensRow.tokens).where(
+        TenantMonthTokensRow.tenant_id == tenant_id,
+        TenantMonthTokensRow.month_start == month_start,
+    )

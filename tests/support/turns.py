@@ -1,0 +1,43 @@
+"""Records of a running turn and its question, for tests that write turns through the store."""
+
+from datetime import datetime
+
+from kgents.ids import new_id
+from kgents.records import Message, Turn
+
+
+def running_turn(
+    session_id: str, tenant_id: str, *, started_at: datetime, tokens_in: int = 0
+) -> tuple[Turn, Message]:
+    """A new running turn of ``session_id`` and the user message that asks it."""
+    turn = Turn(
+        id=new_id("turn"),
+        session_id=session_id,
+        tenant_id=tenant_id,
+        status="running",
+        mode="reflect",
+        budget="dialogue",
+        user_message_id=new_id("msg"),
+        assistant_message_id=None,
+        tokens_in=tokens_in,
+        tokens_out=0,
+        model=None,
+        estimated=False,
+        error_code=None,
+        first_seq=None,
+        started_at=started_at,
+        finished_at=None,
+    )
+    question = Message(
+        id=turn.user_message_id,
+        session_id=session_id,
+        tenant_id=tenant_id,
+        turn_id=turn.id,
+        role="user",
+        content="hello",
+        tokens_in=0,
+        tokens_out=0,
+        model=None,
+        created_at=started_at,
+    )
+    return turn, question
