@@ -21,7 +21,8 @@ Two rates, both from the first request sent:
   event went outbox -> relay -> JetStream -> ``metering`` consumer -> meter store. The other
   meter (``llm_tokens_out``) is checked too: the sums must be exact (no loss, no double count).
 
-The ``kgents serve`` PID's CPU seconds are reported (it does all three stages). Every process
+The ``kgents serve`` PID's CPU seconds are reported (it does all three stages), and those of
+its nats-server and of PostgreSQL (``all_servers_cpu_us_per_event`` is the sum). Every process
 is stopped by PID in ``finally``; ``--timeout`` bounds the wait for the meter store.
 """
 
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -173,7 +175,9 @@ async def wait_for_meters(
     return None, seen, peaks
 
 
-async def measure(proc: Proc, token: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(
+    proc: Proc, token: str, args: argparse.Namespace, postgres: Proc | None = None
+) -> dict[str, Any]:
     log(f"encoding {args.events} events in batches of {args.batch}")
     bodies, expected = build_batches(args.events, args.batch, seed=args.seed)
     profile = None
@@ -181,18 +185,28 @@ async def measure(proc: Proc, token: str, args: argparse.Namespace) -> dict[str,
         out = Path(args.profile_out or tempfile.gettempdir()) / f"kgents-ingest-{args.backend}.txt"
         profile = Profile.start(proc.pid, out, args.profile_seconds, rate=100)
     cpu_before = proc.cpu_seconds()
+    others_before = others_cpu(proc, postgres)
     waiter_deadline = time.perf_counter() + args.timeout
     log(f"posting with {args.clients} clients")
     start, http_end, latencies = await post_all(proc.url, token, bodies, args.clients)
     log(f"all accepted after {http_end - start:.1f}s; waiting for the meter store")
     done, seen, peaks = await wait_for_meters(proc.url, token, expected, deadline=waiter_deadline)
     cpu = proc.cpu_seconds() - cpu_before
+    others = {
+        name: seconds - others_before.get(name, 0.0)
+        for name, seconds in others_cpu(proc, postgres).items()
+    }
     result: dict[str, Any] = {
         "http_seconds": round(http_end - start, 2),
         "http_events_per_s": round(args.events / (http_end - start)),
         "request_ms": _ms(latencies),
         "kgents_cpu_s": round(cpu, 1),
         "kgents_cpu_us_per_event": round(cpu / args.events * 1e6, 1),
+        **{
+            f"{name}_cpu_us_per_event": round(s / args.events * 1e6, 1)
+            for name, s in others.items()
+        },
+        "all_servers_cpu_us_per_event": round((cpu + sum(others.values())) / args.events * 1e6, 1),
         "peak_after_http": {name.removeprefix("kgents_"): peaks[name] for name in _GAUGES},
     }
     if done is None:
@@ -219,6 +233,27 @@ async def measure(proc: Proc, token: str, args: argparse.Namespace) -> dict[str,
         if profile.out.exists():
             result["profile"] = {"file": str(profile.out), **summarize_profile(profile.out)}
     return result
+
+
+def others_cpu(kgents: Proc, postgres: Proc | None) -> dict[str, float]:
+    """CPU seconds so far of the embedded nats-server (kgents' child) and of PostgreSQL (the
+    postmaster and its live backends; a backend that exited meanwhile is not counted)."""
+    found = {"nats_server": 0.0}
+    trees = [("nats_server", kgents.pid, True)]
+    if postgres is not None:
+        found["postgres"] = 0.0
+        trees.append(("postgres", postgres.pid, False))
+    for name, pid, children_only in trees:
+        try:
+            root = psutil.Process(pid)
+            members = root.children(recursive=True) + ([] if children_only else [root])
+        except psutil.Error:
+            continue
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                times = member.cpu_times()
+                found[name] += times.user + times.system
+    return found
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -277,13 +312,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
     with processes(workdir, keep_logs=args.keep_logs) as registry:
         database_url = args.database_url
+        postgres = None
         if args.postgres:
-            _, database_url = start_postgres(registry, workdir)
+            postgres, database_url = start_postgres(registry, workdir)
         env = {"KGENTS_ADMIN_TOKEN": token}
         if database_url:
             env["KGENTS_DATABASE_URL"] = database_url
         proc = start_kgents(registry, name="kgents", data_dir=workdir / "data", env=env)
-        result = asyncio.run(measure(proc, token, args))
+        result = asyncio.run(measure(proc, token, args, postgres))
         errors = log_errors(proc)
     return {
         "bench": "ingest",

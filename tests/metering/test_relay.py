@@ -12,8 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kgents.errors import EventsUnavailable
-from kgents.metering.relay import OutboxRelay
-from kgents.records import UsageEvent
+from kgents.metering.relay import OutboxRelay, StoredUsageEvent
 from kgents.store.outbox_repo import SqlOutboxStore
 from tests.metering.support import T0, sample
 
@@ -29,7 +28,7 @@ class DownPublisher:
         self.attempts = 0
         self.retried = asyncio.Event()
 
-    async def publish_usage(self, events: Sequence[UsageEvent]) -> None:
+    async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
         self.attempts += 1
         if self.attempts >= 3:
             self.retried.set()
@@ -42,7 +41,7 @@ class SwallowingPublisher:
     def __init__(self) -> None:
         self.waiting = asyncio.Event()
 
-    async def publish_usage(self, events: Sequence[UsageEvent]) -> None:
+    async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
         self.waiting.set()
         try:
             await asyncio.sleep(30)

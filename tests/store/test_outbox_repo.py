@@ -1,12 +1,13 @@
 """The usage outbox on SQLite and PostgreSQL: duplicates are skipped, never an error."""
 
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from kgents.records import UsageEvent
-from kgents.store.outbox_repo import SqlOutboxStore
+from kgents.store.outbox_repo import SqlOutboxStore, add_outbox_events
 
 pytestmark = pytest.mark.anyio
 
@@ -62,3 +63,50 @@ async def test_adding_nothing_is_a_no_op(engine: AsyncEngine) -> None:
     await outbox.add([], at=AT)
 
     assert await outbox.backlog() == 0
+
+
+async def test_pending_stored_is_the_pending_event_as_stored(engine: AsyncEngine) -> None:
+    """The relay's read: ``data`` as its JSON text and ``time`` as RFC 3339 UTC text, equal to
+    what ``pending`` decodes; rows staged through the ORM (a billed change's transaction) too."""
+    outbox = SqlOutboxStore(engine)
+    data = {"tokens": 3, "model": 'm\u00fc"\\', "nested": {"a": [1, 2.5, None, True]}}
+    whole = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)  # no microseconds
+    berlin = datetime(2026, 3, 1, 13, 0, 5, 123456, tzinfo=timezone(timedelta(hours=1)))
+    await outbox.add(
+        [
+            UsageEvent(id="a", type="api.request", subject="ten_1", time=whole, data=data),
+            UsageEvent(id="b", type="llm.tokens", subject="ten_\u00e9", time=berlin, data={}),
+        ],
+        at=AT,
+    )
+    async with async_sessionmaker(engine)() as db, db.begin():
+        staged = UsageEvent(id="c", type="llm.tokens", subject="ten_2", time=berlin, data=data)
+        add_outbox_events(db, [staged], at=AT + timedelta(seconds=1))
+
+    stored = {e.id: e for e in await outbox.pending_stored(limit=10)}
+    decoded = {e.id: e for e in await outbox.pending(limit=10)}
+
+    assert sorted(stored) == sorted(decoded) == ["a", "b", "c"]
+    for key, event in decoded.items():
+        row = stored[key]
+        assert (row.source, row.id, row.type, row.subject) == (
+            event.source,
+            event.id,
+            event.type,
+            event.subject,
+        )
+        assert json.loads(row.data_json) == event.data
+        assert row.time.endswith("Z")
+        assert datetime.fromisoformat(row.time.replace("Z", "+00:00")) == event.time
+    assert stored["a"].time == "2026-03-01T12:00:05.000000Z"
+    assert stored["b"].time == "2026-03-01T12:00:05.123456Z"
+
+
+async def test_pending_stored_reads_the_oldest_unsent_first(engine: AsyncEngine) -> None:
+    outbox = SqlOutboxStore(engine)
+    await outbox.add([event("late")], at=AT + timedelta(seconds=5))
+    await outbox.add([event("early"), event("sent")], at=AT)
+    await outbox.mark_sent([(event("sent").source, "sent")], at=AT)
+
+    assert [e.id for e in await outbox.pending_stored(limit=1)] == ["early"]
+    assert [e.id for e in await outbox.pending_stored(limit=10)] == ["early", "late"]

@@ -9,10 +9,13 @@ from nats.js import api
 from kgents.errors import InvalidInput
 from kgents.ids import new_id
 from kgents.metering import events as usage_events
+from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.topology import USAGE_STREAM, ensure_streams
 from kgents.streaming.usage import JetStreamUsagePublisher
+from kgents.streaming.usage_consumer import decode_usage_event
+from kgents.streaming.wire import encode_usage_event
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +83,61 @@ async def test_an_invalid_type_publishes_nothing(conn: NatsConnection) -> None:
 
 async def test_nothing_to_publish(conn: NatsConnection) -> None:
     await JetStreamUsagePublisher(conn).publish_usage([])
+
+
+def stored_form(event: UsageEvent) -> StoredUsageEvent:
+    """``event`` as the outbox returns it to the relay (``data`` stored with ``json.dumps``)."""
+    return StoredUsageEvent(
+        source=event.source,
+        id=event.id,
+        type=event.type,
+        subject=event.subject,
+        time=event.time.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        data_json=json.dumps(event.data),
+    )
+
+
+async def test_stored_events_go_on_the_wire_as_their_decoded_form_would(
+    conn: NatsConnection,
+) -> None:
+    """The relay's path: the same subject, dedupe header and CloudEvent (decoded) as
+    ``publish_usage`` of the decoded event, and a repeat is absorbed by the dedupe."""
+    await ensure_streams(conn, replicas=1)
+    tenant = new_id("ten")
+    odd = UsageEvent(
+        id='id "quoted" \\',  # ASCII: nats-py reads other header bytes back as email.Header
+        source="src/x",
+        type="llm.tokens",
+        subject=f"{tenant}\u2028",
+        time=AT,
+        data={"text": 'line\nbreak \u00fc "q"', "n": [1, 2.5, None, True]},
+    )
+    events = [*usage_batch(tenant, 300), odd]
+    publisher = JetStreamUsagePublisher(conn, window=64)
+    await publisher.publish_stored([stored_form(e) for e in events])
+    before = await count(conn, "kgent.usage.>")
+    await publisher.publish_stored([stored_form(e) for e in events])
+    assert await count(conn, "kgent.usage.>") == before
+
+    for event in (events[299], odd):  # the last of their subjects
+        expected = encode_usage_event(event)
+        stored = await conn.js.get_last_msg(USAGE_STREAM, expected.subject)
+        assert stored.headers == expected.headers
+        assert stored.subject == expected.subject
+        assert json.loads(stored.data or b"") == json.loads(expected.payload)
+        assert decode_usage_event(stored.data or b"")[0] == event
+
+
+async def test_a_stored_event_with_an_invalid_type_publishes_nothing(
+    conn: NatsConnection,
+) -> None:
+    await ensure_streams(conn, replicas=1)
+    before = await count(conn, "kgent.usage.>")
+    good = [stored_form(e) for e in usage_batch(new_id("ten"), 1)]
+    bad = stored_form(UsageEvent(id="x", type="llm.*", subject="ten_1", time=AT))
+    with pytest.raises(InvalidInput):
+        await JetStreamUsagePublisher(conn).publish_stored([*good, bad])
+    newline = stored_form(UsageEvent(id="x\r\ny", type="llm.tokens", subject="ten_1", time=AT))
+    with pytest.raises(InvalidInput):
+        await JetStreamUsagePublisher(conn).publish_stored([*good, newline])
+    assert await count(conn, "kgent.usage.>") == before

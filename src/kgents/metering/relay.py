@@ -9,27 +9,43 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from kgents.clock import utc_now
 from kgents.errors import KgentsError
 from kgents.metering.cancellation import raise_if_cancelled
-from kgents.records import UsageEvent
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 
 
+@dataclass(frozen=True, slots=True)
+class StoredUsageEvent:
+    """A usage event as the outbox holds it, for the relay: ``data`` is the JSON object text it
+    was stored as and ``time`` RFC 3339 UTC text, so the event goes on the wire without being
+    decoded into Python objects and encoded again."""
+
+    source: str
+    id: str
+    type: str
+    subject: str
+    time: str
+    data_json: str
+
+
 class OutboxStore(Protocol):
-    async def pending(self, *, limit: int) -> Sequence[UsageEvent]: ...
+    async def pending_stored(self, *, limit: int) -> Sequence[StoredUsageEvent]:
+        """The oldest unsent events, at most ``limit``."""
+        ...
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None: ...
 
 
 class UsagePublisher(Protocol):
-    async def publish_usage(self, events: Sequence[UsageEvent]) -> None:
+    async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
         """Publish and wait until every event is acknowledged."""
         ...
 
@@ -46,10 +62,10 @@ class OutboxRelay:
 
     async def relay_once(self, *, limit: int = BATCH_SIZE) -> int:
         """Publish one batch of pending events; return how many were relayed."""
-        events = await self._outbox.pending(limit=limit)
+        events = await self._outbox.pending_stored(limit=limit)
         if not events:
             return 0
-        await self._publisher.publish_usage(events)
+        await self._publisher.publish_stored(events)
         await self._outbox.mark_sent([(e.source, e.id) for e in events], at=utc_now())
         return len(events)
 

@@ -8,9 +8,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
+from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.store.engine import for_writes
-from kgents.store.outbox_sql import OUTBOX, OutboxSql
+from kgents.store.outbox_sql import OUTBOX, OutboxSql, stored_time_rfc3339
 from kgents.store.schema import OutboxRow
 
 
@@ -89,6 +90,23 @@ class SqlOutboxStore:
                     data=dict(row.data),
                 )
                 for row in rows
+            ]
+
+    async def pending_stored(self, *, limit: int) -> list[StoredUsageEvent]:
+        """The oldest unsent events as stored (``data`` as its JSON text, ``time`` as RFC 3339
+        text), for the relay to publish as they are."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(self._sql.pending_stored, {"limit": limit})
+            return [
+                StoredUsageEvent(
+                    source=source,
+                    id=id_,
+                    type=type_,
+                    subject=subject,
+                    time=stored_time_rfc3339(time),
+                    data_json=data,
+                )
+                for source, id_, type_, subject, time, data in rows
             ]
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None:

@@ -7,12 +7,14 @@ PostgreSQL spend on it (see ``driver_sql``).
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import String, Table, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Select
 
+from kgents.clock import as_utc
 from kgents.records import UsageEvent
 from kgents.store.driver_sql import ROWS_PER_INSERT, MultiRowInsert, bind_processor, compiled
 from kgents.store.schema import OutboxRow
@@ -33,6 +35,21 @@ class OutboxSql:
             .values(sent_at=bindparam("sent_at"))
         )
         self.mark_sent = compiled(mark_sent, dialect, ["sent_at", "key_source", "key_id"])
+        # ``time`` as the driver returns it (SQLite: text, PostgreSQL: an aware datetime) and
+        # ``data`` as text: no per-row JSON decoding or datetime processing in SQLAlchemy.
+        self.pending_stored: Select[tuple[str, str, str, str, Any, str]] = (
+            select(
+                c.source,
+                c.id,
+                c.type,
+                c.subject,
+                type_coerce(c.time, String),
+                cast(c.data, Text),
+            )
+            .where(c.sent_at.is_(None))
+            .order_by(c.created_at)
+            .limit(bindparam("limit"))
+        )
 
     def insert_pages(
         self, events: Sequence[UsageEvent], *, at: datetime
@@ -65,3 +82,21 @@ class OutboxSql:
         PostgreSQL then lock rows in the same order)."""
         sent_at = self._bind_time(at)
         return [(sent_at, source, id_) for source, id_ in sorted(set(keys))]
+
+
+_SQLITE_TIME_LENGTH = len("2026-01-02 03:04:05.123456")
+
+
+def stored_time_rfc3339(value: Any) -> str:
+    """A stored ``time`` as the driver returns it, as RFC 3339 UTC text (``…Z``).
+
+    SQLite holds SQLAlchemy's UTC text (``2026-01-02 03:04:05.123456``), which needs only a
+    ``T`` and a ``Z``; PostgreSQL's driver returns an aware datetime."""
+    if isinstance(value, str):
+        if len(value) == _SQLITE_TIME_LENGTH and value[10] == " ":
+            return f"{value[:10]}T{value[11:]}Z"
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a stored time: {value!r}")
+    utc = as_utc(value) if value.tzinfo is not UTC else value
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"

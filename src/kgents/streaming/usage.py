@@ -8,10 +8,11 @@ by JetStream's duplicate window and, behind it, by the meter store's unique ``(s
 
 from collections.abc import Sequence
 
+from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.pipeline import AckRouter
-from kgents.streaming.wire import encode_usage_event
+from kgents.streaming.wire import WireMessage, encode_stored_usage_event, encode_usage_event
 
 DEFAULT_ACK_TIMEOUT = 5.0
 DEFAULT_ACK_WINDOW = 256
@@ -39,7 +40,13 @@ class JetStreamUsagePublisher:
         caller publishes them all again later). Invalid types raise ``InvalidInput`` before
         anything is published.
         """
-        messages = [encode_usage_event(event) for event in events]
+        await self._publish([encode_usage_event(event) for event in events])
+
+    async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
+        """``publish_usage`` for events as the outbox stores them (the relay's path)."""
+        await self._publish([encode_stored_usage_event(event) for event in events])
+
+    async def _publish(self, messages: list[WireMessage]) -> None:
         if not messages:
             return
         self._conn.require_connected()

@@ -26,7 +26,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 import nats.errors
@@ -39,6 +39,7 @@ from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, InvalidInput
 from kgents.records import UsageEvent
 from kgents.streaming.connection import CLEANUP_ERRORS, NatsConnection, events_unavailable
+from kgents.streaming.delivery import DeliveryMetadata, delivery_metadata
 from kgents.streaming.subjects import USAGE_SUBJECTS
 from kgents.streaming.topology import USAGE_STREAM
 from kgents.streaming.wire import parse_rfc3339
@@ -139,15 +140,15 @@ class UsageDelivery:
         "stream_seq",
     )
 
-    def __init__(self, msg: Msg, metadata: Msg.Metadata) -> None:
+    def __init__(self, msg: Msg, metadata: "DeliveryMetadata") -> None:
         self._msg = msg
         self._settled = False
-        self.attempts: int = metadata.num_delivered
+        self.attempts: int = metadata.delivered
         """How many times this message has been delivered, this time included."""
-        self.stream_seq: int = metadata.sequence.stream
-        self.pending: int = metadata.num_pending
+        self.stream_seq: int = metadata.stream_seq
+        self.pending: int = metadata.pending
         """Messages still waiting for the consumer after this one."""
-        self.published_at: datetime = metadata.timestamp.astimezone(UTC)
+        self.published_at: datetime = metadata.published_at
         self.event: UsageEvent | None = None
         self.problem: str | None = None
         self.payload: Mapping[str, Any]
@@ -265,9 +266,8 @@ class UsageConsumer:
             raise
         deliveries = []
         for msg in messages:
-            try:
-                metadata = msg.metadata
-            except (nats.errors.NotJSMessageError, ValueError):
+            metadata = delivery_metadata(msg.reply)
+            if metadata is None:
                 logger.warning("skipping a message without JetStream metadata on %s", msg.subject)
                 continue
             deliveries.append(UsageDelivery(msg, metadata))
@@ -367,7 +367,10 @@ def decode_usage_event(
     or ``data`` that is not an object.
     """
     try:
-        body = json.loads(data, parse_constant=_refuse_constant)
+        text = data.decode()
+        if text.startswith("\ufeff"):  # a BOM, as json.loads skips it in bytes
+            text = text[1:]
+        body = _DECODER.decode(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"not JSON ({exc})") from exc
     if not isinstance(body, dict):
@@ -404,6 +407,10 @@ def decode_usage_event(
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+# One decoder for every message: ``json.loads`` with an option builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _received(msg: Msg) -> dict[str, Any]:

@@ -14,15 +14,18 @@ A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object:
               "data": {...}}
 """
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple, get_args
 
 from kgents.clock import as_utc, utc_now
 from kgents.errors import InvalidInput
+from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.sessions.ports import SessionEvent, SessionEventType
 from kgents.streaming.subjects import event_type_of, session_id_of, session_subject, usage_subject
@@ -136,7 +139,7 @@ def decode_session_event(
     return ReceivedEvent(seq=seq, event=event, time=parse_rfc3339(body.get("time")))
 
 
-def usage_msg_id(event: UsageEvent) -> str:
+def usage_msg_id(event: UsageEvent | StoredUsageEvent) -> str:
     """The dedupe id of a usage event: unique per ``(source, id)``, like the meter store's key."""
     return f"{event.source}:{event.id}"
 
@@ -158,7 +161,35 @@ def cloudevent(event: UsageEvent) -> dict[str, Any]:
 def encode_usage_event(event: UsageEvent) -> WireMessage:
     """The subject, CloudEvents body and dedupe header of a usage event."""
     return WireMessage(
-        subject=usage_subject(event.type),
+        subject=_usage_subject(event.type),
         payload=_ENCODER.encode(cloudevent(event)).encode(),
         headers=_msg_id_headers(usage_msg_id(event)),
     )
+
+
+def encode_stored_usage_event(event: StoredUsageEvent) -> WireMessage:
+    """What ``encode_usage_event`` makes of the same event, from the outbox's stored form:
+    ``data`` goes on the wire as the JSON text it was stored as (valid JSON already: the outbox
+    wrote it with ``json.dumps``), strings are escaped by the JSON encoder's own function and
+    ``time`` is RFC 3339 text already. Invalid types and ids raise ``InvalidInput``."""
+    payload = _STORED_USAGE_BODY % (
+        encode_basestring(event.id),
+        encode_basestring(event.source),
+        encode_basestring(event.type),
+        encode_basestring(event.subject),
+        event.time,
+        event.data_json,
+    )
+    return WireMessage(
+        subject=_usage_subject(event.type),
+        payload=payload.encode(),
+        headers=_msg_id_headers(usage_msg_id(event)),
+    )
+
+
+# ``cloudevent``'s object, field for field, with ``data`` put in as stored.
+_STORED_USAGE_BODY = (
+    '{"specversion":"1.0","id":%s,"source":%s,"type":%s,"subject":%s,"time":"%s",'
+    '"datacontenttype":"application/json","data":%s}'
+)
+_usage_subject = functools.lru_cache(maxsize=256)(usage_subject)  # a handful of event types
