@@ -1,6 +1,7 @@
 """The ordered consumer itself: bounded buffering, no loss when its inbox overflows, clean exits."""
 
 import asyncio
+import contextlib
 import gc
 import weakref
 
@@ -15,6 +16,7 @@ from kgents.streaming.consumer import OrderedConsumer, StartPosition
 from kgents.streaming.subjects import session_wildcard
 from kgents.streaming.topology import EVENTS_STREAM, ensure_streams
 from tests.support.nats import NatsServer
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -135,3 +137,26 @@ async def test_a_follower_that_cannot_start_leaves_nothing_behind(conn: NatsConn
     del consumer
 
     assert await collected(ref)
+
+
+async def test_a_start_cancelled_midway_leaves_no_consumer_on_the_server(
+    conn: NatsConnection, event_log: JetStreamEventLog, session_id: str
+) -> None:
+    await store(event_log, session_id, 3)
+    # Cancelled at every point of its start, the consumer creation request included: none may
+    # stay behind on the server until its inactivity timeout (minutes).
+    for steps in range(12):
+        consumer = consumer_of(conn, session_id, batch=8)
+        starting = asyncio.create_task(consumer.start())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await consumer.close()
+
+    async def none_left() -> bool:
+        consumers = await conn.js.consumers_info(EVENTS_STREAM)
+        return not [c for c in consumers if c.config.filter_subject == session_wildcard(session_id)]
+
+    await eventually(none_left, seconds=WAIT)

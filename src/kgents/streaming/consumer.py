@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -174,8 +175,10 @@ class OrderedConsumer:
         self._reconnects = self._conn.reconnects
         try:
             info = await self._create(policy, opt_start)
-        except Exception:
-            await self._drop()  # the inbox may already be subscribed
+        except BaseException:
+            # Also when cancelled: the inbox may already be subscribed (the consumer, if the
+            # server creates it, is deleted by ``_create``).
+            await asyncio.shield(self._conn.run_detached(self._drop()))
             raise
         self._started = True
         self._initial_pending = info.num_pending or 0
@@ -340,9 +343,19 @@ class OrderedConsumer:
         self._inbox = inbox
         self._overflowed = False
         self._watch_connection()
-        info = await self._conn.guard(
-            self._conn.js.add_consumer(self._stream, config=config), action="creating a consumer"
+        creating = asyncio.ensure_future(
+            self._conn.guard(
+                self._conn.js.add_consumer(self._stream, config=config),
+                action="creating a consumer",
+            )
         )
+        try:
+            info = await asyncio.shield(creating)
+        except BaseException:
+            # Cancelled, or the reply lost: the server may create it all the same. Delete it
+            # once the request has ended (a delete sent earlier could overtake the create).
+            self._conn.run_detached(self._delete_once_settled(creating, name))
+            raise
         self._consumer = info.name
         self._next_dseq = 1
         self._owed = 0
@@ -405,6 +418,12 @@ class OrderedConsumer:
                 logger.debug("unsubscribing a follower inbox: %s", exc)
         if consumer is not None and self._conn.is_connected:
             self._conn.run_detached(self._delete_consumer(consumer))
+
+    async def _delete_once_settled(self, creating: "asyncio.Future[Any]", name: str) -> None:
+        with contextlib.suppress(Exception):
+            await creating
+        if self._conn.is_connected:  # else it expires on its own (inactivity threshold)
+            await self._delete_consumer(name)
 
     async def _delete_consumer(self, name: str) -> None:
         try:
