@@ -24,7 +24,8 @@ from sqlalchemy import text
 
 from kgents.api.app import create_app
 from kgents.config import Settings
-from kgents.metering.processor import MeteringProcessor, MeteringStore, UsageSink
+from kgents.metering.ports import MeteringStore, UsageSink
+from kgents.metering.processor import MeteringProcessor
 from kgents.records import UsageEvent
 from kgents.store.engine import create_engine, database_url
 from kgents.streaming.connection import NatsConnection

@@ -17,8 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from kgents.errors import Conflict, InvalidInput, NotFound
-from kgents.metering.ports import ReplayOutcome
-from kgents.metering.processor import UsageSink
+from kgents.metering.ports import ReplayOutcome, UsageSink
 from kgents.records import UsageEvent
 
 

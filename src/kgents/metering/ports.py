@@ -1,4 +1,5 @@
-"""What metering needs from storage: the meter store (exactly-once ingest, rollups, queries)."""
+"""What metering needs from its adapters: the meter store (exactly-once ingest, rollups,
+queries), and the metering processor's source of deliveries and sink (OpenMeter)."""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,3 +126,88 @@ class MeterStore(Protocol):
     async def event_count(self) -> int: ...
 
     async def totals_by_subject(self, meter: Meter | str) -> dict[str, float]: ...
+
+
+# -- the metering processor's ports --------------------------------------------------------
+
+
+class Delivery(Protocol):
+    """One usage event as delivered by the event stream, and how to settle it."""
+
+    @property
+    def event(self) -> UsageEvent | None:
+        """The event, or ``None`` when the message could not be decoded."""
+        ...
+
+    @property
+    def problem(self) -> str | None:
+        """Why there is no event."""
+        ...
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        """What was received (for a dead letter)."""
+        ...
+
+    @property
+    def attempts(self) -> int:
+        """How many times it has been delivered, this time included."""
+        ...
+
+    @property
+    def published_at(self) -> datetime: ...
+
+    @property
+    def pending(self) -> int:
+        """Events still waiting after this one."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, *, delay: float | None = None) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+class UsageSource(Protocol):
+    """The durable consumer the processor reads (``streaming.usage_consumer``)."""
+
+    @property
+    def max_deliver(self) -> int: ...
+
+    @property
+    def ack_wait_seconds(self) -> float: ...
+
+    async def fetch(self, *, batch: int, max_wait: float) -> Sequence[Delivery]:
+        """Up to ``batch`` deliveries: those pending now, else what arrives within
+        ``max_wait`` seconds; none when nothing came."""
+        ...
+
+    async def flush(self) -> None:
+        """Make sure the acks sent so far reached the stream."""
+        ...
+
+
+class MeteringStore(Protocol):
+    """The part of ``MeterStore`` the processor uses."""
+
+    async def ingest(self, events: Sequence[UsageEvent], *, at: datetime | None = None) -> int: ...
+
+    async def park_dead_letter(
+        self, *, event: UsageEvent | Mapping[str, Any], error: str, attempts: int, at: datetime
+    ) -> int: ...
+
+    async def dead_letter_count(self) -> int: ...
+
+
+class UsageSink(Protocol):
+    """Where events are forwarded (``sinks.openmeter``).
+
+    ``send`` returns once the whole batch was accepted; raises ``InvalidInput`` when the sink
+    refuses it as invalid, any other error when it is unavailable (then nothing is known to be
+    accepted and the batch is sent again later: the sink must dedupe by event id).
+    """
+
+    async def send(self, events: Sequence[UsageEvent]) -> None: ...

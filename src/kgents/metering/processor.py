@@ -40,14 +40,14 @@ What happens on each failure:
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
 
 from kgents.clock import utc_now
 from kgents.errors import InvalidInput, KgentsError
 from kgents.metering.cancellation import raise_if_cancelled
+from kgents.metering.ports import Delivery, MeteringStore, UsageSink, UsageSource
 from kgents.records import UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -62,88 +62,6 @@ BACKLOG_WAIT_SECONDS = 0.1
 another replica took them first."""
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
-
-
-class Delivery(Protocol):
-    """One usage event as delivered by the event stream, and how to settle it."""
-
-    @property
-    def event(self) -> UsageEvent | None:
-        """The event, or ``None`` when the message could not be decoded."""
-        ...
-
-    @property
-    def problem(self) -> str | None:
-        """Why there is no event."""
-        ...
-
-    @property
-    def payload(self) -> Mapping[str, Any]:
-        """What was received (for a dead letter)."""
-        ...
-
-    @property
-    def attempts(self) -> int:
-        """How many times it has been delivered, this time included."""
-        ...
-
-    @property
-    def published_at(self) -> datetime: ...
-
-    @property
-    def pending(self) -> int:
-        """Events still waiting after this one."""
-        ...
-
-    async def ack(self) -> None: ...
-
-    async def nak(self, *, delay: float | None = None) -> None: ...
-
-    async def term(self) -> None: ...
-
-    async def in_progress(self) -> None: ...
-
-
-class UsageSource(Protocol):
-    """The durable consumer the processor reads (``streaming.usage_consumer``)."""
-
-    @property
-    def max_deliver(self) -> int: ...
-
-    @property
-    def ack_wait_seconds(self) -> float: ...
-
-    async def fetch(self, *, batch: int, max_wait: float) -> Sequence[Delivery]:
-        """Up to ``batch`` deliveries: those pending now, else what arrives within
-        ``max_wait`` seconds; none when nothing came."""
-        ...
-
-    async def flush(self) -> None:
-        """Make sure the acks sent so far reached the stream."""
-        ...
-
-
-class MeteringStore(Protocol):
-    """The part of ``MeterStore`` the processor uses."""
-
-    async def ingest(self, events: Sequence[UsageEvent], *, at: datetime | None = None) -> int: ...
-
-    async def park_dead_letter(
-        self, *, event: UsageEvent | Mapping[str, Any], error: str, attempts: int, at: datetime
-    ) -> int: ...
-
-    async def dead_letter_count(self) -> int: ...
-
-
-class UsageSink(Protocol):
-    """Where events are forwarded (``sinks.openmeter``).
-
-    ``send`` returns once the whole batch was accepted; raises ``InvalidInput`` when the sink
-    refuses it as invalid, any other error when it is unavailable (then nothing is known to be
-    accepted and the batch is sent again later: the sink must dedupe by event id).
-    """
-
-    async def send(self, events: Sequence[UsageEvent]) -> None: ...
 
 
 @dataclass
