@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -110,12 +110,10 @@ class RawUpstream:
                 else:
                     body_buf += data
                 *events, body_buf = body_buf.split(b"\n\n")
-                for event in events:
-                    for line in event.split(b"\n"):
-                        if line.startswith(b"data: "):
-                            if line == b"data: [DONE]":
-                                return
-                            yield line[6:]
+                for data_line in _data_lines(events):
+                    if data_line is None:
+                        return
+                    yield data_line
         finally:
             writer.close()
 
@@ -136,12 +134,18 @@ class HttpxUpstream:
             buffer = b""
             async for data in response.aiter_raw():
                 *events, buffer = (buffer + data).split(b"\n\n")
-                for event in events:
-                    for line in event.split(b"\n"):
-                        if line.startswith(b"data: "):
-                            if line == b"data: [DONE]":
-                                return
-                            yield line[6:]
+                for data_line in _data_lines(events):
+                    if data_line is None:
+                        return
+                    yield data_line
+
+
+def _data_lines(events: list[bytes]) -> Iterator[bytes | None]:
+    """The data of each complete SSE event in ``events``; ``None`` for ``[DONE]``."""
+    for event in events:
+        for line in event.split(b"\n"):
+            if line.startswith(b"data: "):
+                yield None if line == b"data: [DONE]" else line[6:]
 
 
 class AckCounter:
