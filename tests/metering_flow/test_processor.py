@@ -238,6 +238,29 @@ async def test_a_batch_takes_at_most_five_fetches(
     assert await store.event_count() == 620
 
 
+async def test_a_no_wait_fetch_takes_what_is_pending_and_is_answered_at_once(
+    conn: NatsConnection, store: SqlMeterStore
+) -> None:
+    # What the processor's backlog fetches do: no expiry to race on a busy server, and no
+    # waiting for events that are not there yet.
+    consumer = UsageConsumer(conn)
+    await drain_until(processor(conn, store), lambda: consumer_idle(conn))  # earlier tests'
+    events = [tokens_event("tenant-no-wait", tokens_in=1) for _ in range(30)]
+    await JetStreamUsagePublisher(conn).publish_usage(events)
+
+    started = time.monotonic()
+    taken = await consumer.fetch(batch=100, max_wait=5.0, no_wait=True)
+    nothing = await consumer.fetch(batch=100, max_wait=5.0, no_wait=True)
+    elapsed = time.monotonic() - started
+
+    assert sorted(d.event.id for d in taken if d.event) == sorted(e.id for e in events)
+    assert nothing == [] and elapsed < 4.0  # neither waited for its 5 s bound
+    for delivery in taken:
+        await delivery.ack()
+    await consumer.flush()
+    await consumer.close()
+
+
 async def test_a_crash_after_a_multi_fetch_ingest_redelivers_every_fetch_and_counts_once(
     nats: NatsServer, conn: NatsConnection, store: SqlMeterStore
 ) -> None:

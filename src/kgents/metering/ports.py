@@ -180,9 +180,13 @@ class UsageSource(Protocol):
     @property
     def ack_wait_seconds(self) -> float: ...
 
-    async def fetch(self, *, batch: int, max_wait: float) -> Sequence[Delivery]:
+    async def fetch(
+        self, *, batch: int, max_wait: float, no_wait: bool = False
+    ) -> Sequence[Delivery]:
         """Up to ``batch`` deliveries: those pending now, else what arrives within
-        ``max_wait`` seconds; none when nothing came."""
+        ``max_wait`` seconds; none when nothing came. With ``no_wait``, only those pending
+        now (answered at once, however busy the server; ``max_wait`` only bounds the wait
+        for that answer)."""
         ...
 
     async def flush(self) -> None:

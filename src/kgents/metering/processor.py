@@ -57,9 +57,10 @@ FETCHES_PER_BATCH = 5
 """At most this many fetches of ``BATCH_SIZE`` go into one transaction (when a backlog waits);
 their sum stays well under the consumer's ``max_ack_pending`` (1,000)."""
 MAX_WAIT_SECONDS = 1.0
-BACKLOG_WAIT_SECONDS = 0.1
-"""The wait of a fetch made because the stream reported a backlog: messages are there, unless
-another replica took them first."""
+BACKLOG_ANSWER_SECONDS = 5.0
+"""A fetch made because the stream reported a backlog takes only what is pending (``no_wait``:
+nothing, if another replica took it first) and is answered at once; this bounds the wait for
+that answer (a busy server may take a while)."""
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 5.0
 
@@ -200,7 +201,7 @@ class MeteringProcessor:
             if batch.deliveries[-1].pending <= 0:
                 return
             more = await self._source.fetch(
-                batch=self._batch_size, max_wait=min(self._max_wait, BACKLOG_WAIT_SECONDS)
+                batch=self._batch_size, max_wait=BACKLOG_ANSWER_SECONDS, no_wait=True
             )
             if not more:
                 return

@@ -242,18 +242,30 @@ class UsageConsumer:
         self._delivered = delivered
 
     async def fetch(
-        self, *, batch: int = FETCH_BATCH, max_wait: float = FETCH_MAX_WAIT_SECONDS
+        self,
+        *,
+        batch: int = FETCH_BATCH,
+        max_wait: float = FETCH_MAX_WAIT_SECONDS,
+        no_wait: bool = False,
     ) -> list[UsageDelivery]:
         """Up to ``batch`` messages, gathered for at most ``max_wait`` seconds: one pull
         request that the server fills with what is pending and then with what arrives, until
-        the batch is full or the request expires. An empty list when nothing came. Raises
-        ``EventsUnavailable`` when NATS is down or refuses the request."""
+        the batch is full or the request expires. With ``no_wait`` the server hands over only
+        what is pending when the request reaches it and ends it at once (no expiry, so a
+        server slow to read the request still delivers); ``max_wait`` then bounds only the
+        wait for its answer. An empty list when nothing came. Raises ``EventsUnavailable``
+        when NATS is down or refuses the request."""
         if batch < 1 or max_wait <= 0:
             raise ValueError("batch must be at least 1 and max_wait positive")
         await self.start()
         self._requests += 1
         reply = f"{self._inbox}.{self._requests}"
-        request = json.dumps({"batch": batch, "expires": int(max_wait * 1e9)}).encode()
+        pull: dict[str, Any] = {"batch": batch}
+        if no_wait:
+            pull["no_wait"] = True
+        else:
+            pull["expires"] = int(max_wait * 1e9)
+        request = json.dumps(pull).encode()
         try:
             self._conn.require_connected()  # before the coroutine exists: guard checks it too
             with events_unavailable("requesting usage events"):
