@@ -4,6 +4,7 @@ Each method is one transaction. Usage events are staged in the same transaction 
 they bill, so a crash can never store one without the other.
 """
 
+import abc
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -444,7 +445,7 @@ def _stage_turn(
     add_outbox_events(db, events, at=turn.started_at)
 
 
-class _StagedTurn:
+class _StagedTurn(abc.ABC):
     """``TurnStart``'s ``add_turn``: what it was given, checked against what ``read`` found,
     becomes one step over a synchronous session, which the subclass runs (``_take``)."""
 
@@ -473,8 +474,9 @@ class _StagedTurn:
             )
         )
 
+    @abc.abstractmethod
     def _take(self, step: Callable[[OrmSession], None]) -> None:
-        raise NotImplementedError
+        """Run ``step`` now, or keep it for the commit (each subclass's transaction decides)."""
 
 
 class _OrmTurnStart(_StagedTurn):
