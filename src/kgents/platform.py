@@ -4,6 +4,7 @@ The API's lifespan and the CLI both open a ``Platform``; nothing lives in module
 test can run several platforms (replicas) in one process.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -35,6 +36,9 @@ from kgents.tenancy.service import TenancyService
 
 logger = logging.getLogger(__name__)
 
+DATABASE_CHECK_SECONDS = 3.0
+"""Longest wait of a health check for the database (an unreachable host may never refuse)."""
+
 
 @dataclass
 class Platform:
@@ -53,10 +57,11 @@ class Platform:
     """Every meter and the quota of a tenant, read as one snapshot (``GET /v1/usage``)."""
 
     async def database_ok(self) -> bool:
+        """True when the database answers ``SELECT 1`` within a few seconds."""
         try:
-            async with self.engine.connect() as connection:
+            async with asyncio.timeout(DATABASE_CHECK_SECONDS), self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-        except Exception:  # any failure means "not ok" for /health
+        except Exception:  # any failure (or no answer in time) means "not ok" for /health
             logger.warning("database health check failed", exc_info=True)
             return False
         return True

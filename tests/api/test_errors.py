@@ -1,5 +1,6 @@
 """One error body everywhere: validation, unknown routes, huge bodies, long messages."""
 
+import os
 from collections.abc import AsyncIterator
 
 import pytest
@@ -97,3 +98,8 @@ async def test_health(api: Api) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["components"] == {"database": "ok", "llm": "ok", "nats": "ok"}
+    assert response.headers["x-kgents-worker"] == str(os.getpid())
+    ready = await api.client.get("/health/ready")
+    assert ready.status_code == 200 and ready.json() == body
+    live = await api.client.get("/health/live")
+    assert live.status_code == 200 and live.json()["status"] == "ok"

@@ -166,6 +166,11 @@ async def test_connection_refused_is_503(tmp_path: Path, nats_url: str) -> None:
             assert response.json()["error"]["code"] == "provider_unreachable"
             health = await client.get("/health")
             assert health.status_code == 503 and health.json()["components"]["llm"] == "down"
+            # A provider outage is reported but never takes the replica out of rotation.
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["components"] == {"database": "ok", "llm": "down", "nats": "ok"}
+            assert (await client.get("/health/live")).status_code == 200
 
 
 async def test_anthropic_through_the_api(

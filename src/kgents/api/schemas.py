@@ -185,6 +185,11 @@ class HealthPublic(BaseModel):
     components: dict[str, str]
 
 
+class LivePublic(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
 class TurnCancelled(BaseModel):
     session_id: str
     turn_id: str

@@ -3,6 +3,8 @@
 - Gives the request an id (the caller's ``X-Request-ID`` when it is a plain token, a new
   ``req_…`` otherwise), returns it as ``X-Request-ID`` and makes it, the tenant and the session
   the logging context of everything the request does.
+- Names the process that answered in ``X-Kgents-Worker`` (its pid), so the workers of
+  ``kgents serve --workers N`` can be told apart.
 - Counts the request by method, route template and status, times it, and keeps the number of
   open Server-Sent Events responses.
 - Logs one ``kgents.access`` line when the response is over: method, route, path, status and
@@ -11,6 +13,7 @@
 """
 
 import logging
+import os
 import re
 import time
 
@@ -23,10 +26,11 @@ from kgents.observability.metrics import Metrics
 access_logger = logging.getLogger("kgents.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+WORKER_HEADER = b"x-kgents-worker"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 UNMATCHED_ROUTE = "unmatched"
 # Polled by load balancers and Prometheus: their successes are logged at DEBUG, not INFO.
-QUIET_ROUTES = frozenset({"/health", "/metrics"})
+QUIET_ROUTES = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 
 
 def incoming_request_id(scope: Scope) -> str | None:
@@ -48,6 +52,7 @@ class RequestObserver:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self._worker = (WORKER_HEADER, str(os.getpid()).encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,6 +64,7 @@ class RequestObserver:
         status = 500  # what the client gets if the application fails before answering
         streaming = False
         metrics = self.metrics
+        worker = self._worker
 
         async def observed_send(message: Message) -> None:
             nonlocal status, streaming
@@ -66,6 +72,7 @@ class RequestObserver:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                headers.append(worker)
                 message["headers"] = headers
                 streaming = _is_event_stream(headers)
                 if streaming:
