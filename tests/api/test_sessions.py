@@ -120,6 +120,41 @@ async def test_budget_beyond_plan_is_403(api: Api) -> None:
     assert messages.json()["total"] == 0
 
 
+@pytest.mark.parametrize(
+    ("plan", "budget", "max_tokens"),
+    [("free", "whisper", 100), ("pro", "dialogue", 4_000), ("enterprise", "dialogue", 4_000)],
+)
+async def test_a_message_naming_no_budget_uses_the_plans_highest_up_to_dialogue(
+    api: Api, plan: str, budget: str, max_tokens: int
+) -> None:
+    tenant_id, key = await api.tenant_with_key(plan=plan)
+    headers = {"X-API-Key": key}
+    budgets = await api.client.get("/v1/kgent/budgets", headers=headers)
+    assert budgets.status_code == 200, budgets.text
+    tiers = ["dormant", "whisper", "dialogue", "deep"]
+    highest = {"free": "whisper", "pro": "dialogue", "enterprise": "deep"}[plan]
+    assert budgets.json() == {
+        "plan": plan,
+        "budgets": tiers[: tiers.index(highest) + 1],
+        "default": budget,
+    }
+    session = await new_session(api, key)
+    response = await api.client.post(
+        f"/v1/kgent/sessions/{session['id']}/messages",
+        json={"message": "My first message", "stream": False},
+        headers=headers,
+    )
+    assert response.status_code == 201, response.text
+    assert 0 < response.json()["tokens_out"] <= max_tokens
+    sessions = api.app.state.platform.sessions
+    stored, _ = await sessions.list_messages(
+        tenant_id=tenant_id, session_id=str(session["id"]), limit=1, offset=0
+    )
+    assert stored[0].turn_id is not None
+    turn = await sessions.get_turn(tenant_id=tenant_id, turn_id=stored[0].turn_id)
+    assert turn.budget == budget
+
+
 async def test_other_tenants_sessions_are_404(api: Api) -> None:
     _, key_a = await api.tenant_with_key(name="a")
     _, key_b = await api.tenant_with_key(name="b")

@@ -134,6 +134,25 @@ def test_sessions_open_and_delete(page: Page, console: Console) -> None:
     screenshot(page, "06-sessions")
 
 
+def test_budget_picker_offers_the_plans_budgets_and_remembers_the_choice(
+    page: Page, console: Console
+) -> None:
+    _, key = console.tenant_key("budgetco", plan="enterprise")
+    sign_in(page, console, key)
+    budget = page.locator("#msg-budget")
+    expect(budget).to_have_value("dialogue")  # the highest up to dialogue, though deep is allowed
+    assert budget.locator("option").evaluate_all("options => options.map(o => o.value)") == [
+        "dormant",
+        "whisper",
+        "dialogue",
+        "deep",
+    ]
+    budget.select_option("deep")
+    page.reload()
+    page.get_by_role("heading", name="Sessions").wait_for()
+    expect(budget).to_have_value("deep")
+
+
 def test_chat_on_a_narrow_screen(narrow_page: Page, console: Console) -> None:
     page = narrow_page
     _, key = console.tenant_key("narrowco")

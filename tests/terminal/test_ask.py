@@ -6,7 +6,7 @@ import httpx
 from typer.testing import CliRunner
 
 from kgents.cli.main import app
-from tests.terminal.conftest import Server
+from tests.terminal.conftest import ADMIN, Server
 from tests.terminal.test_client import expected_reply
 
 runner = CliRunner()
@@ -97,3 +97,26 @@ def test_a_revoked_key_exits_1(server: Server) -> None:
     code, out, _ = ask(server, "second", "--json", "--session", session_id)
     assert code == 1
     assert json.loads(out) == {"error": {"code": "unauthorized", "message": "API key revoked"}}
+
+
+def test_ask_and_chat_on_a_free_tenant_use_its_highest_budget(server: Server) -> None:
+    tenant = httpx.post(
+        f"{server.url}/v1/tenants", json={"name": "newco"}, headers=ADMIN, timeout=10
+    )
+    assert tenant.json()["plan"] == "free"
+    key = httpx.post(
+        f"{server.url}/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=ADMIN, timeout=10
+    ).json()["key"]
+    code, out, err = ask(server, "My very first question", "--json", key=key)
+    assert code == 0, out + err
+    assert json.loads(out)["tokens"]["out"] > 0
+
+    result = runner.invoke(
+        app,
+        ["chat", "--url", server.url, "--key", key],
+        input="hello\n/budget\n",
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "budget whisper" in result.stdout and "budget: whisper" in result.stdout
+    assert "tokens in" in result.stdout and result.stderr == ""

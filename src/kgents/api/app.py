@@ -15,7 +15,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from kgents import __version__
 from kgents.api.body_limit import BodyLimitMiddleware
 from kgents.api.errors import install_error_handlers
-from kgents.api.routes import admin_metering, console, health, openmeter, sessions, tenants, usage
+from kgents.api.routes import (
+    admin_metering,
+    budgets,
+    console,
+    health,
+    openmeter,
+    sessions,
+    tenants,
+    usage,
+)
 from kgents.api.routes import metrics as metrics_routes
 from kgents.api.schemas import ErrorBody
 from kgents.api.usage_middleware import RequestUsageMiddleware
@@ -92,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tenants.router, responses=DATABASE_ERRORS)
     app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS)
+    app.include_router(budgets.router, responses=API_KEY_ROUTE_ERRORS)
     app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS)
     app.include_router(openmeter.router)
     app.include_router(admin_metering.router, responses=DATABASE_ERRORS)

@@ -145,8 +145,18 @@ class SessionsPublic(BaseModel):
 class MessageCreate(StrictInput):
     message: str = Field(description="At most KGENTS_MAX_MESSAGE_CHARS (32,000) characters.")
     mode: Mode | None = None
-    budget: Budget = Budget.dialogue
+    budget: Budget | None = Field(
+        default=None,
+        description="Default: the highest budget the plan allows, up to dialogue "
+        "(GET /v1/kgent/budgets says which).",
+    )
     stream: bool = True
+
+
+class BudgetsPublic(BaseModel):
+    plan: str
+    budgets: list[Budget] = Field(description="The budgets the plan allows, lowest first.")
+    default: Budget = Field(description="What a message that names no budget uses.")
 
 
 class MessagePublic(BaseModel):

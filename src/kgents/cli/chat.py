@@ -60,7 +60,11 @@ ModeOption = Annotated[
 ]
 BudgetOption = Annotated[
     str | None,
-    typer.Option("--budget", help="dormant, whisper, dialogue or deep.", show_default=False),
+    typer.Option(
+        "--budget",
+        help="dormant, whisper, dialogue or deep [default: the plan's highest, up to dialogue]",
+        show_default=False,
+    ),
 ]
 
 HELP = """\
@@ -273,6 +277,7 @@ class ChatLoop:
         self.errors = errors
         self.mode = mode
         self.budget = budget
+        self.plan_budget = "the plan's default"
         self.session_id = ""
         self._client: KgentsClient | None = None
 
@@ -300,9 +305,11 @@ class ChatLoop:
             self.errors.print(f"[red]error[/red] ({exc.code}): {exc.message}")
             return 1
         self.session_id = info.id
+        with contextlib.suppress(ClientError):  # an older server: "the plan's default"
+            self.plan_budget = str(client.budgets()["default"])
         self.console.print(
-            f"[dim]mode {self.mode} · budget {self.budget or 'dialogue'} · /help for commands · "
-            "Ctrl-C cancels a reply · Ctrl-D leaves[/dim]"
+            f"[dim]mode {self.mode} · budget {self.budget or self.plan_budget} · "
+            "/help for commands · Ctrl-C cancels a reply · Ctrl-D leaves[/dim]"
         )
         while True:
             try:
@@ -418,7 +425,7 @@ class ChatLoop:
                 self.errors.print(f"budget must be one of {', '.join(BUDGET_TIERS)}")
                 return
             self.budget = argument
-        self.console.print(f"budget: {self.budget or 'dialogue'}")
+        self.console.print(f"budget: {self.budget or self.plan_budget}")
 
     def _new(self, argument: str) -> None:
         info = self.client.create_session(title=argument or None, mode=self.mode)

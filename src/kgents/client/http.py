@@ -151,6 +151,11 @@ class KgentsClient:
             raise
         return True
 
+    def budgets(self) -> dict[str, Any]:
+        """``GET /v1/kgent/budgets``: ``{"plan", "budgets": [...], "default"}`` of this key."""
+        answer: dict[str, Any] = self.request("GET", "/v1/kgent/budgets").json()
+        return answer
+
     def usage(self) -> Any:
         """``GET /v1/usage``: the tenant's usage, as the server reports it (JSON)."""
         return self.request("GET", "/v1/usage").json()

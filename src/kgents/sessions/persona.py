@@ -38,6 +38,17 @@ def budget_allows(requested: Budget, ceiling: Budget) -> bool:
     return BUDGET_TIERS.index(requested.value) <= BUDGET_TIERS.index(ceiling.value)
 
 
+def default_budget(ceiling: Budget) -> Budget:
+    """The budget of a request that names none: the plan's highest, up to ``dialogue``."""
+    tiers = BUDGET_TIERS[: BUDGET_TIERS.index(Budget.dialogue.value) + 1]
+    return Budget(tiers[min(BUDGET_TIERS.index(ceiling.value), len(tiers) - 1)])
+
+
+def allowed_budgets(ceiling: Budget) -> tuple[Budget, ...]:
+    """The budgets a plan whose highest tier is ``ceiling`` allows, lowest first."""
+    return tuple(Budget(tier) for tier in BUDGET_TIERS[: BUDGET_TIERS.index(ceiling.value) + 1])
+
+
 def history_that_fits(
     history: Sequence[Message], new_message: str, *, budget_tokens: int
 ) -> tuple[ChatMessage, ...]:

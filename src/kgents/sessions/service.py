@@ -24,6 +24,7 @@ from kgents.sessions.persona import (
     MODES,
     TEMPERATURE_BY_MODE,
     budget_allows,
+    default_budget,
     history_that_fits,
     system_prompt,
 )
@@ -37,9 +38,11 @@ HISTORY_WINDOW = 200  # messages read from the store before trimming to the budg
 
 @dataclass(frozen=True, slots=True)
 class TurnRequest:
+    """``budget`` ``None``: the plan's highest, up to ``dialogue`` (``default_budget``)."""
+
     message: str
     mode: str | None
-    budget: Budget
+    budget: Budget | None
 
 
 class SessionService:
@@ -140,7 +143,8 @@ class SessionService:
         """
         tenant_id = principal.tenant.id
         now = utc_now()
-        max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
+        budget = request.budget or default_budget(principal.plan.max_budget)
+        max_tokens = MAX_TOKENS_BY_BUDGET[budget]
         refusal: KgentsError
         async with self._store.begin_turn() as tx:
             reads = await tx.read(
@@ -155,7 +159,12 @@ class SessionService:
                 if rate is not None and reads.request_count is not None:
                     rate.settle(count=reads.request_count, now=now)
                 planned, user_message, event = self._plan_turn(
-                    reads, principal=principal, session_id=session_id, request=request, now=now
+                    reads,
+                    principal=principal,
+                    session_id=session_id,
+                    request=request,
+                    budget=budget,
+                    now=now,
                 )
             except KgentsError as exc:
                 refusal = exc  # raised once the request's count is committed
@@ -176,6 +185,7 @@ class SessionService:
         principal: Principal,
         session_id: str,
         request: TurnRequest,
+        budget: Budget,
         now: datetime,
     ) -> tuple[PlannedTurn, Message, UsageEvent]:
         """Check the turn against what was read (raising the refusal) and build its rows."""
@@ -187,9 +197,9 @@ class SessionService:
             )
         if not request.message.strip():
             raise InvalidInput("message is empty", code="message_empty")
-        if not budget_allows(request.budget, principal.plan.max_budget):
+        if not budget_allows(budget, principal.plan.max_budget):
             raise BudgetNotAllowed(
-                f"budget {request.budget.value!r} is not included in plan "
+                f"budget {budget.value!r} is not included in plan "
                 f"{principal.tenant.plan!r} (highest: {principal.plan.max_budget.value!r})"
             )
         session = reads.session
@@ -221,7 +231,7 @@ class SessionService:
             tenant_id=tenant_id,
             status="running",
             mode=mode,
-            budget=request.budget.value,
+            budget=budget.value,
             user_message_id=user_message.id,
             assistant_message_id=None,
             tokens_in=0,
@@ -233,7 +243,7 @@ class SessionService:
             started_at=now,
             finished_at=None,
         )
-        generation = _generation_request(reads.history, request, mode)
+        generation = _generation_request(reads.history, request.message, mode, budget)
         if generation is not None:
             # Stored now, so a turn whose process dies can still be billed for its prompt.
             turn = replace(turn, tokens_in=estimate_request_tokens(generation))
@@ -248,14 +258,14 @@ class SessionService:
 
 
 def _generation_request(
-    history: list[Message], request: TurnRequest, mode: str
+    history: list[Message], message: str, mode: str, budget: Budget
 ) -> GenerationRequest | None:
-    max_tokens = MAX_TOKENS_BY_BUDGET[request.budget]
+    max_tokens = MAX_TOKENS_BY_BUDGET[budget]
     if max_tokens == 0:
         return None
     return GenerationRequest(
         system=system_prompt(mode),
-        messages=history_that_fits(history, request.message, budget_tokens=max_tokens),
+        messages=history_that_fits(history, message, budget_tokens=max_tokens),
         temperature=TEMPERATURE_BY_MODE[mode],
         max_tokens=max_tokens,
     )

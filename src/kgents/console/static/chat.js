@@ -7,6 +7,7 @@ import { streamReply } from "./sse.js";
 
 const SESSIONS_PAGE = 100;
 const MESSAGES_PAGE = 200;
+const BUDGET_STORAGE_KEY = "kgents.console.budget";
 
 export function createChat({ navigate }) {
   const el = {
@@ -29,7 +30,30 @@ export function createChat({ navigate }) {
     cancel: byId("cancel"),
   };
   // `shown` counts show() calls: one that a newer call overtook while it waited gives up.
-  const state = { sessions: [], current: null, streaming: null, loading: null, shown: 0 };
+  const state = { sessions: [], current: null, streaming: null, loading: null, shown: 0, budgets: null };
+  const budgetLabels = Object.fromEntries([...el.budget.options].map((o) => [o.value, o.textContent]));
+
+  // ----- budgets: only those the plan allows; the choice is remembered in this browser -----
+
+  async function loadBudgets() {
+    try {
+      const plan = await json("/v1/kgent/budgets");
+      state.budgets = plan;
+      el.budget.replaceChildren(
+        ...plan.budgets.map((budget) => h("option", { value: budget }, budgetLabels[budget] || budget)),
+      );
+      const remembered = localStorage.getItem(BUDGET_STORAGE_KEY);
+      el.budget.value = plan.budgets.includes(remembered) ? remembered : plan.default;
+      el.budget.dataset.plan = plan.plan;
+    } catch (error) {
+      // An older server: keep every budget, "the plan's default" selected.
+      if (!isAbort(error)) state.budgets = { budgets: [], default: "" };
+    }
+  }
+
+  function rememberBudget() {
+    if (el.budget.value) localStorage.setItem(BUDGET_STORAGE_KEY, el.budget.value);
+  }
 
   // ----- sessions -----
 
@@ -226,7 +250,7 @@ export function createChat({ navigate }) {
         sessionId: session.id,
         message: text,
         mode: el.mode.value,
-        budget: el.budget.value,
+        budget: el.budget.value || undefined,
         signal: controller.signal,
         on: {
           status(kind, attempt) {
@@ -341,6 +365,7 @@ export function createChat({ navigate }) {
   el.refresh.addEventListener("click", () => loadSessions());
   el.composer.addEventListener("submit", sendMessage);
   el.cancel.addEventListener("click", cancelReply);
+  el.budget.addEventListener("change", rememberBudget);
   el.input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) sendMessage(event);
   });
@@ -349,6 +374,7 @@ export function createChat({ navigate }) {
     /** Show the chat; `sessionId` from the URL (#/chat/<id>) or null. */
     async show(sessionId) {
       const ticket = ++state.shown;
+      if (!state.budgets) await loadBudgets();
       if (!state.sessions.length) await loadSessions();
       if (ticket !== state.shown) return;
       if (sessionId !== (state.current?.id ?? null) || !state.current) await openSession(sessionId);
@@ -360,6 +386,7 @@ export function createChat({ navigate }) {
       state.loading?.abort();
       state.sessions = [];
       state.current = null;
+      state.budgets = null;
       el.list.replaceChildren();
       el.messages.replaceChildren();
       el.summary.textContent = "";

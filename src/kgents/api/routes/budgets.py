@@ -1,0 +1,26 @@
+"""``GET /v1/kgent/budgets``: the budgets the calling tenant's plan allows (API key)."""
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from kgents.api.deps import PrincipalDep
+from kgents.api.schemas import BudgetsPublic, ErrorBody
+from kgents.sessions.persona import allowed_budgets, default_budget
+
+router = APIRouter(prefix="/v1/kgent/budgets", tags=["sessions"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
+}
+
+
+@router.get("", responses=_ERRORS)
+async def list_budgets(principal: PrincipalDep) -> BudgetsPublic:
+    """What ``budget`` a message may name on this plan, and what a message naming none uses."""
+    ceiling = principal.plan.max_budget
+    return BudgetsPublic(
+        plan=principal.tenant.plan,
+        budgets=list(allowed_budgets(ceiling)),
+        default=default_budget(ceiling),
+    )
