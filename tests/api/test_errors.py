@@ -103,3 +103,60 @@ async def test_health(api: Api) -> None:
     assert ready.status_code == 200 and ready.json() == body
     live = await api.client.get("/health/live")
     assert live.status_code == 200 and live.json()["status"] == "ok"
+
+
+async def test_offsets_beyond_64_bits_are_4xx_on_every_listing(api: Api) -> None:
+    """At and above 2^63 neither database can hold the offset: refused before it gets there."""
+    _, key = await api.tenant_with_key()
+    tenant_headers = {"X-API-Key": key}
+    session = (await api.client.post("/v1/kgent/sessions", json={}, headers=tenant_headers)).json()
+    listings = [
+        ("/v1/kgent/sessions", tenant_headers, "offset"),
+        (f"/v1/kgent/sessions/{session['id']}/messages", tenant_headers, "offset"),
+        ("/v1/tenants", api.admin, "offset"),
+        ("/api/v1/meters", api.admin, "page"),
+    ]
+    for path, headers, name in listings:
+        for value in (2**63, 136809553767992934400, 2**64 - 1):
+            response = await api.client.get(path, params={name: value}, headers=headers)
+            assert 400 <= response.status_code < 500, (path, value, response.text)
+            assert response.json()["error" if path.startswith("/v1") else "code"]
+        for limit in (2**63, 2**64):
+            query = {"limit" if path.startswith("/v1") else "pageSize": limit}
+            response = await api.client.get(path, params=query, headers=headers)
+            assert 400 <= response.status_code < 500, (path, limit, response.text)
+
+
+async def test_nul_and_lone_surrogates_are_422_and_store_nothing(api: Api) -> None:
+    """Both databases answer alike: PostgreSQL cannot store NUL, neither can encode a lone
+    surrogate; SQLite would have stored NUL."""
+    _, key = await api.tenant_with_key()
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    session = (await api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()
+    messages = f"/v1/kgent/sessions/{session['id']}/messages"
+    bad = ("\\u0000", "a\\u0000b", "\\udfff", "x\\ud800y")
+    for text in bad:
+        requests = [
+            ("/v1/kgent/sessions", headers, f'{{"title": "{text}"}}'),
+            (messages, headers, f'{{"message": "{text}", "stream": false}}'),
+            (
+                "/v1/tenants",
+                {**api.admin, "Content-Type": "application/json"},
+                f'{{"name": "{text}"}}',
+            ),
+        ]
+        for path, request_headers, body in requests:
+            response = await api.client.post(path, content=body, headers=request_headers)
+            assert response.status_code == 422, (path, body, response.text)
+            assert response.json()["error"]["code"] == "validation_error"
+    sessions = await api.client.get("/v1/kgent/sessions", headers=headers)
+    assert sessions.json()["total"] == 1
+    assert (await api.client.get(messages, headers=headers)).json()["total"] == 0
+    tenants = await api.client.get("/v1/tenants", headers=api.admin)
+    assert [tenant["name"] for tenant in tenants.json()["tenants"]] == ["acme"]
+    # A surrogate pair (one character outside the BMP) is ordinary text.
+    fine = await api.client.post(
+        "/v1/kgent/sessions", content='{"title": "\\ud83d\\ude00"}', headers=headers
+    )
+    assert fine.status_code == 201
+    assert fine.json()["title"] == "\U0001f600"

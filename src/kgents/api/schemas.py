@@ -3,16 +3,23 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from kgents.config import Budget
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
 from kgents.metering.query import QueryRow
 from kgents.records import ApiKey, Message, Session, Tenant
+from kgents.text import storable_text
 
 Mode = Literal["reflect", "advise", "challenge", "explore"]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, AfterValidator(storable_text)]
+"""Free text a client sends: no NUL and no lone surrogate (``kgents.text``)."""
+Name = Annotated[Text, Field(min_length=1, max_length=200)]
+Label = Annotated[Text, Field(min_length=1, max_length=64)]
+MAX_OFFSET = 2**31 - 1
+"""The largest ``offset`` (and page) a listing accepts: far beyond any real listing, and
+well inside a 64-bit integer, so neither database ever sees one it cannot hold."""
 
 
 class StrictInput(BaseModel):
@@ -32,11 +39,11 @@ class ErrorBody(BaseModel):
 
 class TenantCreate(StrictInput):
     name: Name
-    plan: str = Field(default="free", min_length=1, max_length=64)
+    plan: Label = "free"
 
 
 class TenantUpdate(StrictInput):
-    plan: str | None = Field(default=None, min_length=1, max_length=64)
+    plan: Label | None = None
     status: Literal["active", "suspended"] | None = None
 
 
@@ -65,9 +72,7 @@ class TenantsPublic(BaseModel):
 
 class ApiKeyCreate(StrictInput):
     name: Name = "default"
-    scopes: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, max_length=16
-    )
+    scopes: list[Label] | None = Field(default=None, max_length=16)
     expires_at: AwareDatetime | None = None
 
 
@@ -106,7 +111,7 @@ class ApiKeysPublic(BaseModel):
 
 
 class SessionCreate(StrictInput):
-    title: str | None = Field(default=None, max_length=200)
+    title: Annotated[Text, Field(max_length=200)] | None = None
     agent_type: Literal["kgent"] = "kgent"
     mode: Mode = "reflect"
 
@@ -143,7 +148,7 @@ class SessionsPublic(BaseModel):
 
 
 class MessageCreate(StrictInput):
-    message: str = Field(description="At most KGENTS_MAX_MESSAGE_CHARS (32,000) characters.")
+    message: Text = Field(description="At most KGENTS_MAX_MESSAGE_CHARS (32,000) characters.")
     mode: Mode | None = None
     budget: Budget | None = Field(
         default=None,

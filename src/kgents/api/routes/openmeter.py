@@ -48,6 +48,7 @@ from kgents.api.deps import ApiKeyHeaderDep, BearerDep, PlatformDep, get_princip
 from kgents.api.problems import problem_doc, problem_response
 from kgents.api.routes.usage import require_usage_scope
 from kgents.api.schemas import (
+    MAX_OFFSET,
     MeterPublic,
     MeterQueryBody,
     MeterQueryResultPublic,
@@ -247,7 +248,7 @@ async def list_meters(
     request: Request,
     caller: CallerDep,
     platform: PlatformDep,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_OFFSET)] = 1,
     page_size: Annotated[int, Query(alias="pageSize", ge=1, le=1000)] = 100,
     order: Literal["ASC", "DESC"] = "ASC",
     order_by: Annotated[

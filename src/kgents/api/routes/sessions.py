@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from kgents.api.deps import GenerationDep, PlatformDep, PrincipalDep, UncountedPrincipalDep
 from kgents.api.schemas import (
+    MAX_OFFSET,
     ErrorBody,
     MessageCreate,
     MessagePublic,
@@ -72,7 +73,7 @@ async def list_sessions(
     principal: PrincipalDep,
     platform: PlatformDep,
     limit: int = Query(default=20, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> SessionsPublic:
     sessions, total = await platform.sessions.list_sessions(
         tenant_id=principal.tenant.id, limit=limit, offset=offset
@@ -104,7 +105,7 @@ async def list_messages(
     principal: PrincipalDep,
     platform: PlatformDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> MessagesPublic:
     messages, total = await platform.sessions.list_messages(
         tenant_id=principal.tenant.id, session_id=session_id, limit=limit, offset=offset

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from kgents.api.deps import AdminDep, PlatformDep
 from kgents.api.schemas import (
+    MAX_OFFSET,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyPublic,
@@ -42,7 +43,7 @@ async def create_tenant(body: TenantCreate, platform: PlatformDep) -> TenantPubl
 async def list_tenants(
     platform: PlatformDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> TenantsPublic:
     tenants, total = await platform.tenancy.list_tenants(limit=limit, offset=offset)
     return TenantsPublic(tenants=[TenantPublic.of(t) for t in tenants], total=total)
