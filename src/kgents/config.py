@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         description="NATS server URL(s), comma separated; default: embedded nats-server.",
     )
     nats_replicas: int = Field(default=1, ge=1, le=5, description="JetStream stream replicas.")
+    nats_creds: Path | None = Field(
+        default=None,
+        description="A NATS .creds file (decentralized JWT auth) for KGENTS_NATS_URL's servers. "
+        "A user and password, or a token, go in the URL itself (nats://user:pass@host:4222).",
+    )
+    nats_tls_ca: Path | None = Field(
+        default=None, description="CA certificate (PEM) that signs the NATS servers' certificates."
+    )
+    nats_tls_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM) for NATS servers that verify clients."
+    )
+    nats_tls_key: Path | None = Field(
+        default=None, description="Private key (PEM) of KGENTS_NATS_TLS_CERT."
+    )
     llm_provider: Literal["demo", "openai", "anthropic"] = Field(
         default="demo", description="Which LLM provider generates replies."
     )

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kgents.config import Settings
+from kgents.data_dir import prepare_data_dir
 from kgents.llm.base import LLMProvider
 from kgents.llm.factory import build_provider
 from kgents.metering.meters import load_meters
@@ -82,7 +83,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
 
     An unusable meters file raises ``InvalidInput`` before anything is touched."""
     meters = load_meters(settings.meters_file)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     url = database_url(settings)
     if migrate:
         await upgrade_database_async(url)

@@ -96,7 +96,7 @@ async def test_start_and_stop(tmp_path: Path) -> None:
         assert state["pid"] == pid
         assert state["store_dir"] == str(embedded.store_dir)
         assert embedded.store_dir.name == "jetstream"
-        conn = await NatsConnection.connect(url)
+        conn = await NatsConnection.connect(url, auth=embedded.auth)
         try:
             await ensure_streams(conn, replicas=1)
         finally:
@@ -128,7 +128,7 @@ async def test_a_leftover_server_is_adopted_after_its_owner_died(tmp_path: Path)
             assert embedded.adopted
             assert embedded.pid == state["pid"]
             assert url == f"nats://127.0.0.1:{state['port']}"
-            conn = await NatsConnection.connect(url)
+            conn = await NatsConnection.connect(url, auth=embedded.auth)
             await conn.close()
         finally:
             await embedded.stop()
@@ -149,7 +149,7 @@ async def test_an_unresponsive_leftover_is_replaced(tmp_path: Path) -> None:
             assert embedded.pid != old_pid
             assert not process_alive(old_pid)
             assert url == f"nats://127.0.0.1:{elsewhere['port']}"  # the recorded URL is kept
-            conn = await NatsConnection.connect(url)
+            conn = await NatsConnection.connect(url, auth=embedded.auth)
             await conn.close()
         finally:
             await embedded.stop()
@@ -157,7 +157,7 @@ async def test_an_unresponsive_leftover_is_replaced(tmp_path: Path) -> None:
 
 async def test_a_crashed_server_is_restarted_with_its_data(tmp_path: Path) -> None:
     async with EmbeddedNats(tmp_path) as embedded:
-        conn = await NatsConnection.connect(embedded.url)
+        conn = await NatsConnection.connect(embedded.url, auth=embedded.auth)
         try:
             await ensure_streams(conn, replicas=1)
             log = JetStreamEventLog(conn)

@@ -3,7 +3,9 @@
 ``running_nats_server(store_dir)`` yields the URL of a server that runs for the block.
 ``nats_server(store_dir)`` yields the ``NatsServer`` itself, for outage tests: ``kill()`` or
 ``stop()`` it, then ``start()`` it again on the same port and store (the data survives).
-Whatever happens, the process is stopped by its PID when the block ends.
+``config`` is the text of a nats-server configuration file (authorization, TLS) given with
+``-c``; the flags above still set the address, port and store. Whatever happens, the process is
+stopped by its PID when the block ends.
 """
 
 import json
@@ -25,9 +27,12 @@ class NatsServer:
     """One nats-server process (``-js``) with its store in ``store_dir``; port kept across
     restarts."""
 
-    def __init__(self, store_dir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, store_dir: Path, *, port: int | None = None, config: str | None = None
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port(HOST)
+        self.config = config
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,10 +53,16 @@ class NatsServer:
             return self.url
         self._reap()
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        config_args: list[str] = []
+        if self.config is not None:
+            config_path = self.store_dir / "nats.conf"
+            config_path.write_text(self.config)
+            config_args = ["-c", str(config_path)]
         with (self.store_dir / "nats-server.log").open("ab") as log:
             self._process = subprocess.Popen(
                 [
                     str(find_nats_server()),
+                    *config_args,
                     "-js",
                     "-a",
                     HOST,
@@ -110,9 +121,11 @@ class NatsServer:
 
 
 @contextmanager
-def nats_server(store_dir: Path, *, port: int | None = None) -> Iterator[NatsServer]:
+def nats_server(
+    store_dir: Path, *, port: int | None = None, config: str | None = None
+) -> Iterator[NatsServer]:
     """A started ``NatsServer``, stopped by PID at the end of the block."""
-    server = NatsServer(store_dir, port=port)
+    server = NatsServer(store_dir, port=port, config=config)
     try:
         server.start()
         yield server

@@ -19,6 +19,7 @@ from kgents.cli.common import (
 from kgents.cli.metering import metering_app
 from kgents.cli.nats import nats_app
 from kgents.cli.usage import usage
+from kgents.data_dir import prepare_data_dir
 from kgents.errors import KgentsError
 from kgents.metering.meters import load_meters
 from kgents.store.engine import Migration, database_url, pending_migrations, upgrade_database
@@ -71,7 +72,7 @@ def serve(
     except KgentsError as exc:
         error_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
         raise typer.Exit(code=1) from None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     token = load_or_create_admin_token(settings)
     if token.created:
         console.print(f"[bold]Admin token[/bold] (shown once, saved to {token.path}):")
@@ -98,7 +99,7 @@ def serve(
 def db_upgrade(data_dir: DataDirOption = None) -> None:
     """Apply all database migrations, with progress per revision."""
     settings = load_settings(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data_dir(settings)
     url = database_url(settings)
     shown = url.render_as_string(hide_password=True)
     pending = run(pending_migrations(url))

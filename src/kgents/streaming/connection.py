@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from kgents.errors import EventsUnavailable, InvalidInput
+from kgents.streaming.nats_auth import NO_AUTH, NatsAuth, split_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _describe(exc: BaseException) -> str:
 class NatsConnection:
     """A connected NATS client with its JetStream context and connection state.
 
-    Build it with ``await NatsConnection.connect(url)``; close it with ``await close()``.
+    Build it with ``await NatsConnection.connect(url, auth=...)``; close it with ``await close()``.
     """
 
     def __init__(self, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
@@ -82,12 +83,14 @@ class NatsConnection:
         # Resolved by a disconnect; a fresh one is armed at each reconnect.
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._closing = False
+        self._last_error: Exception | None = None
 
     @classmethod
     async def connect(
         cls,
         servers: str | Sequence[str],
         *,
+        auth: NatsAuth = NO_AUTH,
         name: str = "kgents",
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -96,9 +99,10 @@ class NatsConnection:
         """Connect to the first reachable server, then reconnect forever after any loss.
 
         Raises ``EventsUnavailable`` if no server accepts a connection within
-        ``connect_timeout`` seconds.
+        ``connect_timeout`` seconds. Credentials in the URLs join ``auth`` and leave the URLs,
+        so the URLs the client reports (and logs) never carry them.
         """
-        urls = parse_servers(servers)
+        urls, auth = split_credentials(parse_servers(servers), auth)
         conn = cls(request_timeout=request_timeout)
         attempt_timeout = max(0.1, min(2.0, connect_timeout))
         try:
@@ -116,6 +120,7 @@ class NatsConnection:
                     disconnected_cb=conn._on_disconnected,
                     reconnected_cb=conn._on_reconnected,
                     closed_cb=conn._on_closed,
+                    **auth.connect_options(),
                 ),
                 timeout=connect_timeout,
             )
@@ -125,9 +130,9 @@ class NatsConnection:
         except NATS_ERRORS as exc:
             await conn._abandon()
             servers_text = ", ".join(urls)
-            raise EventsUnavailable(
-                f"cannot connect to NATS at {servers_text} ({_describe(exc)})"
-            ) from exc
+            # Attempts that failed (a refused password) end in a timeout: report why they failed.
+            reason = _describe(conn._last_error or exc)
+            raise EventsUnavailable(f"cannot connect to NATS at {servers_text} ({reason})") from exc
         conn._js = conn._nc.jetstream(
             timeout=request_timeout, publish_async_max_pending=PUBLISH_ASYNC_MAX_PENDING
         )
@@ -229,6 +234,7 @@ class NatsConnection:
             logger.debug("closing the NATS connection: %s", _describe(exc))
 
     async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
         if isinstance(exc, nats.errors.SlowConsumerError):
             logger.debug("nats: slow consumer on %s (gap is recovered)", exc.subject)
             return

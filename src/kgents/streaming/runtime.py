@@ -3,11 +3,12 @@
 ``open_streaming(settings)`` starts the embedded nats-server when ``KGENTS_NATS_URL`` is unset
 (store in ``<data-dir>/jetstream``), connects, makes sure both streams exist with the limits of
 DESIGN.md, and yields the session event log and the usage publisher. Closing it disconnects and
-stops the embedded server.
+stops the embedded server. Every connection authenticates: with the credentials of
+``KGENTS_NATS_URL``, ``KGENTS_NATS_CREDS`` and ``KGENTS_NATS_TLS_*``, or with the embedded
+server's token from the data dir.
 """
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from kgents.config import Settings
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
-from kgents.streaming.embedded import EmbeddedNats, process_alive
+from kgents.streaming.embedded import EmbeddedNats, running_server
+from kgents.streaming.nats_auth import NatsAuth, external_auth
 from kgents.streaming.topology import ensure_streams
 from kgents.streaming.usage import JetStreamUsagePublisher
 
@@ -38,13 +40,14 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
     embedded: EmbeddedNats | None = None
     async with contextlib.AsyncExitStack() as stack:
         if settings.nats_url:
-            servers = settings.nats_url
+            servers, auth = settings.nats_url, external_auth(settings)
         else:
             embedded = EmbeddedNats(settings.data_dir)
             servers = await embedded.start()
             stack.push_async_callback(embedded.stop)
+            auth = embedded.auth
             logger.info("embedded nats-server at %s (store %s)", servers, embedded.store_dir)
-        connection = await NatsConnection.connect(servers)
+        connection = await NatsConnection.connect(servers, auth=auth)
         stack.push_async_callback(connection.close)
         await ensure_streams(connection, replicas=settings.nats_replicas)
         yield Streaming(
@@ -55,24 +58,17 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
         )
 
 
-def running_embedded_url(settings: Settings) -> str | None:
-    """The URL of the embedded nats-server a running ``kgents serve`` started, if any."""
-    state_path = EmbeddedNats(settings.data_dir, supervise=False).state_path
-    try:
-        state = json.loads(state_path.read_text())
-        pid, host, port = int(state["pid"]), str(state["host"]), int(state["port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return f"nats://{host}:{port}" if process_alive(pid) else None
-
-
 @contextlib.asynccontextmanager
 async def connect_for_tools(settings: Settings) -> AsyncIterator[NatsConnection]:
     """A connection for command-line tools: the configured NATS, the running server's
     embedded one, or (nothing running) the data dir's embedded server for the duration."""
-    url = settings.nats_url or running_embedded_url(settings)
-    if url is not None:
-        connection = await NatsConnection.connect(url)
+    target: tuple[str, NatsAuth] | None = (
+        (settings.nats_url, external_auth(settings))
+        if settings.nats_url
+        else running_server(settings.data_dir)
+    )
+    if target is not None:
+        connection = await NatsConnection.connect(target[0], auth=target[1])
         try:
             yield connection
         finally:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgents.config import Settings
+from kgents.data_dir import private_dir
 from kgents.tenancy.keys import generate_admin_token
 
 
@@ -21,7 +22,7 @@ def load_or_create_admin_token(settings: Settings) -> AdminToken:
     path = settings.admin_token_path
     if path.exists():
         return AdminToken(path.read_text().strip(), created=False, path=path)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     token = generate_admin_token()
     # O_EXCL: if another process created it meanwhile, use theirs rather than overwrite it.
     try:
