@@ -65,7 +65,18 @@ class Settings(BaseSettings):
         default=None,
         description="NATS server URL(s), comma separated; default: embedded nats-server.",
     )
-    nats_replicas: int = Field(default=1, ge=1, le=5, description="JetStream stream replicas.")
+    nats_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="JetStream stream replicas: 1 for one server, 3 for a 3-node cluster.",
+    )
+    nats_prefix: str = Field(
+        default="",
+        pattern=r"^[A-Za-z0-9_-]{0,32}$",
+        description="Prefix of the NATS subjects, streams and durable consumer, so that several "
+        "deployments can share one NATS cluster (empty: none).",
+    )
     nats_creds: Path | None = Field(
         default=None,
         description="A NATS .creds file (decentralized JWT auth) for KGENTS_NATS_URL's servers. "

@@ -43,7 +43,9 @@ async def running_workers(
     sink = configured_sink(settings)
     usage = UsageConsumer(
         streaming.connection,
-        spec=ConsumerSpec(ack_wait_seconds=settings.metering_ack_wait_seconds),
+        spec=ConsumerSpec.in_namespace(
+            streaming.namespace, ack_wait_seconds=settings.metering_ack_wait_seconds
+        ),
     )
     metering = MeteringProcessor(source=usage, store=platform.meters, sink=sink)
 

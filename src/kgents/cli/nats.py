@@ -5,6 +5,7 @@ from rich.table import Table
 
 from kgents.cli.common import DataDirOption, console, load_settings, run
 from kgents.streaming.runtime import connect_for_tools
+from kgents.streaming.subjects import Namespace
 from kgents.streaming.topology import describe_streams
 
 nats_app = typer.Typer(help="Inspect the NATS JetStream event streams.", no_args_is_help=True)
@@ -17,7 +18,8 @@ def streams(data_dir: DataDirOption = None) -> None:
 
     async def show() -> None:
         async with connect_for_tools(settings) as connection:
-            statuses = await describe_streams(connection)
+            ns = Namespace(settings.nats_prefix)
+            statuses = await describe_streams(connection, (ns.events_stream, ns.usage_stream))
         table = Table(title="JetStream streams")
         for column in ("stream", "subjects", "messages", "bytes", "first", "last", "consumers"):
             table.add_column(column, no_wrap=column == "stream")

@@ -32,8 +32,7 @@ from kgents.streaming.consumer import (
 )
 from kgents.streaming.fanout import SessionFollower, SessionHub
 from kgents.streaming.pipeline import AckRouter, PipelinedBatch
-from kgents.streaming.subjects import session_subject, session_wildcard
-from kgents.streaming.topology import EVENTS_STREAM
+from kgents.streaming.subjects import NO_PREFIX, Namespace, session_subject, session_wildcard
 from kgents.streaming.wire import decode_session_event, encode_session_event
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,13 @@ class JetStreamBatch:
     """
 
     def __init__(
-        self, router: AckRouter, conn: NatsConnection, *, window: int, ack_timeout: float
+        self,
+        router: AckRouter,
+        conn: NatsConnection,
+        *,
+        window: int,
+        ack_timeout: float,
+        ns: Namespace = NO_PREFIX,
     ) -> None:
         if window < 2:
             raise ValueError("window must be at least 2")
@@ -62,6 +67,7 @@ class JetStreamBatch:
         self._conn = conn
         self._window = window
         self._ack_timeout = ack_timeout
+        self._ns = ns
         self._batch: PipelinedBatch | None = None
 
     @property
@@ -83,7 +89,7 @@ class JetStreamBatch:
 
     async def add(self, event: SessionEvent) -> None:
         """Publish ``event``; waits for the older half of the window when it is full."""
-        message = encode_session_event(event)
+        message = encode_session_event(event, ns=self._ns)
         batch = self._batch
         if batch is None:
             self._conn.require_connected()
@@ -110,7 +116,7 @@ class JetStreamEventLog:
         follow_batch: int = DEFAULT_FOLLOW_BATCH,
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
-        stream: str = EVENTS_STREAM,
+        ns: Namespace = NO_PREFIX,
     ) -> None:
         self._conn = conn
         self._router = AckRouter(conn)
@@ -119,7 +125,8 @@ class JetStreamEventLog:
         self._follow_batch = follow_batch
         self._heartbeat = heartbeat_seconds
         self._outage = outage_seconds
-        self._stream = stream
+        self._ns = ns
+        self._stream = ns.events_stream
         # A client may fall a few pull batches behind before it leaves the shared feed for a
         # consumer of its own; a joiner up to one batch behind starts from the feed's memory.
         self._hub = SessionHub(
@@ -127,6 +134,7 @@ class JetStreamEventLog:
             self.last_sequence,
             mailbox=FOLLOW_MAILBOX_BATCHES * max(follow_batch, 1),
             ring=max(follow_batch, 1),
+            ns=ns,
         )
 
     @property
@@ -143,7 +151,7 @@ class JetStreamEventLog:
         Republishing an event with the same ``msg_id`` within the duplicate window stores
         nothing and returns the sequence of the first copy.
         """
-        message = encode_session_event(event)
+        message = encode_session_event(event, ns=self._ns)
         self._conn.require_connected()
         ack = await self._conn.guard(
             self._conn.js.publish(
@@ -159,7 +167,11 @@ class JetStreamEventLog:
     def batch(self) -> JetStreamBatch:
         """A batch publisher for the events of one turn."""
         return JetStreamBatch(
-            self._router, self._conn, window=self._ack_window, ack_timeout=self._ack_timeout
+            self._router,
+            self._conn,
+            window=self._ack_window,
+            ack_timeout=self._ack_timeout,
+            ns=self._ns,
         )
 
     async def open_follower(
@@ -178,7 +190,7 @@ class JetStreamEventLog:
         return OrderedConsumer(
             self._conn,
             stream=self._stream,
-            filter_subject=session_wildcard(session_id),
+            filter_subject=session_wildcard(session_id, self._ns),
             start=start,
             batch=self._follow_batch,
             heartbeat_seconds=self._heartbeat,
@@ -202,7 +214,7 @@ class JetStreamEventLog:
 
     async def last_sequence(self, session_id: str) -> int | None:
         """The stream sequence of the session's latest retained event (``None``: no event)."""
-        subject = session_wildcard(session_id)
+        subject = session_wildcard(session_id, self._ns)
         try:
             message = await self._conn.guard(
                 self._conn.js.get_last_msg(self._stream, subject), action="reading the last event"
@@ -234,7 +246,7 @@ class JetStreamEventLog:
         consumer = OrderedConsumer(
             self._conn,
             stream=self._stream,
-            filter_subject=session_subject(session_id, "chunk"),
+            filter_subject=session_subject(session_id, "chunk", self._ns),
             start=StartPosition(after_seq=max(first_seq, 1) - 1),
             batch=DEFAULT_ACK_WINDOW,
             heartbeat_seconds=self._heartbeat,
@@ -243,7 +255,7 @@ class JetStreamEventLog:
         try:
             async with asyncio.timeout(wait_seconds):
                 async with consumer:
-                    return await _collect_chunks(consumer, turn_id)
+                    return await _collect_chunks(consumer, turn_id, self._ns)
         except TimeoutError as exc:
             raise EventsUnavailable(
                 f"event stream unavailable: reading turn {turn_id} took over {wait_seconds}s"
@@ -251,16 +263,18 @@ class JetStreamEventLog:
 
     async def request_cancel(self, session_id: str) -> None:
         """Ask whichever replica runs the session's turn to cancel it."""
-        await publish_cancel(self._conn, session_id, wait_seconds=self._ack_timeout)
+        await publish_cancel(self._conn, session_id, wait_seconds=self._ack_timeout, ns=self._ns)
 
     async def subscribe_cancels(
         self, callback: Callable[[str], Awaitable[None]]
     ) -> CancelSubscription:
         """Call ``callback(session_id)`` for every cancel request of any replica."""
-        return await subscribe_cancels(self._conn, callback)
+        return await subscribe_cancels(self._conn, callback, ns=self._ns)
 
 
-async def _collect_chunks(consumer: OrderedConsumer, turn_id: str) -> list[SessionEvent]:
+async def _collect_chunks(
+    consumer: OrderedConsumer, turn_id: str, ns: Namespace
+) -> list[SessionEvent]:
     by_index: dict[int, SessionEvent] = {}
     unindexed: list[SessionEvent] = []
     remaining = consumer.initial_pending
@@ -268,7 +282,11 @@ async def _collect_chunks(consumer: OrderedConsumer, turn_id: str) -> list[Sessi
         message = await consumer.next()
         remaining = message.pending
         received = decode_session_event(
-            seq=message.seq, subject=message.subject, payload=message.data, headers=message.headers
+            seq=message.seq,
+            subject=message.subject,
+            payload=message.data,
+            headers=message.headers,
+            ns=ns,
         )
         if received is None or received.event.data.get("turn_id") != turn_id:
             continue

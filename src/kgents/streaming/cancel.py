@@ -19,19 +19,21 @@ from kgents.streaming.connection import (
     NatsConnection,
     events_unavailable,
 )
-from kgents.streaming.subjects import CANCEL_SUBJECTS, cancel_subject, session_id_of
+from kgents.streaming.subjects import NO_PREFIX, Namespace, cancel_subject, session_id_of
 
 logger = logging.getLogger(__name__)
 
 CancelCallback = Callable[[str], Awaitable[None]]
 
 
-async def publish_cancel(conn: NatsConnection, session_id: str, *, wait_seconds: float) -> None:
+async def publish_cancel(
+    conn: NatsConnection, session_id: str, *, wait_seconds: float, ns: Namespace = NO_PREFIX
+) -> None:
     """Ask every replica to cancel the running turn of ``session_id``.
 
     Returns once the server has the request (a flush round trip, at most ``wait_seconds``).
     """
-    subject = cancel_subject(session_id)
+    subject = cancel_subject(session_id, ns)
     payload = json.dumps({"session_id": session_id, "time": utc_now().isoformat()}).encode()
     conn.require_connected()
     with events_unavailable("publishing a cancel request"):
@@ -58,11 +60,13 @@ class CancelSubscription:
             logger.debug("unsubscribing from cancel requests: %s", exc)
 
 
-async def subscribe_cancels(conn: NatsConnection, callback: CancelCallback) -> CancelSubscription:
+async def subscribe_cancels(
+    conn: NatsConnection, callback: CancelCallback, *, ns: Namespace = NO_PREFIX
+) -> CancelSubscription:
     """Call ``callback(session_id)`` for each cancel request; a failing callback is logged."""
 
     async def handle(msg: Msg) -> None:
-        session_id = session_id_of(msg.subject)
+        session_id = session_id_of(msg.subject, ns)
         if session_id is None:
             return
         try:
@@ -74,6 +78,6 @@ async def subscribe_cancels(conn: NatsConnection, callback: CancelCallback) -> C
 
     conn.require_connected()
     with events_unavailable("subscribing to cancel requests"):
-        sub = await conn.client.subscribe(CANCEL_SUBJECTS, cb=handle)
+        sub = await conn.client.subscribe(ns.cancel_subjects, cb=handle)
         await conn.client.flush(timeout=conn.request_timeout)  # type: ignore[arg-type]
     return CancelSubscription(conn, sub)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 
 from kgents.errors import EventsUnavailable
 from kgents.streaming.consumer import OrderedConsumer, StartPosition, StreamMessage
+from kgents.streaming.subjects import NO_PREFIX, Namespace
 from kgents.streaming.wire import ReceivedEvent, decode_session_event
 
 logger = logging.getLogger(__name__)
@@ -42,9 +43,13 @@ LastSequence = Callable[[str], Awaitable[int | None]]
 """The stream sequence of a session's latest stored event (``None``: none)."""
 
 
-def _decode(message: StreamMessage) -> ReceivedEvent | None:
+def _decode(message: StreamMessage, ns: Namespace) -> ReceivedEvent | None:
     return decode_session_event(
-        seq=message.seq, subject=message.subject, payload=message.data, headers=message.headers
+        seq=message.seq,
+        subject=message.subject,
+        payload=message.data,
+        headers=message.headers,
+        ns=ns,
     )
 
 
@@ -190,7 +195,7 @@ class SessionFollower:
             while True:
                 await self._wait_for_room()
                 message = await consumer.next()
-                received = _decode(message)
+                received = _decode(message, self._hub.ns)
                 if received is None or not self._offer(received):
                     continue  # (a full mailbox cannot happen: room was awaited, one reader)
                 if self._try_attach():
@@ -321,7 +326,7 @@ class _Feed:
             while True:
                 message = await consumer.next()
                 previous, self.position = self.position, message.seq
-                received = _decode(message)
+                received = _decode(message, self._hub.ns)
                 if received is None:
                     continue
                 self._ring.append((previous, received))
@@ -369,10 +374,13 @@ class SessionHub:
         *,
         mailbox: int,
         ring: int,
+        ns: Namespace = NO_PREFIX,
     ) -> None:
         if mailbox < 1 or not 0 <= ring <= mailbox:
             raise ValueError("mailbox must be at least 1 and ring between 0 and mailbox")
         self.new_consumer = new_consumer
+        self.ns = ns
+        """Whose subjects the events are read from (to decode them)."""
         self._last_sequence = last_sequence
         self._mailbox = mailbox
         self._ring = ring

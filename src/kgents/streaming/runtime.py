@@ -18,6 +18,7 @@ from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.embedded import EmbeddedNats, running_server
 from kgents.streaming.nats_auth import NatsAuth, external_auth
+from kgents.streaming.subjects import Namespace
 from kgents.streaming.topology import ensure_streams
 from kgents.streaming.usage import JetStreamUsagePublisher
 
@@ -30,6 +31,7 @@ class Streaming:
     events: JetStreamEventLog
     usage: JetStreamUsagePublisher
     embedded: EmbeddedNats | None
+    namespace: Namespace
 
     def is_connected(self) -> bool:
         return self.connection.is_connected
@@ -49,12 +51,14 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
             logger.info("embedded nats-server at %s (store %s)", servers, embedded.store_dir)
         connection = await NatsConnection.connect(servers, auth=auth)
         stack.push_async_callback(connection.close)
-        await ensure_streams(connection, replicas=settings.nats_replicas)
+        ns = Namespace(settings.nats_prefix)
+        await ensure_streams(connection, replicas=settings.nats_replicas, ns=ns)
         yield Streaming(
             connection=connection,
-            events=JetStreamEventLog(connection),
-            usage=JetStreamUsagePublisher(connection),
+            events=JetStreamEventLog(connection, ns=ns),
+            usage=JetStreamUsagePublisher(connection, ns=ns),
             embedded=embedded,
+            namespace=ns,
         )
 
 

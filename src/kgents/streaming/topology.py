@@ -22,10 +22,10 @@ import nats.js.errors
 from nats.js import api
 
 from kgents.streaming.connection import NatsConnection, events_unavailable
-from kgents.streaming.subjects import SESSION_SUBJECTS, USAGE_SUBJECTS
+from kgents.streaming.subjects import NO_PREFIX, Namespace
 
-EVENTS_STREAM = "kgent-events"
-USAGE_STREAM = "kgent-usage"
+EVENTS_STREAM = NO_PREFIX.events_stream
+USAGE_STREAM = NO_PREFIX.usage_stream
 
 HOUR = 3600.0
 DAY = 24 * HOUR
@@ -103,19 +103,19 @@ class StreamStatus:
     max_age_seconds: float = 0.0
 
 
-def stream_specs(*, replicas: int) -> tuple[StreamSpec, StreamSpec]:
+def stream_specs(*, replicas: int, ns: Namespace = NO_PREFIX) -> tuple[StreamSpec, StreamSpec]:
     """The two streams of the platform for ``replicas`` (1 embedded, 3 in production)."""
     events = StreamSpec(
-        name=EVENTS_STREAM,
-        subjects=(SESSION_SUBJECTS,),
+        name=ns.events_stream,
+        subjects=(ns.session_subjects,),
         max_age_seconds=EVENTS_MAX_AGE_SECONDS,
         max_msgs_per_subject=EVENTS_MAX_MSGS_PER_SUBJECT,
         replicas=replicas,
         description="kgents session events (chunks, turns) for followers and resume",
     )
     usage = StreamSpec(
-        name=USAGE_STREAM,
-        subjects=(USAGE_SUBJECTS,),
+        name=ns.usage_stream,
+        subjects=(ns.usage_subjects,),
         max_age_seconds=USAGE_MAX_AGE_SECONDS,
         max_msgs_per_subject=-1,
         replicas=replicas,
@@ -125,7 +125,11 @@ def stream_specs(*, replicas: int) -> tuple[StreamSpec, StreamSpec]:
 
 
 async def ensure_streams(
-    conn: NatsConnection, *, replicas: int, specs: Sequence[StreamSpec] | None = None
+    conn: NatsConnection,
+    *,
+    replicas: int,
+    specs: Sequence[StreamSpec] | None = None,
+    ns: Namespace = NO_PREFIX,
 ) -> list[StreamSetup]:
     """Create each stream, or update it when a managed field differs; safe to run any time.
 
@@ -133,7 +137,7 @@ async def ensure_streams(
     more replicas than servers).
     """
     outcomes = []
-    for spec in specs if specs is not None else stream_specs(replicas=replicas):
+    for spec in specs if specs is not None else stream_specs(replicas=replicas, ns=ns):
         outcomes.append(StreamSetup(name=spec.name, action=await _ensure_stream(conn, spec)))
     return outcomes
 

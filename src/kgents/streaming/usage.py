@@ -12,6 +12,7 @@ from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.pipeline import AckRouter
+from kgents.streaming.subjects import NO_PREFIX, Namespace
 from kgents.streaming.wire import WireMessage, encode_stored_usage_event, encode_usage_event
 
 DEFAULT_ACK_TIMEOUT = 5.0
@@ -27,8 +28,10 @@ class JetStreamUsagePublisher:
         *,
         ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         window: int = DEFAULT_ACK_WINDOW,
+        ns: Namespace = NO_PREFIX,
     ) -> None:
         self._conn = conn
+        self._ns = ns
         self._router = AckRouter(conn)
         self._ack_timeout = ack_timeout
         self._window = window
@@ -40,11 +43,11 @@ class JetStreamUsagePublisher:
         caller publishes them all again later). Invalid types raise ``InvalidInput`` before
         anything is published.
         """
-        await self._publish([encode_usage_event(event) for event in events])
+        await self._publish([encode_usage_event(event, self._ns) for event in events])
 
     async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
         """``publish_usage`` for events as the outbox stores them (the relay's path)."""
-        await self._publish([encode_stored_usage_event(event) for event in events])
+        await self._publish([encode_stored_usage_event(event, self._ns) for event in events])
 
     async def _publish(self, messages: list[WireMessage]) -> None:
         if not messages:

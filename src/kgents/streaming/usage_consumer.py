@@ -40,13 +40,12 @@ from kgents.errors import EventsUnavailable, InvalidInput
 from kgents.records import UsageEvent
 from kgents.streaming.connection import CLEANUP_ERRORS, NatsConnection, events_unavailable
 from kgents.streaming.delivery import DeliveryMetadata, delivery_metadata
-from kgents.streaming.subjects import USAGE_SUBJECTS
-from kgents.streaming.topology import USAGE_STREAM
+from kgents.streaming.subjects import NO_PREFIX, Namespace
 from kgents.streaming.wire import parse_rfc3339
 
 logger = logging.getLogger(__name__)
 
-METERING_CONSUMER = "metering"
+METERING_CONSUMER = NO_PREFIX.metering_consumer
 ACK_WAIT_SECONDS = 30.0
 MAX_DELIVER = 10
 MAX_ACK_PENDING = 1000
@@ -64,12 +63,22 @@ class ConsumerSpec:
     """What the durable consumer must look like; only these fields are managed here."""
 
     name: str = METERING_CONSUMER
-    stream: str = USAGE_STREAM
-    filter_subject: str = USAGE_SUBJECTS
+    stream: str = NO_PREFIX.usage_stream
+    filter_subject: str = NO_PREFIX.usage_subjects
     ack_wait_seconds: float = ACK_WAIT_SECONDS
     max_deliver: int = MAX_DELIVER
     max_ack_pending: int = MAX_ACK_PENDING
     description: str = "kgents metering processor: usage events into the meter store"
+
+    @classmethod
+    def in_namespace(cls, ns: Namespace, *, ack_wait_seconds: float) -> "ConsumerSpec":
+        """The consumer of deployment ``ns`` (its prefixed name, stream and subjects)."""
+        return cls(
+            name=ns.metering_consumer,
+            stream=ns.usage_stream,
+            filter_subject=ns.usage_subjects,
+            ack_wait_seconds=ack_wait_seconds,
+        )
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(

@@ -14,7 +14,6 @@ A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object:
               "data": {...}}
 """
 
-import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -28,7 +27,14 @@ from kgents.errors import InvalidInput
 from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.sessions.ports import SessionEvent, SessionEventType
-from kgents.streaming.subjects import event_type_of, session_id_of, session_subject, usage_subject
+from kgents.streaming.subjects import (
+    NO_PREFIX,
+    Namespace,
+    event_type_of,
+    session_id_of,
+    session_subject,
+    usage_subject,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +101,13 @@ def _msg_id_headers(msg_id: str | None) -> dict[str, str] | None:
     return {MSG_ID_HEADER: msg_id}
 
 
-def encode_session_event(event: SessionEvent, *, at: datetime | None = None) -> WireMessage:
+def encode_session_event(
+    event: SessionEvent, *, at: datetime | None = None, ns: Namespace = NO_PREFIX
+) -> WireMessage:
     """The subject, JSON body and dedupe header of ``event`` (ids validated on the way)."""
     if event.type not in SESSION_EVENT_TYPES:
         raise InvalidInput(f"unknown session event type {event.type!r}", code="invalid_event")
-    subject = session_subject(event.session_id, event.type)  # validates both tokens
+    subject = session_subject(event.session_id, event.type, ns)  # validates both tokens
     # The hot path of every chunk: only ``data`` needs a JSON encoder; the other fields are
     # validated tokens ([A-Za-z0-9_-]) and a timestamp, which need no escaping.
     payload = _SESSION_BODY % (
@@ -112,11 +120,16 @@ def encode_session_event(event: SessionEvent, *, at: datetime | None = None) -> 
 
 
 def decode_session_event(
-    *, seq: int, subject: str, payload: bytes, headers: Mapping[str, str] | None
+    *,
+    seq: int,
+    subject: str,
+    payload: bytes,
+    headers: Mapping[str, str] | None,
+    ns: Namespace = NO_PREFIX,
 ) -> ReceivedEvent | None:
     """The event stored at ``seq``, or ``None`` (logged) if the message is not one of ours."""
-    session_id = session_id_of(subject)
-    subject_type = event_type_of(subject)
+    session_id = session_id_of(subject, ns)
+    subject_type = event_type_of(subject, ns)
     try:
         body = json.loads(payload)
     except ValueError:
@@ -158,16 +171,16 @@ def cloudevent(event: UsageEvent) -> dict[str, Any]:
     }
 
 
-def encode_usage_event(event: UsageEvent) -> WireMessage:
+def encode_usage_event(event: UsageEvent, ns: Namespace = NO_PREFIX) -> WireMessage:
     """The subject, CloudEvents body and dedupe header of a usage event."""
     return WireMessage(
-        subject=_usage_subject(event.type),
+        subject=usage_subject(event.type, ns),
         payload=_ENCODER.encode(cloudevent(event)).encode(),
         headers=_msg_id_headers(usage_msg_id(event)),
     )
 
 
-def encode_stored_usage_event(event: StoredUsageEvent) -> WireMessage:
+def encode_stored_usage_event(event: StoredUsageEvent, ns: Namespace = NO_PREFIX) -> WireMessage:
     """What ``encode_usage_event`` makes of the same event, from the outbox's stored form:
     ``data`` goes on the wire as the JSON text it was stored as (valid JSON already: the outbox
     wrote it with ``json.dumps``), strings are escaped by the JSON encoder's own function and
@@ -181,7 +194,7 @@ def encode_stored_usage_event(event: StoredUsageEvent) -> WireMessage:
         event.data_json,
     )
     return WireMessage(
-        subject=_usage_subject(event.type),
+        subject=usage_subject(event.type, ns),
         payload=payload.encode(),
         headers=_msg_id_headers(usage_msg_id(event)),
     )
@@ -192,4 +205,3 @@ _STORED_USAGE_BODY = (
     '{"specversion":"1.0","id":%s,"source":%s,"type":%s,"subject":%s,"time":"%s",'
     '"datacontenttype":"application/json","data":%s}'
 )
-_usage_subject = functools.lru_cache(maxsize=256)(usage_subject)  # a handful of event types
