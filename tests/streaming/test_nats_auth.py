@@ -19,6 +19,7 @@ from kgents.sessions.ports import SessionEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.embedded import EmbeddedNats, running_server
 from kgents.streaming.nats_auth import NO_AUTH, split_credentials
+from kgents.streaming.nats_process import process_alive
 from kgents.streaming.runtime import open_streaming
 from kgents.streaming.topology import ensure_streams
 from kgents.tenancy.admin_token import load_or_create_admin_token
@@ -90,6 +91,16 @@ async def test_another_kgents_process_finds_the_embedded_server_by_its_data_dir(
             output, _ = await tool.communicate()
         assert tool.returncode == 0, output.decode()
         assert b"kgent-events" in output
+
+
+async def test_a_process_uses_the_server_its_data_dirs_owner_runs(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path) as owner:
+        settings = Settings(data_dir=tmp_path)
+        async with open_streaming(settings) as streaming:
+            assert streaming.embedded is None
+            assert streaming.connection.connected_url == owner.url
+        await round_trip(settings)
+        assert owner.pid is not None and process_alive(owner.pid)
 
 
 async def test_the_data_dir_holds_its_data_and_secrets_privately(tmp_path: Path) -> None:

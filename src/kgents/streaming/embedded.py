@@ -7,7 +7,8 @@ running:
 - Credentials: the server admits only clients that present the token generated once into
   ``<data_dir>/nats-token`` (0600; ``nats.conf`` holds it too, 0600; the data dir is 0700).
   Every kgents process of the data dir finds the server the same way, ``running_server()``:
-  the port from ``nats.json``, the token from ``nats-token``.
+  the port from ``nats.json``, the token from ``nats-token``; ``owned_elsewhere()`` says that
+  another live process runs it (the workers of ``kgents serve --workers N`` use their parent's).
 
 - ``start()`` waits (bounded) until the server answers with JetStream enabled and its own
   server name (derived from the store dir, so another server on the port is never mistaken for
@@ -59,6 +60,7 @@ __all__ = [
     "ServerState",
     "find_nats_server",
     "free_port",
+    "owned_elsewhere",
     "process_alive",
     "running_server",
 ]
@@ -381,6 +383,22 @@ def running_server(data_dir: Path) -> tuple[str, NatsAuth] | None:
     except OSError:
         return None
     return f"nats://{state.host}:{state.port}", NatsAuth(token=token)
+
+
+def owned_elsewhere(data_dir: Path) -> bool:
+    """True while another live process (or another ``EmbeddedNats``) runs ``data_dir``'s
+    server: it holds the lock."""
+    path = Path(data_dir).resolve() / LOCK_FILE
+    if not path.exists():
+        return False
+    try:
+        handle = _acquire_lock(path)
+    except EventsUnavailable:
+        return True
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    handle.close()
+    return False
 
 
 def _load_or_create_token(path: Path) -> str:

@@ -5,18 +5,26 @@
 DESIGN.md, and yields the session event log and the usage publisher. Closing it disconnects and
 stops the embedded server. Every connection authenticates: with the credentials of
 ``KGENTS_NATS_URL``, ``KGENTS_NATS_CREDS`` and ``KGENTS_NATS_TLS_*``, or with the embedded
-server's token from the data dir.
+server's token from the data dir. When another process runs the data dir's embedded server
+(the parent of ``kgents serve --workers N``), this one connects to it instead of starting one.
 """
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from kgents.config import Settings
+from kgents.errors import EventsUnavailable
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
-from kgents.streaming.embedded import EmbeddedNats, running_server
+from kgents.streaming.embedded import (
+    DEFAULT_START_SECONDS,
+    EmbeddedNats,
+    owned_elsewhere,
+    running_server,
+)
 from kgents.streaming.nats_auth import NatsAuth, external_auth
 from kgents.streaming.subjects import Namespace
 from kgents.streaming.topology import ensure_streams
@@ -43,6 +51,9 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
     async with contextlib.AsyncExitStack() as stack:
         if settings.nats_url:
             servers, auth = settings.nats_url, external_auth(settings)
+        elif owned_elsewhere(settings.data_dir):
+            servers, auth = await _server_of_the_owner(settings)
+            logger.info("nats-server of the data dir's owner process at %s", servers)
         else:
             embedded = EmbeddedNats(settings.data_dir)
             servers = await embedded.start()
@@ -60,6 +71,20 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
             embedded=embedded,
             namespace=ns,
         )
+
+
+async def _server_of_the_owner(settings: Settings) -> tuple[str, NatsAuth]:
+    """URL and token of the embedded server another process runs (waiting, bounded, while
+    that process is still starting it)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEFAULT_START_SECONDS
+    while (found := running_server(settings.data_dir)) is None:
+        if loop.time() >= deadline:
+            raise EventsUnavailable(
+                f"another process holds {settings.data_dir} but runs no nats-server there"
+            )
+        await asyncio.sleep(0.05)
+    return found
 
 
 @contextlib.asynccontextmanager
