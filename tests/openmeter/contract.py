@@ -1,8 +1,9 @@
-"""OpenMeter's own OpenAPI spec as the judge of our requests and responses (openapi-core).
+"""Our description of OpenMeter's endpoints as the judge of our requests and responses.
 
-The spec lives in the shared folder beside the checkout (``../shared/contracts``), both here and
-in CI. Its only server is ``https://127.0.0.1``, so requests are presented to the validator as
-sent there, whatever host the test client used.
+The description is ``contracts/openmeter.yaml`` in this repository, written from the facts of
+OpenMeter's published spec (validated with openapi-core). Its only server is
+``https://127.0.0.1``, so requests are presented to the validator as sent there, whatever host
+the test client used.
 """
 
 import functools
@@ -17,17 +18,14 @@ from openapi_core import Config, OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "contracts" / "openmeter-openapi.yaml"
-)
+SPEC_PATH = Path(__file__).resolve().parents[2] / "contracts" / "openmeter.yaml"
 SPEC_SERVER = "https://127.0.0.1"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @functools.cache
 def openmeter_spec() -> OpenAPI:
-    """The spec, parsed once per run (it is 26,000 lines). The CloudEvents and problem media
-    types are JSON, which openapi-core only knows as ``application/json``."""
+    """The description, parsed once per run. The CloudEvents and problem media types are JSON,
+    which openapi-core only knows as ``application/json``."""
     config = Config(
         extra_media_type_deserializers={
             "application/cloudevents+json": json.loads,
@@ -35,10 +33,7 @@ def openmeter_spec() -> OpenAPI:
             "application/problem+json": json.loads,
         }
     )
-    document = yaml.load(SPEC_PATH.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506
-    # OpenMeter leaves ``explode`` unset on its one deepObject parameter; OpenAPI 3.0 defines
-    # deepObject only exploded, and openapi-core refuses every query of the path without it.
-    document["components"]["parameters"]["MeterQuery.filterGroupBy"]["explode"] = True
+    document = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
     return OpenAPI.from_dict(document, config=config)
 
 
