@@ -3,6 +3,7 @@
 Nothing reads the environment after this; tests build as many ``Settings`` as they like.
 """
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the API binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port the API binds to.")
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        default=1,
+        description="API processes sharing the host and port (``kgents serve --workers``); "
+        "``auto``: one per CPU the process may run on.",
+    )
     database_url: str | None = Field(
         default=None,
         description="postgresql://… or sqlite:///…; default: SQLite file in the data dir.",
@@ -170,6 +176,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @property
+    def worker_processes(self) -> int:
+        """How many API processes ``kgents serve`` runs (``auto``: one per usable CPU)."""
+        if self.workers != "auto":
+            return self.workers
+        return (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
 
     @property
     def database_path(self) -> Path:

@@ -57,14 +57,17 @@ API_KEY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A new application for ``settings``; nothing is shared between two apps."""
+def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
+    """A new application for ``settings``; nothing is shared between two apps.
+
+    ``migrate=False`` when the database was migrated before (the workers of ``kgents serve
+    --workers N``: their parent migrates once)."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with (
-            open_platform(settings) as platform,
+            open_platform(settings, migrate=migrate) as platform,
             open_streaming(settings) as streaming,
         ):
             generation = build_generation(platform, MeasuredEventLog(streaming.events, metrics))

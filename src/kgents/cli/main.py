@@ -5,6 +5,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from kgents.cli.admin import key_app, tenant_app
 from kgents.cli.chat import ask, chat
@@ -56,9 +57,18 @@ def serve(
     log_level: Annotated[
         str, typer.Option(envvar="KGENTS_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            help="API processes on this host and port: a number, or auto (one per CPU) "
+            "[env KGENTS_WORKERS; default: 1]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (embedded SQLite and nats-server unless configured otherwise)."""
     from kgents.api.app import create_app
+    from kgents.cli.processes import serve_workers
     from kgents.observability.logging import LOG_FORMATS, configure_logging
 
     if log_format not in LOG_FORMATS:
@@ -66,7 +76,14 @@ def serve(
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise typer.BadParameter("must be debug, info, warning or error", param_hint="--log-level")
 
-    settings = load_settings(data_dir, host=host, port=port)
+    try:
+        settings = load_settings(data_dir, host=host, port=port, workers=workers)
+    except ValidationError as exc:
+        if not any(error["loc"][:1] == ("workers",) for error in exc.errors()):
+            raise
+        raise typer.BadParameter(
+            "must be a number from 1 to 256, or auto", param_hint="--workers"
+        ) from exc
     try:
         load_meters(settings.meters_file)  # checked here too, so a bad file is one clear line
     except KgentsError as exc:
@@ -84,6 +101,13 @@ def serve(
     elif token.path is not None:
         console.print(f"Admin token: in {token.path}")
     configure_logging(level=log_level, fmt=LOG_FORMATS[log_format])
+    if settings.worker_processes > 1:
+        try:
+            serve_workers(settings, log_level=log_level, log_format=log_format)
+        except KgentsError as exc:
+            error_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+            raise typer.Exit(code=1) from None
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -1,0 +1,114 @@
+"""``kgents serve --workers N``: N processes serve one port, each a full replica, sharing the
+embedded nats-server that their parent runs."""
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from kgents.cli.main import app
+from tests.conftest import ADMIN_TOKEN
+from tests.support.servers import ServerProcess
+from tests.support.sse import read_events
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+WORKER = "x-kgents-worker"
+FIND_WORKERS_ATTEMPTS = 200  # connections opened until both workers answered one
+
+
+async def open_follower(
+    stack: contextlib.AsyncExitStack, base_url: str, path: str, key: str
+) -> httpx.Response:
+    """``GET path`` as an open SSE response on a connection of its own."""
+    client = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=60))
+    request = client.build_request("GET", path, headers={"X-API-Key": key})
+    response = await client.send(request, stream=True)
+    stack.push_async_callback(response.aclose)
+    assert response.status_code == 200, await response.aread()
+    return response
+
+
+async def followed_text(response: httpx.Response) -> str:
+    text = []
+    async for event in read_events(response):
+        if event.event == "chunk":
+            text.append(event.data["text"])
+        elif event.event in ("complete", "error"):
+            assert event.event == "complete", event.data
+            return "".join(text)
+    raise AssertionError("the follow ended before the turn did")
+
+
+@contextlib.asynccontextmanager
+async def followers_on_each_worker(
+    base_url: str, path: str, key: str, *, workers: int
+) -> AsyncIterator[dict[str, httpx.Response]]:
+    """One open follower per worker process (by ``X-Kgents-Worker``), each on a connection of
+    its own; connections are opened until every worker has answered one."""
+    async with contextlib.AsyncExitStack() as kept:
+        followers: dict[str, httpx.Response] = {}
+        for _ in range(FIND_WORKERS_ATTEMPTS):
+            async with contextlib.AsyncExitStack() as attempt:
+                response = await open_follower(attempt, base_url, path, key)
+                if response.headers[WORKER] not in followers:
+                    followers[response.headers[WORKER]] = response
+                    kept.push_async_exit(attempt.pop_all())
+            if len(followers) == workers:
+                break
+        assert len(followers) == workers, f"only workers {sorted(followers)} answered"
+        yield followers
+
+
+async def test_a_follower_on_one_worker_sees_a_turn_started_on_another(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {
+        "KGENTS_WORKERS": "2",
+        "KGENTS_DATABASE_URL": database_url,
+        "KGENTS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "KGENTS_DEMO_TOKEN_DELAY_MS": "5",
+    }
+    data_dir = tmp_path / "data"
+    with ServerProcess(data_dir, env) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            tenant = await client.post(
+                "/v1/tenants", json={"name": "acme", "plan": "pro"}, headers=ADMIN
+            )
+            tenant_id = tenant.json()["id"]
+            created = await client.post(
+                f"/v1/tenants/{tenant_id}/keys", json={"name": "w"}, headers=ADMIN
+            )
+            key = created.json()["key"]
+            session = await client.post("/v1/kgent/sessions", json={}, headers={"X-API-Key": key})
+            session_id = session.json()["id"]
+            path = f"/v1/kgent/sessions/{session_id}"
+            async with followers_on_each_worker(
+                server.base_url, f"{path}/events", key, workers=2
+            ) as followers:
+                reply = await client.post(
+                    f"{path}/messages",
+                    json={"message": "hello from one worker", "stream": False},
+                    headers={"X-API-Key": key},
+                )
+                assert reply.status_code == 201, reply.text
+                starter = reply.headers[WORKER]
+                assert starter in followers
+                for worker, follower in followers.items():
+                    assert await followed_text(follower) == reply.json()["content"], worker
+                assert any(worker != starter for worker in followers)
+        embedded_state = data_dir / "nats.json"
+        assert embedded_state.exists()  # the parent's embedded nats-server, shared
+    assert not embedded_state.exists()  # stopped by the parent once the workers had stopped
+
+
+def test_workers_must_be_a_count_or_auto(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["serve", "--data-dir", str(tmp_path), "--workers", "0"], catch_exceptions=False
+    )
+    assert result.exit_code == 2
+    assert "--workers" in result.output
