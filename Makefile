@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest install install-test browser clean
+.PHONY: run test lint typecheck pytest install install-test browser audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +45,14 @@ pytest: install-test browser
 ## Install test dependencies, then lint, type-check and run the whole suite.
 test: lint typecheck pytest
 
+## Audit the installed dependencies for known vulnerabilities (needs pypi.org). pip-audit runs
+## from a venv of its own, so it never changes the project's.
+AUDIT_VENV ?= .venv-audit
+audit: install-test
+	test -x $(AUDIT_VENV)/bin/pip-audit || \
+		{ $(PYTHON) -m venv $(AUDIT_VENV) && $(AUDIT_VENV)/bin/pip install --quiet pip-audit; }
+	$(BIN)/pip freeze --exclude-editable > $(AUDIT_VENV)/requirements.txt
+	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r $(AUDIT_VENV)/requirements.txt
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ platform.py                     (composition root)
 tenancy/, sessions/, metering/  (services: no web, NATS or database driver imports)
 store/, streaming/, llm/, sinks/  (adapters: never import api/, cli/ or platform)
 flux/                           (pure code)
-config, errors, records, clock, ids, data_dir   (leaves)
+config, errors, records, clock, ids, data_dir, redaction   (leaves)
 """
 
 import ast
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kgents"
-LEAVES = {"config", "errors", "records", "clock", "ids", "data_dir"}
+LEAVES = {"config", "errors", "records", "clock", "ids", "data_dir", "redaction"}
 SERVICES = {"tenancy", "sessions", "metering"}
 ADAPTERS = {"store", "streaming", "llm", "sinks"}
 TOP = {"api", "cli", "platform", "workers"}

@@ -1,6 +1,7 @@
 """``kgents tenant|key|db``: the CLI works on the database directly, no server needed."""
 
 import asyncio
+import os
 import re
 import stat
 import subprocess
@@ -76,6 +77,7 @@ def test_serve_first_start_creates_token_and_binds_localhost(tmp_path: Path, nat
         "PATH": str(Path(sys.executable).parent),
         "KGENTS_NATS_URL": nats_url,
         "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # a worktree's src first, when set
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "kgents", "serve", "--port", str(port), "--data-dir", str(data)],
@@ -98,7 +100,9 @@ def test_serve_first_start_creates_token_and_binds_localhost(tmp_path: Path, nat
         process.terminate()
         output, _ = process.communicate(timeout=30)
     text = output.decode()
-    assert token in text and "Authorization: Bearer" in text  # printed once, with a hint
+    # Never printed in full (the output lands in service logs): where it is and how it starts.
+    assert token not in text and token[12:] not in text
+    assert token[:12] in text and str(token_file) in text and "Authorization: Bearer" in text
     assert f"http://127.0.0.1:{port}" in text or "127.0.0.1" in text
 
 

@@ -146,6 +146,11 @@ def test_secrets_are_masked_in_messages_fields_and_tracebacks() -> None:
     entry = json.loads(JsonFormatter().format(record))
     assert entry["header"] == "Bearer [redacted]" and "ValueError" in entry["exception"]
     assert redact("x-api-key: kg_admin_zzz token=abc") == "x-api-key: [redacted] token=[redacted]"
+    # URLs keep their user and host, never their password or token (nats-py's own messages too).
+    assert (
+        redact("reconnected to nats://kgents:pa55w0rd@10.0.0.1:4222,tls://tok3n@nats-2:4222")
+        == "reconnected to nats://kgents:***@10.0.0.1:4222,tls://***@nats-2:4222"
+    )
 
 
 def test_text_format_for_terminals() -> None:

@@ -2,6 +2,7 @@
 ids; heartbeats while idle; the end of the turn stops the stream."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -139,3 +140,18 @@ async def test_the_end_of_the_turn_is_sent_when_the_stream_cannot() -> None:
     async with asyncio.timeout(10):
         fallback = await pending
     assert fallback.startswith(b"event: complete\n")  # no id: it did not come from the stream
+
+
+def test_every_line_break_of_splitlines_is_escaped_and_the_json_kept() -> None:
+    """Text with every character ``str.splitlines()`` breaks on (U+2028, U+0085 and the rest)
+    stays on the ``data:`` line, so a naive line splitter reads no forged ``data:`` or ``id:``."""
+    breaks = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    text = "".join(f"{ch}data: forged\nid: 999{ch}" for ch in breaks) + " é"
+    event = SessionEvent(session_id="ses_1", type="chunk", data={"text": text})
+    frame = event_frame(ReceivedEvent(seq=7, event=event, time=None)).decode()
+    lines = frame.splitlines()
+    assert lines == [lines[0], lines[1], lines[2], ""]
+    assert lines[:2] == ["id: 7", "event: chunk"]
+    assert lines[2].startswith("data: ")
+    assert json.loads(lines[2].removeprefix("data: ")) == {"text": text}
+    assert "é" in lines[2]  # other text stays as it is

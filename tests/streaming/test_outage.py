@@ -1,7 +1,9 @@
 """NATS down: refused at once with ``EventsUnavailable``; NATS back: everything resumes."""
 
 import asyncio
+import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection, parse_servers
 from kgents.streaming.nats_process import free_port
 from kgents.streaming.topology import ensure_streams
-from tests.support.nats import NatsServer
+from tests.support.nats import NatsServer, nats_server
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -153,3 +155,36 @@ async def test_a_batch_fails_when_acks_do_not_come(own_nats: NatsServer) -> None
         assert time.monotonic() - started < 3.0
     finally:
         await conn.close()
+
+
+async def test_urls_are_logged_and_shown_without_their_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reconnect is logged with the server's URL, and a failed connect names the servers:
+    neither carries the password (nor does the connection's ``connected_url``)."""
+    password = "s3cret-" + new_id("pw")
+    config = f'authorization {{ user: kgents, password: "{password}" }}\n'
+    caplog.set_level(logging.DEBUG)
+    with nats_server(tmp_path / "nats", config=config) as server:
+        url = f"nats://kgents:{password}@127.0.0.1:{server.port}"
+        conn = await NatsConnection.connect(url)
+        try:
+            assert password not in (conn.connected_url or "")
+            server.restart()  # same port: the client reconnects
+
+            async def reconnected() -> bool:
+                return conn.reconnects >= 1
+
+            await eventually(reconnected, seconds=15)
+        finally:
+            await conn.close()
+    with pytest.raises(EventsUnavailable) as refused:
+        unreachable = f"nats://kgents:{password}@127.0.0.1:{free_port()}"
+        await NatsConnection.connect(unreachable, connect_timeout=0.5)
+    assert password not in refused.value.message
+    with pytest.raises(InvalidInput) as invalid:
+        parse_servers(f"nats://kgents:{password}@nats 1:4222")
+    assert password not in invalid.value.message
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("nats: reconnected to nats://") for m in messages)
+    assert not [m for m in messages if password in m]

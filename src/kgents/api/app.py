@@ -27,6 +27,7 @@ from kgents.api.routes import (
 )
 from kgents.api.routes import metrics as metrics_routes
 from kgents.api.schemas import ErrorBody
+from kgents.api.security_headers import SecurityHeadersMiddleware
 from kgents.api.usage_middleware import RequestUsageMiddleware
 from kgents.clock import utc_now
 from kgents.config import Settings
@@ -129,5 +130,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 "X-Request-ID",
             ],
         )
+    docs_paths = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=[p for p in docs_paths if p])
     app.add_middleware(RequestObserver, metrics=metrics)
     return app

@@ -7,6 +7,7 @@ heartbeat keeps idle connections open through proxies.
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,11 +23,19 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connecti
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# The line breaks of str.splitlines() that JSON leaves raw (it escapes those below U+0020):
+# escaped too, so a client splitting lines naively never reads a line forged inside a string.
+_RAW_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
+def _escape_line_break(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def sse_frame(*, event_id: int | None, event: str, data: dict[str, Any]) -> bytes:
-    """One SSE frame. JSON never contains a raw newline, so ``data`` is a single line."""
-    body = _JSON.encode(data)
+    """One SSE frame whose ``data`` is a single line, for every line splitter: JSON escapes
+    newlines and other control characters, and U+0085, U+2028 and U+2029 are escaped here."""
+    body = _RAW_LINE_BREAKS.sub(_escape_line_break, _JSON.encode(data))
     if event_id is None:
         return f"event: {event}\ndata: {body}\n\n".encode()
     return f"id: {event_id}\nevent: {event}\ndata: {body}\n\n".encode()

@@ -24,7 +24,7 @@ from kgents.data_dir import prepare_data_dir
 from kgents.errors import KgentsError
 from kgents.metering.meters import load_meters
 from kgents.store.engine import Migration, database_url, pending_migrations, upgrade_database
-from kgents.tenancy.admin_token import load_or_create_admin_token
+from kgents.tenancy.admin_token import load_or_create_admin_token, masked
 
 app = typer.Typer(
     help="kgents: conversations with K-gent over streaming, metered APIs.",
@@ -91,15 +91,21 @@ def serve(
         raise typer.Exit(code=1) from None
     prepare_data_dir(settings)
     token = load_or_create_admin_token(settings)
+    if token.path is not None:
+        # Never the whole token: this output ends up in service and container logs.
+        state = "created" if token.created else "kept"
+        console.print(
+            f"[bold]Admin token[/bold] {masked(token.value)} {state} in {token.path} (mode 0600)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if token.created:
-        console.print(f"[bold]Admin token[/bold] (shown once, saved to {token.path}):")
-        console.print(f"  {token.value}")
         console.print(
             '  Use it as: curl -H "Authorization: Bearer $(cat '
-            f'{token.path})" http://{settings.host}:{settings.port}/v1/tenants'
+            f'{token.path})" http://{settings.host}:{settings.port}/v1/tenants',
+            highlight=False,
+            soft_wrap=True,
         )
-    elif token.path is not None:
-        console.print(f"Admin token: in {token.path}")
     configure_logging(level=log_level, fmt=LOG_FORMATS[log_format])
     if settings.worker_processes > 1:
         try:

@@ -5,8 +5,9 @@ Every record carries ``time`` (UTC, RFC 3339), ``level``, ``logger``, ``message`
 outside one). A request's context lives in a ``ContextVar`` set by ``RequestObserver``, so
 tasks started by the request (the generation of a reply) log with it too.
 
-Secrets never reach the output: API keys, admin tokens, bearer credentials and provider keys
-are masked in every message and traceback. Message contents are not logged by the platform.
+Secrets never reach the output: API keys, admin tokens, bearer credentials, provider keys and
+the passwords and tokens in URLs are masked in every message and traceback. Message contents
+are not logged by the platform.
 """
 
 import json
@@ -18,6 +19,8 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
+
+from kgents.redaction import mask_url_credentials
 
 LogFormat = Literal["auto", "json", "text"]
 LOG_FORMATS: dict[str, LogFormat] = {"auto": "auto", "json": "json", "text": "text"}
@@ -44,10 +47,10 @@ _RECORD_ATTRIBUTES = frozenset(
 
 
 def redact(text: str) -> str:
-    """``text`` with every secret-looking value masked."""
+    """``text`` with every secret-looking value masked (URL credentials included)."""
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
-    return text
+    return mask_url_credentials(text)
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from kgents.errors import EventsUnavailable, InvalidInput
+from kgents.redaction import mask_url_credentials
 from kgents.streaming.nats_auth import NO_AUTH, NatsAuth, split_credentials
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def parse_servers(value: str | Sequence[str]) -> list[str]:
         raise InvalidInput("no NATS server URL given", code="invalid_nats_url")
     for server in servers:
         if any(ch.isspace() for ch in server):
-            raise InvalidInput(f"invalid NATS server URL {server!r}", code="invalid_nats_url")
+            shown = mask_url_credentials(server)
+            raise InvalidInput(f"invalid NATS server URL {shown!r}", code="invalid_nats_url")
     return servers
 
 

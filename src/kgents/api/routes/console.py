@@ -1,7 +1,8 @@
 """The web console: ``GET /`` answers its page, ``/console/*`` its modules, styles and icon.
 
 The page loads same-origin ES modules only (no inline script or style, no third-party code),
-so a strict Content-Security-Policy holds. Only ``/`` and ``/console/`` are taken: every other
+so a strict Content-Security-Policy holds (``kgents.api.security_headers`` gives it to every
+HTML file under ``/console/`` too). Only ``/`` and ``/console/`` are taken: every other
 path, ``/v1/...`` included, keeps the API's JSON answers and JSON 404s.
 """
 
@@ -12,24 +13,11 @@ from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from kgents.api.security_headers import CONTENT_SECURITY_POLICY
 from kgents.console import INDEX_FILE, STATIC_DIR
 
 CONSOLE_PREFIX = "/console"
 
-CONTENT_SECURITY_POLICY = "; ".join(
-    (
-        "default-src 'none'",
-        "script-src 'self'",
-        "style-src 'self'",
-        "img-src 'self'",
-        "connect-src 'self'",
-        "manifest-src 'self'",
-        "base-uri 'none'",
-        # The forms are handled by script; none may ever submit (and so put a key in a URL).
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    )
-)
 _SHARED_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
