@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kgents.errors import EventsUnavailable
 from kgents.metering.relay import OutboxRelay, StoredUsageEvent
+from kgents.store.engine import create_engine
 from kgents.store.outbox_repo import SqlOutboxStore
 from tests.metering.support import T0, sample
 
@@ -84,3 +85,35 @@ async def test_a_cancel_the_publisher_swallowed_still_stops_the_relay(
 
     assert await stopped_by_cancel(task)
     assert await outbox.backlog() == 1
+
+
+class RecordingPublisher:
+    """Records what it is asked to publish, taking a moment per batch as a real one does."""
+
+    def __init__(self, published: list[str]) -> None:
+        self.published = published
+
+    async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
+        await asyncio.sleep(0.01)
+        self.published.extend(e.id for e in events)
+
+
+async def test_two_replicas_relaying_at_once_publish_each_row_once(engine: AsyncEngine) -> None:
+    await SqlOutboxStore(engine).add([sample() for _ in range(400)], at=T0)
+    other = create_engine(engine.url)
+    published: list[str] = []
+    try:
+        relays = [
+            OutboxRelay(outbox=SqlOutboxStore(db), publisher=RecordingPublisher(published))
+            for db in (engine, other)
+        ]
+
+        async def drain(relay: OutboxRelay) -> None:
+            while await relay.relay_once(limit=30):
+                pass
+
+        await asyncio.gather(*(drain(relay) for relay in relays for _ in range(3)))
+    finally:
+        await other.dispose()
+    assert len(published) == len(set(published)) == 400
+    assert await SqlOutboxStore(engine).backlog() == 0

@@ -1,5 +1,6 @@
 """The usage outbox on SQLite and PostgreSQL: duplicates are skipped, never an error."""
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -7,6 +8,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from kgents.records import UsageEvent
+from kgents.store.engine import create_engine
 from kgents.store.outbox_repo import SqlOutboxStore, add_outbox_events
 
 pytestmark = pytest.mark.anyio
@@ -65,7 +67,12 @@ async def test_adding_nothing_is_a_no_op(engine: AsyncEngine) -> None:
     assert await outbox.backlog() == 0
 
 
-async def test_pending_stored_is_the_pending_event_as_stored(engine: AsyncEngine) -> None:
+async def claim(outbox: SqlOutboxStore, limit: int, *, now: datetime = AT) -> list[str]:
+    claimed = await outbox.claim_stored(limit=limit, now=now, until=now + timedelta(minutes=1))
+    return [e.id for e in claimed]
+
+
+async def test_claimed_stored_is_the_pending_event_as_stored(engine: AsyncEngine) -> None:
     """The relay's read: ``data`` as its JSON text and ``time`` as RFC 3339 UTC text, equal to
     what ``pending`` decodes; rows staged through the ORM (a billed change's transaction) too."""
     outbox = SqlOutboxStore(engine)
@@ -83,7 +90,8 @@ async def test_pending_stored_is_the_pending_event_as_stored(engine: AsyncEngine
         staged = UsageEvent(id="c", type="llm.tokens", subject="ten_2", time=berlin, data=data)
         add_outbox_events(db, [staged], at=AT + timedelta(seconds=1))
 
-    stored = {e.id: e for e in await outbox.pending_stored(limit=10)}
+    claimed = await outbox.claim_stored(limit=10, now=AT, until=AT + timedelta(minutes=1))
+    stored = {e.id: e for e in claimed}
     decoded = {e.id: e for e in await outbox.pending(limit=10)}
 
     assert sorted(stored) == sorted(decoded) == ["a", "b", "c"]
@@ -102,11 +110,29 @@ async def test_pending_stored_is_the_pending_event_as_stored(engine: AsyncEngine
     assert stored["b"].time == "2026-03-01T12:00:05.123456Z"
 
 
-async def test_pending_stored_reads_the_oldest_unsent_first(engine: AsyncEngine) -> None:
+async def test_claims_take_the_oldest_unsent_rows_nobody_holds(engine: AsyncEngine) -> None:
     outbox = SqlOutboxStore(engine)
     await outbox.add([event("late")], at=AT + timedelta(seconds=5))
     await outbox.add([event("early"), event("sent")], at=AT)
     await outbox.mark_sent([(event("sent").source, "sent")], at=AT)
 
-    assert [e.id for e in await outbox.pending_stored(limit=1)] == ["early"]
-    assert [e.id for e in await outbox.pending_stored(limit=10)] == ["early", "late"]
+    assert await claim(outbox, 1) == ["early"]
+    assert await claim(outbox, 10) == ["late"]  # "early" is held
+    assert await claim(outbox, 10) == []
+    await outbox.release([(event("late").source, "late")])
+    assert await claim(outbox, 10) == ["late"]
+    # A claim that ran out (its relay died) is taken again.
+    assert await claim(outbox, 10, now=AT + timedelta(minutes=2)) == ["early", "late"]
+
+
+async def test_relays_claiming_at_once_never_share_a_row(engine: AsyncEngine) -> None:
+    """Two replicas (two engines) claiming concurrently get disjoint rows that cover all."""
+    await SqlOutboxStore(engine).add([event(f"e{i:04d}") for i in range(600)], at=AT)
+    other = create_engine(engine.url)
+    try:
+        replicas = [SqlOutboxStore(engine), SqlOutboxStore(other)]
+        batches = await asyncio.gather(*(claim(replicas[i % 2], 25) for i in range(30)))
+    finally:
+        await other.dispose()
+    claimed = [event_id for batch in batches for event_id in batch]
+    assert len(claimed) == len(set(claimed)) == 600

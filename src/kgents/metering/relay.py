@@ -1,4 +1,7 @@
-"""The outbox relay: publishes stored usage events to JetStream, then marks them sent.
+"""The outbox relay: claims stored usage events, publishes them to JetStream, marks them sent.
+
+Replicas share the outbox: each claims the rows it publishes (``claim_stored``), so two
+replicas never publish the same rows; the duplicate window stays as the second line.
 
 A row is marked sent only after JetStream acknowledged it. If the process dies in between, the
 row is published again on the next pass and JetStream's ``Nats-Msg-Id`` dedupe (and, behind it,
@@ -10,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from kgents.clock import utc_now
@@ -20,6 +23,10 @@ from kgents.metering.cancellation import raise_if_cancelled
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
+CLAIM_SECONDS = 120.0
+"""How long a relay holds the rows it publishes: well beyond a publish retried through a NATS
+failover. A relay that died holds them no longer than this; one that outlives it may publish
+rows another relay publishes too, which JetStream's duplicate window absorbs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +44,15 @@ class StoredUsageEvent:
 
 
 class OutboxStore(Protocol):
-    async def pending_stored(self, *, limit: int) -> Sequence[StoredUsageEvent]:
-        """The oldest unsent events, at most ``limit``."""
+    async def claim_stored(
+        self, *, limit: int, now: datetime, until: datetime
+    ) -> Sequence[StoredUsageEvent]:
+        """Hold the oldest unsent events that nobody holds until ``until`` (at most
+        ``limit``) and return them; another relay never gets the same ones meanwhile."""
+        ...
+
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Give up the claims on these unsent events."""
         ...
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None: ...
@@ -51,9 +65,16 @@ class UsagePublisher(Protocol):
 
 
 class OutboxRelay:
-    def __init__(self, *, outbox: OutboxStore, publisher: UsagePublisher) -> None:
+    def __init__(
+        self,
+        *,
+        outbox: OutboxStore,
+        publisher: UsagePublisher,
+        claim_seconds: float = CLAIM_SECONDS,
+    ) -> None:
         self._outbox = outbox
         self._publisher = publisher
+        self._claim_seconds = claim_seconds
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -61,13 +82,28 @@ class OutboxRelay:
         self._wake.set()
 
     async def relay_once(self, *, limit: int = BATCH_SIZE) -> int:
-        """Publish one batch of pending events; return how many were relayed."""
-        events = await self._outbox.pending_stored(limit=limit)
+        """Claim, publish and mark sent one batch of pending events; return how many."""
+        now = utc_now()
+        events = await self._outbox.claim_stored(
+            limit=limit, now=now, until=now + timedelta(seconds=self._claim_seconds)
+        )
         if not events:
             return 0
-        await self._publisher.publish_stored(events)
-        await self._outbox.mark_sent([(e.source, e.id) for e in events], at=utc_now())
+        keys = [(e.source, e.id) for e in events]
+        try:
+            await self._publisher.publish_stored(events)
+        except BaseException:
+            # Failed or cancelled: let any relay take them again now, not when the claim ends.
+            await asyncio.shield(self._release(keys))
+            raise
+        await self._outbox.mark_sent(keys, at=utc_now())
         return len(events)
+
+    async def _release(self, keys: list[tuple[str, str]]) -> None:
+        try:
+            await self._outbox.release(keys)
+        except Exception:
+            logger.warning("could not release %d outbox claims", len(keys), exc_info=True)
 
     async def drain(self) -> int:
         """Relay until nothing is pending."""

@@ -92,22 +92,36 @@ class SqlOutboxStore:
                 for row in rows
             ]
 
-    async def pending_stored(self, *, limit: int) -> list[StoredUsageEvent]:
-        """The oldest unsent events as stored (``data`` as its JSON text, ``time`` as RFC 3339
-        text), for the relay to publish as they are."""
-        async with self._engine.connect() as connection:
-            rows = await connection.execute(self._sql.pending_stored, {"limit": limit})
-            return [
-                StoredUsageEvent(
-                    source=source,
-                    id=id_,
-                    type=type_,
-                    subject=subject,
-                    time=stored_time_rfc3339(time),
-                    data_json=data,
-                )
-                for source, id_, type_, subject, time, data in rows
-            ]
+    async def claim_stored(
+        self, *, limit: int, now: datetime, until: datetime
+    ) -> list[StoredUsageEvent]:
+        """Claim the oldest unsent events that no relay holds (or whose claim ran out by
+        ``now``) until ``until``, oldest first, as stored (``data`` as its JSON text, ``time``
+        as RFC 3339 text), for the relay to publish as they are. Two relays claiming at once
+        never get the same row."""
+        params = {"limit": limit, "now": now, "until": until}
+        async with for_writes(self._engine).begin() as connection:
+            result = await connection.execute(self._sql.claim, params)
+            rows = sorted(result, key=lambda row: row[-1])  # RETURNING has no order
+        return [
+            StoredUsageEvent(
+                source=source,
+                id=id_,
+                type=type_,
+                subject=subject,
+                time=stored_time_rfc3339(time),
+                data_json=data,
+            )
+            for source, id_, type_, subject, time, data, _created in rows
+        ]
+
+    async def release(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Give up the claims on ``(source, id)`` pairs not sent (publishing them failed), so
+        the next pass of any relay takes them again at once."""
+        if not keys:
+            return
+        async with for_writes(self._engine).begin() as connection:
+            await connection.exec_driver_sql(self._sql.release, self._sql.key_rows(keys))
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None:
         """Mark ``(source, id)`` pairs as published (after JetStream acknowledged them)."""

@@ -10,9 +10,21 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import String, Table, Text, bindparam, cast, select, type_coerce, update
+from sqlalchemy import (
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    null,
+    or_,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.engine import Dialect
-from sqlalchemy.sql import Select
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from kgents.clock import as_utc
 from kgents.records import UsageEvent
@@ -35,21 +47,45 @@ class OutboxSql:
             .values(sent_at=bindparam("sent_at"))
         )
         self.mark_sent = compiled(mark_sent, dialect, ["sent_at", "key_source", "key_id"])
+        # The oldest unsent rows nobody holds, held until ``until``. On PostgreSQL a relay skips
+        # the rows another one is claiming at the same moment (SKIP LOCKED) instead of waiting
+        # for them; SQLite has one writer at a time and no FOR UPDATE (it is left out there).
+        claimable = (
+            select(c.source, c.id)
+            .where(
+                c.sent_at.is_(None),
+                or_(c.claimed_until.is_(None), c.claimed_until <= bindparam("now")),
+            )
+            .order_by(c.created_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+        )
         # ``time`` as the driver returns it (SQLite: text, PostgreSQL: an aware datetime) and
         # ``data`` as text: no per-row JSON decoding or datetime processing in SQLAlchemy.
-        self.pending_stored: Select[tuple[str, str, str, str, Any, str]] = (
-            select(
+        self.claim: ReturningUpdate[tuple[str, str, str, str, Any, str, datetime]] = (
+            update(OUTBOX)
+            .where(tuple_(c.source, c.id).in_(claimable))
+            .values(claimed_until=bindparam("until"))
+            .returning(
                 c.source,
                 c.id,
                 c.type,
                 c.subject,
                 type_coerce(c.time, String),
                 cast(c.data, Text),
+                c.created_at,
             )
-            .where(c.sent_at.is_(None))
-            .order_by(c.created_at)
-            .limit(bindparam("limit"))
         )
+        release = (
+            update(OUTBOX)
+            .where(
+                c.source == bindparam("key_source"),
+                c.id == bindparam("key_id"),
+                c.sent_at.is_(None),
+            )
+            .values(claimed_until=null())
+        )
+        self.release = compiled(release, dialect, ["key_source", "key_id"])
 
     def insert_pages(
         self, events: Sequence[UsageEvent], *, at: datetime
@@ -72,7 +108,8 @@ class OutboxSql:
                     bind_time(event.time),
                     json.dumps(event.data),
                     created,
-                    None,
+                    None,  # sent_at
+                    None,  # claimed_until
                 )
             pages.append((len(page), tuple(values)))
         return pages
@@ -82,6 +119,11 @@ class OutboxSql:
         PostgreSQL then lock rows in the same order)."""
         sent_at = self._bind_time(at)
         return [(sent_at, source, id_) for source, id_ in sorted(set(keys))]
+
+    @staticmethod
+    def key_rows(keys: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``executemany`` rows of ``release``, in key order (as ``sent_rows``)."""
+        return sorted(set(keys))
 
 
 _SQLITE_TIME_LENGTH = len("2026-01-02 03:04:05.123456")

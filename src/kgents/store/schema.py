@@ -152,3 +152,6 @@ class OutboxRow(Base):
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    # A relay publishing the row holds it until then, so other replicas skip it; a relay that
+    # died leaves its claim to expire.
+    claimed_until: Mapped[datetime | None]
