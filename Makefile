@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# checkov (tests/deploy) pins dozens of packages that clash with the project's: its own venv.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION := 3.3.30
 
-.PHONY: run test lint typecheck pytest install install-test browser audit clean
+.PHONY: run test lint typecheck pytest install install-test browser kubectl checkov audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +42,22 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-pytest: install-test browser
-	$(BIN)/pytest
+## kubectl renders deploy/k8s (its built-in kustomize) for tests/deploy; Debian's if missing.
+kubectl:
+	@command -v kubectl >/dev/null 2>&1 || { \
+		echo "installing kubectl (apt-get kubernetes-client) for tests/deploy"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
+pytest: install-test browser kubectl checkov
+	KGENTS_TEST_CHECKOV=$(abspath $(CHECKOV_VENV))/bin/checkov $(BIN)/pytest
 
 ## Install test dependencies, then lint, type-check and run the whole suite.
 test: lint typecheck pytest
@@ -55,4 +72,4 @@ audit: install-test
 	$(AUDIT_VENV)/bin/pip-audit --strict --no-deps --disable-pip -r $(AUDIT_VENV)/requirements.txt
 
 clean:
-	rm -rf $(VENV) $(AUDIT_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(AUDIT_VENV) $(CHECKOV_VENV) .pytest_cache .mypy_cache .ruff_cache
