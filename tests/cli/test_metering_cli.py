@@ -21,7 +21,7 @@ from kgents.config import Settings
 from kgents.metering import events as usage_events
 from kgents.platform import Platform, open_platform
 from tests.support.postgres import create_database, drop_database
-from tests.support.turns import running_turn
+from tests.support.turns import running_turn, store_running_turn
 
 runner = CliRunner()
 ONE_DEAD_LETTER = re.compile(r"\b1 dead letter\b(?!s)")
@@ -67,7 +67,7 @@ async def finished_turn(platform: Platform, tenant_id: str, tokens_in: int, toke
     now = utc_now()
     turn, question = running_turn(session.id, tenant_id, started_at=now, tokens_in=tokens_in)
     store = platform.session_store
-    await store.start_turn(turn, user_message=question, events=[], lease_until=now)
+    await store_running_turn(store, turn, question, lease_until=now)
     final = replace(turn, status="complete", tokens_out=tokens_out, finished_at=utc_now())
     bill = usage_events.llm_tokens(
         tenant_id=tenant_id,

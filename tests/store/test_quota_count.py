@@ -17,7 +17,7 @@ from kgents.platform import Platform, open_platform
 from kgents.records import Turn
 from kgents.store.engine import alembic_config
 from tests.support.database import async_url
-from tests.support.turns import running_turn
+from tests.support.turns import running_turn, store_running_turn
 
 pytestmark = pytest.mark.anyio
 
@@ -30,7 +30,7 @@ async def finish_a_turn(
 ) -> Turn:
     turn, question = running_turn(session_id, tenant_id, started_at=started_at)
     store = platform.session_store
-    await store.start_turn(turn, user_message=question, events=[], lease_until=utc_now())
+    await store_running_turn(store, turn, question, lease_until=utc_now())
     final = replace(turn, status="complete", tokens_in=tokens // 2, tokens_out=tokens - tokens // 2)
     assert await store.finish_turn(
         replace(final, finished_at=utc_now()), assistant_message=None, events=[]
@@ -77,8 +77,8 @@ async def test_the_count_follows_finished_turns_and_is_rebuilt_by_its_migration(
             still_running, asking = running_turn(
                 session.id, tenant.id, started_at=MARCH, tokens_in=500
             )
-            await platform.session_store.start_turn(
-                still_running, user_message=asking, events=[], lease_until=utc_now()
+            await store_running_turn(
+                platform.session_store, still_running, asking, lease_until=utc_now()
             )
         counted = sorted(await month_counts(settings))
         mid_month = MARCH + timedelta(days=2)

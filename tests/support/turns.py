@@ -1,9 +1,11 @@
 """Records of a running turn and its question, for tests that write turns through the store."""
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from kgents.ids import new_id
-from kgents.records import Message, Turn
+from kgents.records import Message, Turn, UsageEvent
+from kgents.sessions.ports import SessionStore
 
 
 def running_turn(
@@ -41,3 +43,26 @@ def running_turn(
         created_at=started_at,
     )
     return turn, question
+
+
+async def store_running_turn(
+    store: SessionStore,
+    turn: Turn,
+    question: Message,
+    *,
+    lease_until: datetime,
+    events: Sequence[UsageEvent] = (),
+) -> None:
+    """Store ``turn`` and its question as production does: one ``begin_turn`` transaction
+    (without counting a request or reading the quota)."""
+    async with store.begin_turn() as start:
+        reads = await start.read(
+            tenant_id=turn.tenant_id,
+            session_id=turn.session_id,
+            count_key=None,
+            window_start=None,
+            tokens_since=None,
+            history_limit=0,
+        )
+        assert reads.session is not None and not reads.turn_running
+        start.add_turn(turn, user_message=question, events=events, lease_until=lease_until)

@@ -15,7 +15,14 @@ from typing import Any
 from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, KgentsError, ProviderError
 from kgents.flux import FluxStream
-from kgents.llm.base import GenerationRequest, LLMProvider, StreamItem, TextDelta, Usage
+from kgents.llm.base import (
+    GenerationRequest,
+    LLMProvider,
+    StreamItem,
+    TextDelta,
+    Usage,
+    estimate_tokens,
+)
 from kgents.records import Message, Turn, TurnStatus
 from kgents.sessions.billing import turn_bill
 from kgents.sessions.persona import DORMANT_REPLY
@@ -154,8 +161,8 @@ class TurnRunner:
         try:
             await self._store.set_first_seq(turn_id, seq)
         except Exception:
-            # The turn runs on; only if its process also dies is it recovered without its
-            # chunks (billed for nothing rather than twice).
+            # The turn runs on; if its process dies, recovery finds its chunks among the
+            # session's without it.
             logger.warning("could not store the first sequence of turn %s", turn_id, exc_info=True)
 
     async def run(self, planned: PlannedTurn) -> TurnOutcome:
@@ -208,7 +215,7 @@ class TurnRunner:
             # is not billed: the provider refused it.
             usage = Usage(
                 tokens_in=planned.turn.tokens_in if progress.chunks else 0,
-                tokens_out=progress.chunks,
+                tokens_out=estimate_tokens("".join(progress.text)),
                 model=self._provider.model,
                 estimated=True,
             )

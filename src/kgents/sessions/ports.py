@@ -76,15 +76,6 @@ class SessionStore(Protocol):
 
     async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool: ...
 
-    async def start_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> Session: ...
-
     def begin_turn(self) -> AbstractAsyncContextManager[TurnStart]:
         """A ``TurnStart`` transaction (``TurnInProgress`` if a concurrent turn won the race)."""
         ...

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from kgents.clock import utc_now
 from kgents.errors import KgentsError
+from kgents.llm.base import estimate_tokens
 from kgents.metering.cancellation import raise_if_cancelled
 from kgents.records import Turn
 from kgents.sessions.billing import turn_bill
@@ -51,22 +52,24 @@ class TurnRecovery:
         return closed
 
     async def _interrupt(self, turn: Turn) -> bool:
-        chunks: list[str] = []
-        if turn.first_seq is not None:
-            chunks = await self._events.turn_chunks(
-                turn.session_id, turn.id, first_seq=turn.first_seq
-            )
+        # Without its first sequence (its process died before storing it, or storing it
+        # failed) the turn's chunks are looked for among all the session's chunks, which the
+        # stream bounds per subject: a turn is never billed for nothing because of it.
+        chunks = await self._events.turn_chunks(
+            turn.session_id, turn.id, first_seq=turn.first_seq or 1
+        )
+        text = "".join(chunks)
         final = replace(
             turn,
             status="interrupted",
             tokens_in=turn.tokens_in if chunks else 0,
-            tokens_out=len(chunks),
+            tokens_out=estimate_tokens(text),
             model=turn.model or "unknown",
             estimated=True,
             error_code="interrupted",
             finished_at=utc_now(),
         )
-        bill = turn_bill(final, text="".join(chunks))
+        bill = turn_bill(final, text=text)
         stored = await self._store.finish_turn(
             final, assistant_message=bill.message, events=bill.events
         )

@@ -180,39 +180,6 @@ class SqlSessionStore:
             )
             return bool(getattr(result, "rowcount", 0))
 
-    async def start_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> Session:
-        """Store the user message, the running turn and its usage events together.
-
-        Raises ``TurnInProgress`` when the session already has a running turn and ``NotFound``
-        when the session is gone.
-        """
-        async with self.begin_turn() as tx:
-            reads = await tx.read(
-                tenant_id=turn.tenant_id,
-                session_id=turn.session_id,
-                count_key=None,
-                window_start=None,
-                tokens_since=None,
-                history_limit=0,
-            )
-            if reads.session is None:
-                raise NotFound("session not found")
-            if reads.turn_running:
-                raise TurnInProgress("a turn is already running in this session")
-            tx.add_turn(turn, user_message=user_message, events=events, lease_until=lease_until)
-            return replace(
-                reads.session,
-                message_count=reads.session.message_count + 1,
-                last_message_at=user_message.created_at,
-            )
-
     @contextlib.asynccontextmanager
     async def begin_turn(self) -> AsyncIterator[TurnStart]:
         """One write transaction to start a turn in (see ``kgents.sessions.ports.TurnStart``).
