@@ -24,6 +24,7 @@ import yaml
 
 from kgents.cli.main import app
 from kgents.config import Settings
+from kgents.store.engine import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -162,6 +163,19 @@ def test_every_variable_set_is_one_kgents_reads(manifests: list[Manifest]) -> No
     used = set(config) | {e["name"] for e in env + job_env}
     assert used - known == set()
     assert config["KGENTS_HOST"] == "0.0.0.0"
+
+
+def test_the_config_map_loads_as_settings(
+    manifests: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in one(manifests, "ConfigMap", "kgents-config")["data"].items():
+        monkeypatch.setenv(name, value)
+    # What CloudNativePG's "uri" key looks like.
+    monkeypatch.setenv("KGENTS_DATABASE_URL", "postgresql://kgents:pw@kgents-db-rw:5432/kgents")
+    settings = Settings()
+    assert settings.host == "0.0.0.0"
+    assert settings.workers == 1
+    assert database_url(settings).drivername == "postgresql+asyncpg"
 
 
 def test_database_comes_from_the_cloudnativepg_cluster(manifests: list[Manifest]) -> None:
