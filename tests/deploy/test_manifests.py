@@ -215,6 +215,14 @@ def test_nats_values_match_what_kgents_connects_to(manifests: list[Manifest]) ->
     assert config["nats"]["tls"]["enabled"] is True
     assert config["nats"]["tls"]["merge"]["verify"] is True
     assert config["resolver"]["enabled"] is True
+    # The chart sets no security context; the namespace enforces "restricted".
+    pod_security = values["podTemplate"]["merge"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in (values["container"], values["reloader"]):
+        security = container["merge"]["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
     replicas = config["cluster"]["replicas"]
     assert replicas == 3
     kgents = one(manifests, "ConfigMap", "kgents-config")["data"]
