@@ -63,6 +63,16 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryMessage:
+    """A message as a session's history lists it, with how its turn ended (or ``running``);
+    ``turn_status`` is ``None`` only for a message without a turn."""
+
+    message: Message
+    turn_status: TurnStatus | None
+    error_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     id: str
     session_id: str

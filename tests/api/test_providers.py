@@ -116,7 +116,9 @@ async def test_provider_failures_become_clean_errors(
     messages = await openai_api.client.get(
         f"/v1/kgent/sessions/{sid}/messages", headers={"X-API-Key": key}
     )
-    assert [m["role"] for m in messages.json()["messages"]] == ["user"]
+    # No reply: the user message says how its turn ended.
+    [user] = messages.json()["messages"]
+    assert user["role"] == "user" and (user["status"], user["error_code"]) == ("failed", code)
     again = await openai_api.client.post(
         f"/v1/kgent/sessions/{sid}/messages",
         json={"message": "again", "stream": False},
@@ -139,7 +141,9 @@ async def test_failure_mid_stream_bills_what_was_generated(
     messages = await openai_api.client.get(
         f"/v1/kgent/sessions/{sid}/messages", headers={"X-API-Key": key}
     )
-    assert messages.json()["messages"][-1]["content"] == "one two"
+    reply = messages.json()["messages"][-1]
+    assert reply["content"] == "one two" and reply["status"] == "failed"
+    assert reply["error_code"] is not None and reply["error_code"].startswith("provider_")
 
 
 async def test_connection_refused_is_503(tmp_path: Path, nats_url: str) -> None:

@@ -61,6 +61,8 @@ async def test_send_message_without_streaming(api: Api) -> None:
     assert [m["role"] for m in messages["messages"]] == ["user", "assistant"]
     assert messages["messages"][0]["content"] == "How should I plan my week?"
     assert messages["messages"][1] == reply
+    assert reply["status"] == "complete" and reply["error_code"] is None
+    assert messages["messages"][0]["status"] == "complete"
 
     updated = (await api.client.get(f"/v1/kgent/sessions/{session['id']}", headers=headers)).json()
     assert updated["message_count"] == 2
@@ -146,12 +148,9 @@ async def test_a_message_naming_no_budget_uses_the_plans_highest_up_to_dialogue(
     )
     assert response.status_code == 201, response.text
     assert 0 < response.json()["tokens_out"] <= max_tokens
-    sessions = api.app.state.platform.sessions
-    stored, _ = await sessions.list_messages(
-        tenant_id=tenant_id, session_id=str(session["id"]), limit=1, offset=0
+    turn = await api.app.state.platform.sessions.get_turn(
+        tenant_id=tenant_id, turn_id=response.json()["turn_id"]
     )
-    assert stored[0].turn_id is not None
-    turn = await sessions.get_turn(tenant_id=tenant_id, turn_id=stored[0].turn_id)
     assert turn.budget == budget
 
 

@@ -193,8 +193,9 @@ def screenshot(page: Page, name: str) -> Path:
     return path
 
 
-def sign_in(page: Page, console: Console, secret: str, *, admin: bool = False) -> None:
-    page.goto(console.url + "/")
+def sign_in(page: Page, console: Console | str, secret: str, *, admin: bool = False) -> None:
+    """Sign in on the console's server (or on the server at the URL ``console``)."""
+    page.goto((console if isinstance(console, str) else console.url) + "/")
     if admin:
         page.get_by_label("Administrator, with the admin token").check()
         page.get_by_label("Admin token", exact=True).fill(secret)

@@ -109,6 +109,10 @@ def test_cancel_stops_the_reply(page: Page, console: Console) -> None:
     expect(reply.locator(".msg-meta")).to_contain_text("Cancelled")
     expect(cancel).to_be_disabled()
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    # Reopened, the history still says the reply was cancelled.
+    page.reload()
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-ended", "cancelled")
+    expect(page.locator(LAST_REPLY).locator(".msg-meta")).to_contain_text("Cancelled")
 
 
 def test_sessions_open_and_delete(page: Page, console: Console) -> None:

@@ -91,6 +91,7 @@ async def test_sigkill_mid_turn_then_restart_and_resume(tmp_path: Path, nats_url
     assert [c.data["index"] for c in chunks] == list(range(len(chunks))), "no gap, no duplicate"
     assert messages[-1]["role"] == "assistant"
     assert messages[-1]["content"] == "".join(c.data["text"] for c in chunks)
+    assert (messages[-1]["status"], messages[-1]["error_code"]) == ("interrupted", "interrupted")
     with sqlite3.connect(database) as db:
         status, tokens_out, estimated = db.execute(
             "SELECT status, tokens_out, estimated FROM turns"

@@ -221,6 +221,8 @@ async def test_second_message_while_running_is_409_and_cancel_stops_the_turn(liv
         await live.client.get(f"/v1/kgent/sessions/{session_id}/messages", headers=live.headers)
     ).json()["messages"]
     assert messages[-1]["role"] == "assistant" and messages[-1]["content"] == partial
+    assert (messages[-1]["status"], messages[-1]["error_code"]) == ("cancelled", "cancelled")
+    assert messages[-1]["turn_id"] == messages[-2]["turn_id"] == events[0].data["turn_id"]
     nothing = await live.client.post(
         f"/v1/kgent/sessions/{session_id}/cancel", headers=live.headers
     )

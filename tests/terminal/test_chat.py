@@ -200,3 +200,12 @@ def test_chat_in_a_terminal_ctrl_c_cancels_then_leaves(server: Server) -> None:
         tty.expect(r"you › \n", after=at - len("you › "))
         tty.process.wait(timeout=10)
     assert tty.process.returncode == 0
+
+    # Continued later: the last messages, the cancelled reply marked as such.
+    again = CliRunner().invoke(
+        app, ["chat", "--url", server.url, "--key", server.key, "--session", session_id], input=""
+    )
+    assert again.exit_code == 0, again.output
+    shown = flat(again.stdout)
+    assert "(6 messages). you › hello k-gent ›" in shown
+    assert f"{flat(messages[-1]['content'])} cancelled you › again" in shown

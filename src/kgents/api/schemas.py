@@ -9,7 +9,7 @@ from pydantic.alias_generators import to_camel
 from kgents.config import Budget
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
 from kgents.metering.query import QueryRow
-from kgents.records import ApiKey, Message, Session, Tenant
+from kgents.records import ApiKey, HistoryMessage, Message, Session, Tenant, TurnStatus
 from kgents.text import storable_text
 
 Mode = Literal["reflect", "advise", "challenge", "explore"]
@@ -167,25 +167,43 @@ class BudgetsPublic(BaseModel):
 class MessagePublic(BaseModel):
     id: str
     session_id: str
+    turn_id: str | None
     role: str
     content: str
     tokens_in: int
     tokens_out: int
     model: str | None
     created_at: datetime
+    status: TurnStatus | None = Field(
+        description="How the message's turn ended (running while it runs). A reply that was "
+        "cancelled, failed or interrupted holds the text generated until then; a turn that "
+        "ended before any text has no assistant message, and its user message says why."
+    )
+    error_code: str | None = Field(
+        description="Why the turn did not complete (cancelled, a provider error code…)."
+    )
 
     @classmethod
-    def of(cls, message: Message) -> "MessagePublic":
+    def of(
+        cls, message: Message, *, status: TurnStatus | None, error_code: str | None
+    ) -> "MessagePublic":
         return cls(
             id=message.id,
             session_id=message.session_id,
+            turn_id=message.turn_id,
             role=message.role,
             content=message.content,
             tokens_in=message.tokens_in,
             tokens_out=message.tokens_out,
             model=message.model,
             created_at=message.created_at,
+            status=status,
+            error_code=error_code,
         )
+
+    @classmethod
+    def of_history(cls, entry: HistoryMessage) -> "MessagePublic":
+        return cls.of(entry.message, status=entry.turn_status, error_code=entry.error_code)
 
 
 class MessagesPublic(BaseModel):

@@ -34,6 +34,7 @@ from kgents.config import BUDGET_TIERS
 MODES = ("reflect", "advise", "challenge", "explore")
 _PIECES = re.compile(r"\s+|\S+")
 REPLY_PREFIX = "[bold magenta]k-gent ›[/bold magenta] "
+RECENT_MESSAGES = 6
 BUSY_RETRIES = 25
 BUSY_RETRY_SECONDS = 0.2
 
@@ -114,6 +115,17 @@ def usage_table(usage: Any) -> Table | None:
         for label, values in rows.items():
             table.add_row(str(meter.get("slug")), label, f"{combine(values):,.6g}")
     return table
+
+
+def ended_line(status: str, error_code: str | None) -> str | None:
+    """How a turn that did not complete ended, as one line; ``None`` for any other status."""
+    if status == "cancelled":
+        return "[yellow]cancelled[/yellow]"
+    if status == "interrupted":
+        return "[yellow]interrupted: the server stopped while replying[/yellow]"
+    if status == "failed":
+        return f"[red]failed[/red] ({error_code or 'error'})"
+    return None
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
@@ -297,6 +309,7 @@ class ChatLoop:
                 self.console.print(
                     f"Continuing session [bold]{info.id}[/bold] ({info.message_count} messages)."
                 )
+                self.show_recent(info.id, total=info.message_count)
             else:
                 info = client.create_session(mode=self.mode)
                 self.mode = self.mode or info.mode
@@ -324,6 +337,31 @@ class ChatLoop:
                     return 0
                 continue
             self.turn(line)
+
+    def show_recent(self, session_id: str, *, total: int) -> None:
+        """The last few messages of the session, each reply with how its turn ended."""
+        offset = max(0, total - RECENT_MESSAGES)
+        recent = self.client.messages(session_id, limit=RECENT_MESSAGES, offset=offset)
+        messages: list[dict[str, Any]] = recent["messages"]
+        if offset:
+            self.console.print(f"[dim]… {offset} earlier messages[/dim]")
+        for i, message in enumerate(messages):
+            status, code = str(message.get("status")), message.get("error_code")
+            if message["role"] == "user":
+                self.console.print("[bold cyan]you ›[/bold cyan] ", end="")
+                self.console.print(message["content"], markup=False, highlight=False)
+                following = messages[i + 1] if i + 1 < len(messages) else None
+                replied = following is not None and following["turn_id"] == message["turn_id"]
+                ended = ended_line(status, code)
+                if not replied and ended is not None:  # the turn ended before any text
+                    self.console.print(f"{REPLY_PREFIX}[dim](no reply)[/dim] {ended}")
+                continue
+            printer = ReplyPrinter(self.console, prefix=REPLY_PREFIX)
+            printer.write(message["content"])
+            printer.end()
+            ended = ended_line(status, code)
+            if ended is not None:
+                self.console.print(ended)
 
     def reconnecting(self, last_event_id: int | None) -> None:
         where = f"after event {last_event_id}" if last_event_id is not None else "from the start"

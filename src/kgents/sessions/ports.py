@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from kgents.records import Message, Session, Turn, UsageEvent
+from kgents.records import HistoryMessage, Message, Session, Turn, UsageEvent
 
 SessionEventType = Literal["user_message", "chunk", "complete", "error"]
 
@@ -98,7 +98,7 @@ class SessionStore(Protocol):
 
     async def list_messages(
         self, session_id: str, *, limit: int, offset: int
-    ) -> tuple[list[Message], int]: ...
+    ) -> tuple[list[HistoryMessage], int]: ...
 
 
 class FollowedEvent(Protocol):

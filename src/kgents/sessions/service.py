@@ -17,7 +17,7 @@ from kgents.errors import (
 from kgents.ids import is_valid_id, new_id
 from kgents.llm.base import GenerationRequest, estimate_request_tokens
 from kgents.metering import events as usage_events
-from kgents.records import Message, Session, Turn, UsageEvent
+from kgents.records import HistoryMessage, Message, Session, Turn, UsageEvent
 from kgents.sessions.generation import PlannedTurn
 from kgents.sessions.persona import (
     MAX_TOKENS_BY_BUDGET,
@@ -103,7 +103,8 @@ class SessionService:
 
     async def list_messages(
         self, *, tenant_id: str, session_id: str, limit: int, offset: int
-    ) -> tuple[list[Message], int]:
+    ) -> tuple[list[HistoryMessage], int]:
+        """A page of the history, each message with its turn's status and error code."""
         await self.get_session(tenant_id=tenant_id, session_id=session_id)
         return await self._store.list_messages(session_id, limit=limit, offset=offset)
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, cast, get_args
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 
 from kgents.errors import NotFound, TurnInProgress
-from kgents.records import Message, Role, Session, Turn, TurnStatus, UsageEvent
+from kgents.records import (
+    HistoryMessage,
+    Message,
+    Role,
+    Session,
+    Turn,
+    TurnStatus,
+    UsageEvent,
+)
 from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
@@ -26,6 +34,8 @@ from kgents.store.quota_sql import add_month_tokens_statement, month_tokens_quer
 from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
 from kgents.store.sqlite_thread import ThreadTransaction, thread_transaction
+
+_TURN_STATUSES = frozenset(get_args(TurnStatus))
 
 
 def session_record(row: SessionRow) -> Session:
@@ -59,8 +69,15 @@ def message_record(row: MessageRow) -> Message:
     )
 
 
+def turn_status(value: str) -> TurnStatus:
+    """A ``turns.status`` value as the ``TurnStatus`` it is (the column only holds those)."""
+    if value not in _TURN_STATUSES:
+        raise ValueError(f"unknown turn status {value!r}")
+    return cast(TurnStatus, value)
+
+
 def turn_record(row: TurnRow) -> Turn:
-    status: TurnStatus = row.status  # type: ignore[assignment]  # the column only holds these
+    status = turn_status(row.status)
     return Turn(
         id=row.id,
         session_id=row.session_id,
@@ -319,21 +336,30 @@ class SqlSessionStore:
 
     async def list_messages(
         self, session_id: str, *, limit: int, offset: int
-    ) -> tuple[list[Message], int]:
+    ) -> tuple[list[HistoryMessage], int]:
         async with self._reads() as db:
             total = await db.scalar(
                 select(func.count())
                 .select_from(MessageRow)
                 .where(MessageRow.session_id == session_id)
             )
-            rows = await db.scalars(
-                select(MessageRow)
+            rows = await db.execute(
+                select(MessageRow, TurnRow.status, TurnRow.error_code)
+                .outerjoin(TurnRow, TurnRow.id == MessageRow.turn_id)
                 .where(MessageRow.session_id == session_id)
                 .order_by(MessageRow.position)
                 .limit(limit)
                 .offset(offset)
             )
-            return [message_record(row) for row in rows], total or 0
+            history = [
+                HistoryMessage(
+                    message=message_record(row),
+                    turn_status=turn_status(status) if status is not None else None,
+                    error_code=error_code,
+                )
+                for row, status, error_code in rows
+            ]
+            return history, total or 0
 
 
 def _read_turn_start(

@@ -111,7 +111,9 @@ async def list_messages(
         tenant_id=principal.tenant.id, session_id=session_id, limit=limit, offset=offset
     )
     return MessagesPublic(
-        messages=[MessagePublic.of(m) for m in messages], total=total, session_id=session_id
+        messages=[MessagePublic.of_history(m) for m in messages],
+        total=total,
+        session_id=session_id,
     )
 
 
@@ -175,7 +177,9 @@ async def send_message(
         if outcome.message is None:
             raise Conflict("the turn ended without a reply", code="empty_reply")
         return JSONResponse(
-            MessagePublic.of(outcome.message).model_dump(mode="json"),
+            MessagePublic.of(
+                outcome.message, status=outcome.turn.status, error_code=outcome.turn.error_code
+            ).model_dump(mode="json"),
             status_code=status.HTTP_201_CREATED,
         )
     turn_id = planned.turn.id

@@ -8,6 +8,7 @@ import { streamReply } from "./sse.js";
 const SESSIONS_PAGE = 100;
 const MESSAGES_PAGE = 200;
 const BUDGET_STORAGE_KEY = "kgents.console.budget";
+const ENDED = new Set(["cancelled", "failed", "interrupted"]); // how a turn ends without completing
 
 export function createChat({ navigate }) {
   const el = {
@@ -180,7 +181,7 @@ export function createChat({ navigate }) {
         ...(page.total > page.messages.length
           ? [h("p", { class: "muted" }, `Earlier messages: ${formatNumber(page.total - page.messages.length)} not shown.`)]
           : []),
-        ...page.messages.map((message) => messageView(message.role, message.content, message)),
+        ...historyViews(page.messages),
       );
       if (!page.messages.length) {
         el.messages.append(h("p", { class: "muted empty" }, "No messages yet. Say something to K-gent below."));
@@ -197,6 +198,18 @@ export function createChat({ navigate }) {
     }
   }
 
+  // The history, each reply saying how its turn ended; a turn that ended before any text
+  // has no reply, so its user message's status stands in for one.
+  function historyViews(messages) {
+    return messages.flatMap((message, i) => {
+      const view = messageView(message.role, message.content, message);
+      const next = messages[i + 1];
+      const replied = next?.role === "assistant" && next.turn_id === message.turn_id;
+      if (message.role !== "user" || replied || !ENDED.has(message.status)) return [view];
+      return [view, endedView("", message.status, { code: message.error_code })];
+    });
+  }
+
   function messageView(role, text, details = {}) {
     const who = role === "user" ? "You" : "K-gent";
     const body = h("div", { class: "msg-text" }, text);
@@ -206,9 +219,19 @@ export function createChat({ navigate }) {
       h("p", { class: "msg-role" }, who),
       body,
     );
-    if (role === "assistant" && details.tokens_out !== undefined) {
+    if (role === "assistant" && ENDED.has(details.status)) {
+      article.dataset.ended = details.error_code || details.status;
+      article.append(h("p", { class: "msg-meta error" }, endedText({ code: details.error_code }, details.status)));
+    } else if (role === "assistant" && details.tokens_out !== undefined) {
       article.append(metaLine(details));
     }
+    return article;
+  }
+
+  function endedView(text, status, error) {
+    const article = messageView("assistant", text || "(no reply)");
+    article.dataset.ended = error?.code || status;
+    article.append(h("p", { class: "msg-meta error" }, endedText(error, status)));
     return article;
   }
 
@@ -317,9 +340,13 @@ export function createChat({ navigate }) {
     }
   }
 
-  function endedText(error) {
-    if (error?.code === "cancelled") return "Cancelled: the reply stopped here.";
-    return `The reply failed: ${error?.message || "unknown error"} (${error?.code || "error"})`;
+  function endedText(error, status = "failed") {
+    if (error?.code === "cancelled" || status === "cancelled") return "Cancelled: the reply stopped here.";
+    if (error?.code === "interrupted" || status === "interrupted") {
+      return "Interrupted: the server stopped while replying; the reply stopped here.";
+    }
+    const why = error?.message ? `: ${error.message}` : "";
+    return `The reply failed${why} (${error?.code || "error"})`;
   }
 
   async function cancelReply() {
