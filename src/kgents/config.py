@@ -164,6 +164,18 @@ class Settings(BaseSettings):
         description="Ack wait of the metering consumer: usage events a crashed process had "
         "fetched but not acknowledged are delivered again after this long.",
     )
+    meter_query_max_windows: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most windows one meter query with windowSize may span (400 above): "
+        "about 6.9 days of MINUTE windows, 13.7 months of HOUR windows.",
+    )
+    meter_query_max_span_days: int = Field(
+        default=3_660,
+        ge=1,
+        description="Longest range, in days, of one meter query with windowSize (400 above): "
+        "bounds the time-zone work of DAY and MONTH windows.",
+    )
     openmeter_url: str | None = Field(default=None, description="Forward usage to this OpenMeter.")
     openmeter_token: SecretStr | None = Field(default=None, description="Token for OpenMeter.")
     openmeter_timeout_seconds: float = Field(

@@ -2,6 +2,7 @@
 
 KgentsError                      code              HTTP
 ├── InvalidInput                 invalid_request   400/422
+│   └── QueryTooLarge            query_too_large   400
 ├── Unauthenticated              unauthorized      401
 ├── QuotaExceeded                quota_exceeded    402
 ├── Forbidden                    forbidden         403
@@ -30,6 +31,12 @@ class KgentsError(Exception):
 
 class InvalidInput(KgentsError):
     code = "invalid_request"
+
+
+class QueryTooLarge(InvalidInput):
+    """A query asking for more work than the limits allow (its message states the limit)."""
+
+    code = "query_too_large"
 
 
 class Unauthenticated(KgentsError):

@@ -19,6 +19,7 @@ from kgents.data_dir import prepare_data_dir
 from kgents.llm.base import LLMProvider
 from kgents.llm.factory import build_provider
 from kgents.metering.meters import load_meters
+from kgents.metering.query import QueryLimits
 from kgents.sessions.generation import TurnRunner
 from kgents.sessions.ports import SessionEventLog
 from kgents.sessions.service import SessionService
@@ -92,6 +93,10 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
     session_store = SqlSessionStore(engine)
     request_counter = SqlRequestCounter(engine)
     quota = TokenQuota(session_store)
+    query_limits = QueryLimits(
+        max_windows=settings.meter_query_max_windows,
+        max_span_days=settings.meter_query_max_span_days,
+    )
     try:
         yield Platform(
             settings=settings,
@@ -112,8 +117,8 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             rate_limiter=RateLimiter(request_counter),
             quota=quota,
             request_counter=request_counter,
-            meters=SqlMeterStore(engine, meters),
-            usage=SqlUsageReader(engine),
+            meters=SqlMeterStore(engine, meters, query_limits=query_limits),
+            usage=SqlUsageReader(engine, query_limits=query_limits),
         )
     finally:
         await provider.aclose()

@@ -5,11 +5,12 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kgents.errors import InvalidInput, NotFound
-from kgents.metering.query import QueryRow
+from kgents.errors import InvalidInput, NotFound, QueryTooLarge
+from kgents.metering.query import QueryLimits, QueryRow
 from kgents.store.meter_repo import SqlMeterStore
-from tests.metering.support import T0, minutes, sample, tokens
+from tests.metering.support import T0, TEST_METERS, minutes, sample, tokens
 
 pytestmark = pytest.mark.anyio
 
@@ -443,3 +444,23 @@ async def test_hour_and_day_windows_agree_with_minutes_regrouped(
                 assert row.value == max(part.value for part in parts)
             else:
                 assert row.value == max(parts, key=lambda part: part.window_start).value
+
+
+async def test_without_a_range_the_usage_stored_is_what_the_limits_bound(
+    engine: AsyncEngine,
+) -> None:
+    """No ``from``/``to``: the range is the usage stored, so its length is bounded, and so is
+    the number of windows that hold usage (a total is never refused)."""
+    store = SqlMeterStore(engine, TEST_METERS, query_limits=QueryLimits(3, 400))
+    await store.ingest([tokens(1, at=T0 + minutes(m)) for m in (0, 1, 2, 3)])
+
+    with pytest.raises(QueryTooLarge, match="at most 3 windows; the usage stored is in 4"):
+        await store.query("llm_tokens_in", window_size="MINUTE")
+    assert values(await store.query("llm_tokens_in", window_size="HOUR")) == [(T0, T0 + HOUR, 4.0)]
+    with pytest.raises(QueryTooLarge, match="up to 5: narrow 'from' and 'to'"):
+        await store.query("llm_tokens_in", window_size="MINUTE", from_=T0, to=T0 + minutes(5))
+
+    await store.ingest([tokens(2, at=T0 + timedelta(days=401))])
+    with pytest.raises(QueryTooLarge, match="at most 400 days; the usage stored spans 402"):
+        await store.query("llm_tokens_in", window_size="DAY", window_time_zone="Europe/Berlin")
+    assert values(await store.query("llm_tokens_in"))[0][2] == 6.0

@@ -25,6 +25,7 @@ from kgents.errors import (
     KgentsError,
     NotFound,
     ProviderError,
+    QueryTooLarge,
     QuotaExceeded,
     RateLimited,
     Unauthenticated,
@@ -34,6 +35,7 @@ from kgents.errors import (
 logger = logging.getLogger(__name__)
 
 _STATUS_BY_ERROR: tuple[tuple[type[KgentsError], int], ...] = (
+    (QueryTooLarge, 400),  # well-formed, but too much work: a 400 on every surface
     (InvalidInput, 422),
     (Unauthenticated, 401),
     (QuotaExceeded, 402),

@@ -15,6 +15,11 @@
 - ``subject`` filters and also groups by subject (an empty list filters nothing); ``groupBy``
   names the meter's group keys, plus the reserved ``subject``; rows carry ``subject`` only when
   grouped by it, and ``groupBy`` values are ``null`` for events without the key.
+- The work one query may ask for is bounded (``QueryLimits``): a query with ``windowSize``
+  spans at most ``max_span_days`` days (the range given, or else the usage stored), a range
+  given has room for at most ``max_windows`` windows, and a result without a range given has at
+  most that many windows; otherwise ``QueryTooLarge`` states the limit. A total has no bound: it
+  is one sum over the range.
 """
 
 from collections.abc import Sequence
@@ -23,7 +28,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from kgents.errors import InvalidInput
+from kgents.errors import InvalidInput, QueryTooLarge
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
 from kgents.metering.rollup import (
     EARLIEST,
@@ -45,6 +50,13 @@ SHIFT_DAYS = 10_000_000
 SHIFT_MINUTES = SHIFT_DAYS * _MINUTES_PER_DAY
 # Zones change offset at most a few times a year; sampling every 6 hours finds every change.
 _OFFSET_SAMPLE_MINUTES = 360
+
+_NOMINAL_MINUTES = {
+    WindowSize.MINUTE: 1,
+    WindowSize.HOUR: 60,
+    WindowSize.DAY: _MINUTES_PER_DAY,
+    WindowSize.MONTH: 28 * _MINUTES_PER_DAY,  # the shortest month: never undercounts windows
+}
 
 Bucketing = Literal["total", "minute", "hour", "day", "month"]
 _BUCKETING: dict[WindowSize | None, Bucketing] = {
@@ -95,6 +107,58 @@ class MeterQuery:
         return set(self.group_by) == set(self.meter.group_by)
 
 
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """The most work one windowed query may ask for (``KGENTS_METER_QUERY_MAX_*``)."""
+
+    max_windows: int = 10_000
+    max_span_days: int = 3_660
+
+    def check(self, window_size: WindowSize | None, lo: int, hi: int, *, given: bool) -> None:
+        """Raise ``QueryTooLarge`` when ``[lo, hi)`` (epoch minutes) is too long for windows
+        of ``window_size``; ``given`` says whether the range came from ``from``/``to`` (a
+        range read from the usage stored is checked for its length only: the windows that
+        have usage are counted by ``check_result``)."""
+        if window_size is None:
+            return
+        span = hi - lo
+        narrow = "narrow 'from' and 'to'" if given else "give 'from' and 'to'"
+        if span > self.max_span_days * _MINUTES_PER_DAY:
+            days = -(-span // _MINUTES_PER_DAY)
+            raise QueryTooLarge(
+                f"a query with windowSize may span at most {self.max_span_days:,} days; "
+                f"{'this range' if given else 'the usage stored'} spans {days:,}: {narrow}"
+            )
+        windows = -(-span // _NOMINAL_MINUTES[window_size])
+        if given and windows > self.max_windows:
+            most = timedelta(minutes=self.max_windows * _NOMINAL_MINUTES[window_size])
+            raise QueryTooLarge(
+                f"a query may have at most {self.max_windows:,} windows (windowSize "
+                f"{window_size.value}: a range of at most {_duration(most)}); this range has "
+                f"up to {windows:,}: narrow 'from' and 'to', or use a larger windowSize"
+            )
+
+    def check_result(self, windows: int) -> None:
+        """Raise ``QueryTooLarge`` when a query without a range found usage in too many
+        windows."""
+        if windows > self.max_windows:
+            raise QueryTooLarge(
+                f"a query may have at most {self.max_windows:,} windows; the usage stored "
+                f"is in {windows:,}: give 'from' and 'to', or use a larger windowSize"
+            )
+
+
+def _duration(length: timedelta) -> str:
+    days, hours = length.days, length.seconds // 3600
+    minutes = length.seconds % 3600 // 60
+    parts = [f"{days:,} days" if days else "", f"{hours} h" if hours else ""]
+    parts.append(f"{minutes} min" if minutes else "")
+    return " ".join(part for part in parts if part) or "0 min"
+
+
+DEFAULT_QUERY_LIMITS = QueryLimits()
+
+
 def build_query(
     meter: Meter,
     *,
@@ -104,8 +168,10 @@ def build_query(
     to: datetime | None = None,
     window_size: WindowSize | str | None = None,
     window_time_zone: str = "UTC",
+    limits: QueryLimits = DEFAULT_QUERY_LIMITS,
 ) -> MeterQuery:
-    """Check the parameters of a query of ``meter``; raise ``InvalidInput`` naming the problem."""
+    """Check the parameters of a query of ``meter``; raise ``InvalidInput`` naming the problem
+    (``QueryTooLarge`` when a given range is beyond ``limits``)."""
     keys: list[str] = []
     by_subject = False
     for key in group_by:
@@ -129,6 +195,8 @@ def build_query(
         zone = ZoneInfo(window_time_zone)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise InvalidInput(f"unknown windowTimeZone {window_time_zone!r}") from None
+    if start is not None and end is not None:
+        limits.check(size, epoch_minute(start), epoch_minute(end), given=True)
     return MeterQuery(
         meter=meter,
         subjects=chosen_subjects,
@@ -181,6 +249,14 @@ def offset_segments(zone: ZoneInfo, lo: int, hi: int) -> list[tuple[int, int]]:
         segments.append((high, utc_offset_minutes(zone, high)))
         start = high
     return segments
+
+
+def window_plan(query: MeterQuery, lo: int, hi: int) -> tuple[list[tuple[int, int]], list[date]]:
+    """The zone's offset segments in ``[lo, hi)`` and, for MONTH windows, the local months it
+    touches: the CPU-bound part of a query (run it off the event loop)."""
+    segments = offset_segments(query.time_zone, lo, hi)
+    months = month_starts(query.time_zone, lo, hi) if query.bucketing == "month" else []
+    return segments, months
 
 
 def local_day_minute(day: date) -> int:

@@ -9,8 +9,11 @@ in SQL with integer arithmetic on ``window_minute`` (semantics in ``kgents.meter
   range, by comparing the local minute ``m + offset`` with each month's first minute.
 
 ``offset`` is the zone's UTC offset at ``m``: a ``CASE`` over the offset changes in the range.
+Finding those changes (and the months) is CPU work that grows with the range: it runs in a
+worker thread, after the range was checked against the query limits.
 """
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -34,13 +37,13 @@ from kgents.metering.query import (
     SHIFT_DAYS,
     SHIFT_MINUTES,
     MeterQuery,
+    QueryLimits,
     QueryRow,
     final_value,
     local_day_minute,
-    month_starts,
-    offset_segments,
     row_order,
     window_bounds,
+    window_plan,
 )
 from kgents.metering.rollup import (
     RollupState,
@@ -61,9 +64,10 @@ def _int(value: int) -> ColumnElement[int]:
 class QueryRun:
     """One meter query: SQL over the rollups, then merging into rows."""
 
-    def __init__(self, connection: AsyncConnection, query: MeterQuery) -> None:
+    def __init__(self, connection: AsyncConnection, query: MeterQuery, limits: QueryLimits) -> None:
         self.connection = connection
         self.query = query
+        self.limits = limits
         self.months: list[date] = []
         self.table = ROLLUPS
         self._bucketed = False
@@ -74,10 +78,10 @@ class QueryRun:
         query = self.query
         lo, hi = query.from_minute, query.to_minute
         segments: list[tuple[int, int]] = []
-        if query.bucketing in ("hour", "day", "month"):
+        if query.bucketing != "total":
             if lo is None or hi is None:
-                # The hourly table spans the same minutes in whole hours: enough to find the
-                # zone's offsets and months for the range.
+                # The hourly table spans the same minutes in whole hours: enough to bound the
+                # work and to find the zone's offsets and months for the range.
                 first, last = (
                     await self.connection.execute(
                         select(
@@ -89,13 +93,15 @@ class QueryRun:
                     return []
                 lo = first if lo is None else lo
                 hi = last + 60 if hi is None else hi
-            segments = offset_segments(query.time_zone, lo, hi)
-            if query.bucketing == "month":
-                self.months = month_starts(query.time_zone, lo, hi)
+                self.limits.check(query.window_size, lo, hi, given=False)
+            if query.bucketing != "minute":
+                segments, self.months = await asyncio.to_thread(window_plan, query, lo, hi)
         self.table = HOURLY if self._hourly_will_do(segments) else ROLLUPS
         bucket = self._bucket(segments)
         self._bucketed = bucket is not None
         states, minutes = await self._states(bucket)
+        if self._bucketed and (query.from_ is None or query.to is None):
+            self.limits.check_result(len({key[0] for key in states}))
         if query.meter.aggregation is MeterAggregation.LATEST:
             await self._latest(bucket, states)
         distinct = None

@@ -34,6 +34,8 @@ from kgents.errors import InvalidInput, NotFound, Unavailable
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
 from kgents.metering.ports import DeadLetter, ReplayOutcome, cloudevent, event_from_cloudevent
 from kgents.metering.query import (
+    DEFAULT_QUERY_LIMITS,
+    QueryLimits,
     QueryRow,
     build_query,
     final_value,
@@ -79,8 +81,10 @@ class SqlMeterStore:
         meters: Sequence[Meter],
         *,
         clock: Callable[[], datetime] = utc_now,
+        query_limits: QueryLimits = DEFAULT_QUERY_LIMITS,
     ) -> None:
         self._engine = engine
+        self._query_limits = query_limits
         self._meters = list(meters)
         self._meter_set = MeterSet(self._meters)
         self._clock = clock
@@ -240,9 +244,10 @@ class SqlMeterStore:
             to=to,
             window_size=window_size,
             window_time_zone=window_time_zone,
+            limits=self._query_limits,
         )
         async with self._database("query", write=False) as connection:
-            return await QueryRun(connection, query).rows()
+            return await QueryRun(connection, query, self._query_limits).rows()
 
     async def totals_by_subject(self, meter: Meter | str) -> dict[str, float]:
         """Each subject's all-time value of ``meter`` (for reconciliation): one aggregate

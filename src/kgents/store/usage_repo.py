@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kgents.errors import Unavailable
 from kgents.metering.meters import Meter, WindowSize
-from kgents.metering.query import QueryRow, build_query
+from kgents.metering.query import DEFAULT_QUERY_LIMITS, QueryLimits, QueryRow, build_query
 from kgents.store.meter_query_sql import QueryRun
 from kgents.store.quota_sql import month_tokens_query
 
@@ -36,8 +36,11 @@ class TenantUsage:
 class SqlUsageReader:
     """Reads ``TenantUsage`` in one transaction on SQLite and PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, query_limits: QueryLimits = DEFAULT_QUERY_LIMITS
+    ) -> None:
         self._engine = engine
+        self._query_limits = query_limits
         self._postgresql = engine.dialect.name == "postgresql"
 
     async def tenant_usage(
@@ -55,7 +58,8 @@ class SqlUsageReader:
         the tokens of its turns in the month from ``tokens_since`` (which must begin a calendar
         month, UTC), from one snapshot of the database.
 
-        Raises ``InvalidInput`` for a bad range, window or zone (before reading anything) and
+        Raises ``InvalidInput`` for a bad range, window or zone (before reading anything),
+        ``QueryTooLarge`` for a range beyond the query limits, and
         ``Unavailable`` when the database fails."""
         queries = [
             (
@@ -68,6 +72,7 @@ class SqlUsageReader:
                     to=to,
                     window_size=window_size,
                     window_time_zone=window_time_zone,
+                    limits=self._query_limits,
                 ),
             )
             for meter in meters
@@ -77,7 +82,8 @@ class SqlUsageReader:
                 snapshot = await self._snapshot(connection)
                 async with snapshot.begin():
                     rows = [
-                        (meter, await QueryRun(snapshot, query).rows()) for meter, query in queries
+                        (meter, await QueryRun(snapshot, query, self._query_limits).rows())
+                        for meter, query in queries
                     ]
                     used = await snapshot.scalar(
                         month_tokens_query(tenant_id, month_start=tokens_since)

@@ -39,6 +39,7 @@ router = APIRouter(prefix="/v1/usage", tags=["usage"])
 USAGE_SCOPE = "usage"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Range too long for the windows (query_too_large)"},
     401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
     403: {"model": ErrorBody, "description": "Tenant suspended, or no 'usage' scope on the key"},
     422: {"model": ErrorBody, "description": "Invalid range, window size or time zone"},
