@@ -207,7 +207,3 @@ class Settings(BaseSettings):
     @property
     def admin_token_path(self) -> Path:
         return self.data_dir / "admin-token"
-
-    @property
-    def jetstream_dir(self) -> Path:
-        return self.data_dir / "jetstream"

@@ -1,6 +1,6 @@
 """The demo provider: deterministic, word by word, exact usage, no network."""
 
-import time
+import asyncio
 
 import pytest
 
@@ -77,16 +77,15 @@ async def test_max_tokens_caps_the_reply() -> None:
 async def test_the_delay_setting_spaces_the_words() -> None:
     request = ask("Go on.", max_tokens=6)
 
-    started = time.monotonic()
-    drained = await drain(DemoProvider(token_delay_ms=30), request)
-    slow = time.monotonic() - started
+    slow_task = asyncio.create_task(drain(DemoProvider(token_delay_ms=30), request))
+    await asyncio.sleep(0)  # the slow reply sends its first word, then waits
+    fast = await drain(DemoProvider(token_delay_ms=0), request)
+    slow = await slow_task
 
-    assert all(gap >= 0.02 for gap in drained.gaps), drained.gaps
-    assert slow >= 0.15
-
-    started = time.monotonic()
-    await drain(DemoProvider(token_delay_ms=0), request)
-    assert time.monotonic() - started < 0.1
+    assert all(gap >= 0.02 for gap in slow.gaps), slow.gaps  # a sleep lasts at least that
+    # Without a delay the whole reply comes before the slow one's second word: it never waits.
+    assert len(fast.deltas) == len(slow.deltas) == 6
+    assert fast.arrivals[-1] < slow.arrivals[1]
 
 
 async def test_check_and_aclose() -> None:

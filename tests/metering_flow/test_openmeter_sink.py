@@ -2,7 +2,6 @@
 token, retries with backoff, refusals, and the processor splitting a refused batch."""
 
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -83,11 +82,9 @@ async def test_an_endpoint_that_stays_down_is_unavailable_and_the_token_stays_se
 ) -> None:
     scripted, _ = endpoint
     scripted.script.extend(["503"] * 3)
-    started = time.monotonic()
     with pytest.raises(Unavailable) as raised:
         await sink.send([tokens_event("tenant-sink", tokens_in=1)])
-    assert time.monotonic() - started < 2.0  # bounded: a few quick attempts
-    assert len(scripted.received) == 3
+    assert len(scripted.received) == 3  # bounded: a few attempts, then the caller holds
     assert "503" in str(raised.value) and TOKEN not in str(raised.value)
     assert raised.value.code == "openmeter_unavailable"
 

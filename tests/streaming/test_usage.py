@@ -81,8 +81,15 @@ async def test_an_invalid_type_publishes_nothing(conn: NatsConnection) -> None:
     assert await count(conn, "kgent.usage.>") == before
 
 
-async def test_nothing_to_publish(conn: NatsConnection) -> None:
-    await JetStreamUsagePublisher(conn).publish_usage([])
+async def test_nothing_to_publish_sends_nothing(conn: NatsConnection) -> None:
+    await ensure_streams(conn, replicas=1)
+    before = await count(conn, "kgent.usage.>")
+    publisher = JetStreamUsagePublisher(conn)
+    await publisher.publish_usage([])
+    await publisher.publish_stored([])
+    assert await count(conn, "kgent.usage.>") == before
+    await conn.close()  # and needs no connection to do it
+    await publisher.publish_usage([])
 
 
 def stored_form(event: UsageEvent) -> StoredUsageEvent:

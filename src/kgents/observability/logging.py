@@ -85,8 +85,22 @@ def leave_request(token: Token[RequestContext | None]) -> None:
     _current.reset(token)
 
 
-def current_request() -> RequestContext | None:
-    return _current.get()
+HTTP_CLIENT_LOGGERS = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "openai", "anthropic"})
+"""Libraries that log a line per HTTP request (the providers' calls): detail, not news."""
+
+
+class HttpClientDetailFilter(logging.Filter):
+    """Logs the HTTP client libraries' info lines at debug level: on the hot path one line per
+    provider request is noise. Their warnings and errors pass as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno != logging.INFO
+            or record.name.split(".", 1)[0] not in HTTP_CLIENT_LOGGERS
+        ):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 class ContextFilter(logging.Filter):
@@ -159,6 +173,7 @@ def build_handler(fmt: LogFormat = "auto", stream: IO[str] | None = None) -> log
     handler = logging.StreamHandler(target)
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(HttpClientDetailFilter())
     handler.addFilter(ContextFilter())
     return handler
 

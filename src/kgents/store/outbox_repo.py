@@ -36,17 +36,6 @@ def _outbox_values(event: UsageEvent, *, at: datetime) -> dict[str, Any]:
     }
 
 
-def usage_event_record(row: OutboxRow) -> UsageEvent:
-    return UsageEvent(
-        id=row.id,
-        source=row.source,
-        type=row.type,
-        subject=row.subject,
-        time=row.time,
-        data=dict(row.data),
-    )
-
-
 class SqlOutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
