@@ -143,6 +143,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A running turn not renewed for this long was left by a dead process.",
     )
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long running turns may go on once open requests have "
+        "closed (or had 15 s); a turn still running then is stored as cancelled.",
+    )
     api_key_cache_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -128,8 +128,10 @@ def test_the_deployment_keeps_its_promises(manifests: list[Manifest]) -> None:
         "runAsNonRoot": True,
         "capabilities": {"drop": ["ALL"]},
     }
-    # preStop sleep + uvicorn's 15 s drain + the supervisor's 10 s grace for running turns.
-    assert pod["terminationGracePeriodSeconds"] >= 5 + 15 + 10
+    # preStop sleep, the drain of open requests (15 s), the running turns' grace, 10 s to close.
+    config = one(manifests, "ConfigMap", "kgents-config")["data"]
+    grace = float(config["KGENTS_SHUTDOWN_GRACE_SECONDS"])
+    assert pod["terminationGracePeriodSeconds"] >= 5 + 15 + grace + 10
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     for selector in (
         one(manifests, "PodDisruptionBudget", "kgents")["spec"]["selector"]["matchLabels"],

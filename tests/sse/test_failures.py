@@ -100,6 +100,31 @@ async def test_sigkill_mid_turn_then_restart_and_resume(tmp_path: Path, nats_url
     assert tokens_out == estimate_tokens(messages[-1]["content"])  # the one estimator
 
 
+@pytest.mark.parametrize(("grace", "stored"), [("30", "complete"), ("0", "cancelled")])
+async def test_sigterm_lets_running_turns_finish_within_the_shutdown_grace(
+    tmp_path: Path, nats_url: str, grace: str, stored: str
+) -> None:
+    database = tmp_path / "kgents.db"
+    env = server_env(f"sqlite:///{database}", nats_url, KGENTS_SHUTDOWN_GRACE_SECONDS=grace)
+    server = ServerProcess(tmp_path / "data", env).start()
+    try:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            headers, session_id = await tenant_key_session(client)
+            # The client leaves after a few chunks; the turn goes on, detached from the request.
+            await read_until(
+                client,
+                "POST",
+                f"/v1/kgent/sessions/{session_id}/messages",
+                stop_after_chunk=2,
+                json={"message": "this process is being stopped"},
+                headers=headers,
+            )
+    finally:
+        server.stop()  # SIGTERM, as Kubernetes stops a pod
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT status FROM turns").fetchall() == [(stored,)]
+
+
 async def test_two_replicas_share_sessions(
     tmp_path: Path, nats_url: str, postgres_server_url: str
 ) -> None:

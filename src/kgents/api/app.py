@@ -42,8 +42,6 @@ from kgents.workers import running_workers
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 10.0
-
 # What any route reading the database can also answer (``errors._database``), for the
 # OpenAPI document.
 DATABASE_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -92,7 +90,9 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 try:
                     yield
                 finally:
-                    await generation.supervisor.shutdown(grace_seconds=SHUTDOWN_GRACE_SECONDS)
+                    await generation.supervisor.shutdown(
+                        grace_seconds=settings.shutdown_grace_seconds
+                    )
 
     app = FastAPI(
         title="kgents",
