@@ -49,12 +49,12 @@ kubectl:
 		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
 
-$(CHECKOV_VENV)/.installed:
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
 	touch $@
 
-checkov: $(CHECKOV_VENV)/.installed
+checkov: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
 pytest: install-test browser kubectl checkov
 	KGENTS_TEST_CHECKOV=$(abspath $(CHECKOV_VENV))/bin/checkov $(BIN)/pytest
