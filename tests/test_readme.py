@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from kgents import __version__
 from tests.support.servers import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +32,13 @@ curl() {
 
 
 def readme_blocks() -> list[str]:
+    """The ``sh`` blocks from the Quickstart through the command line (its synopsis is a
+    ``text`` block: it is not run)."""
     text = (ROOT / "README.md").read_text()
-    usage = text[text.index("## Quickstart") : text.index("### Command line")]
+    usage = text[text.index("## Quickstart") : text.index("### More surfaces")]
     blocks = re.findall(r"```sh\n(.*?)```", usage, flags=re.DOTALL)
     assert "make run" in blocks[0] and "make test" in blocks[0]
+    assert any("kgents tenant update" in block for block in blocks)
     return blocks[1:]
 
 
@@ -70,7 +74,8 @@ def test_readme_examples_run_as_printed(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "event: complete" in result.stdout
         assert '"role":"assistant"' in result.stdout
-        assert "kg_live_" not in result.stdout.replace('"prefix":"kg_live_', "")
+        assert not re.search(r"kg_live_[A-Za-z0-9]{32}", result.stdout)  # prefixes only
+        assert f"kgents {__version__}" in result.stdout and "status:    suspended" in result.stdout
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=30)

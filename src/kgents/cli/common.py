@@ -29,8 +29,8 @@ DataDirOption = Annotated[
     typer.Option(
         "--data-dir",
         envvar="KGENTS_DATA_DIR",
-        help="Data directory (SQLite database, JetStream store, admin token). Default ./.kgents",
-        show_default=False,
+        help="Data directory (SQLite database, JetStream store, admin token).",
+        show_default="./.kgents",
     ),
 ]
 

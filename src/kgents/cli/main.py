@@ -7,6 +7,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from kgents import __version__
 from kgents.cli.admin import key_app, tenant_app
 from kgents.cli.chat import ask, chat
 from kgents.cli.common import (
@@ -19,6 +20,8 @@ from kgents.cli.common import (
 )
 from kgents.cli.metering import metering_app
 from kgents.cli.nats import nats_app
+from kgents.cli.serve_start import in_use, print_banner
+from kgents.cli.typer_app import Typer
 from kgents.cli.usage import usage
 from kgents.data_dir import prepare_data_dir
 from kgents.errors import KgentsError
@@ -26,12 +29,11 @@ from kgents.metering.meters import load_meters
 from kgents.store.engine import Migration, database_url, pending_migrations, upgrade_database
 from kgents.tenancy.admin_token import load_or_create_admin_token, masked
 
-app = typer.Typer(
-    help="kgents: conversations with K-gent over streaming, metered APIs.",
+app = Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+db_app = Typer(help="Database migrations.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(key_app, name="key")
 app.add_typer(db_app, name="db")
@@ -42,10 +44,33 @@ app.command()(chat)
 app.command()(ask)
 
 
+def _print_version(shown: bool) -> None:
+    if shown:
+        console.print(f"kgents {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """kgents: conversations with K-gent over streaming, metered APIs."""
+
+
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(envvar="KGENTS_HOST", show_default="127.0.0.1", help="Bind address."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="KGENTS_PORT", show_default="8000", help="Port.")
+    ] = None,
     data_dir: DataDirOption = None,
     log_format: Annotated[
         str,
@@ -60,9 +85,9 @@ def serve(
     workers: Annotated[
         str | None,
         typer.Option(
-            help="API processes on this host and port: a number, or auto (one per CPU) "
-            "[env KGENTS_WORKERS; default: 1]",
-            show_default=False,
+            envvar="KGENTS_WORKERS",
+            show_default="1",
+            help="API processes on this host and port: a number, or auto (one per CPU).",
         ),
     ] = None,
 ) -> None:
@@ -89,6 +114,10 @@ def serve(
     except KgentsError as exc:
         error_console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
         raise typer.Exit(code=1) from None
+    busy = in_use(settings)
+    if busy is not None:
+        error_console.print(f"[red]error[/red]: {busy}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
     prepare_data_dir(settings)
     token = load_or_create_admin_token(settings)
     if token.path is not None:
@@ -106,6 +135,7 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+    print_banner(console, settings)
     configure_logging(level=log_level, fmt=LOG_FORMATS[log_format])
     if settings.worker_processes > 1:
         try:

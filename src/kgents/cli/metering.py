@@ -18,15 +18,14 @@ from kgents.cli.common import (
     progress_bar,
     run,
 )
+from kgents.cli.typer_app import Typer
 from kgents.metering.dead_letters import dead_letters_to_replay, replay_dead_letters
 from kgents.metering.ports import DeadLetter, ReplayOutcome
 from kgents.metering.reconcile import CHECK_STEPS, MeteringCheck, check_metering
 from kgents.platform import open_platform
 from kgents.sinks.openmeter import configured_sink
 
-metering_app = typer.Typer(
-    help="Check metering: reconcile, dead letters, replay.", no_args_is_help=True
-)
+metering_app = Typer(help="Check metering: reconcile, dead letters, replay.", no_args_is_help=True)
 
 
 @metering_app.command("reconcile")

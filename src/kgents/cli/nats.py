@@ -1,14 +1,14 @@
 """``kgents nats streams``: the JetStream streams of the platform and their state."""
 
-import typer
 from rich.table import Table
 
 from kgents.cli.common import DataDirOption, console, load_settings, run
+from kgents.cli.typer_app import Typer
 from kgents.streaming.runtime import connect_for_tools
 from kgents.streaming.subjects import Namespace
 from kgents.streaming.topology import describe_streams
 
-nats_app = typer.Typer(help="Inspect the NATS JetStream event streams.", no_args_is_help=True)
+nats_app = Typer(help="Inspect the NATS JetStream event streams.", no_args_is_help=True)
 
 
 @nats_app.command("streams")
