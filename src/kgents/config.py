@@ -29,17 +29,41 @@ class PlanConfig(BaseModel):
     tokens_per_month: int | None = Field(ge=0)
     requests_per_minute: int = Field(ge=1)
     max_budget: Budget
+    streams_per_key: int = Field(default=10, ge=1)
+    """Streams (SSE followers, streamed replies) one API key may hold open at once."""
+    streams_per_tenant: int = Field(default=25, ge=1)
+    """Streams all keys of one tenant may hold open at once."""
 
 
 DEFAULT_PLANS: dict[str, PlanConfig] = {
-    "free": PlanConfig(tokens_per_month=10_000, requests_per_minute=60, max_budget=Budget.whisper),
+    "free": PlanConfig(
+        tokens_per_month=10_000,
+        requests_per_minute=60,
+        max_budget=Budget.whisper,
+        streams_per_key=5,
+        streams_per_tenant=10,
+    ),
     "pro": PlanConfig(
-        tokens_per_month=100_000, requests_per_minute=600, max_budget=Budget.dialogue
+        tokens_per_month=100_000,
+        requests_per_minute=600,
+        max_budget=Budget.dialogue,
+        streams_per_key=20,
+        streams_per_tenant=100,
     ),
     "enterprise": PlanConfig(
-        tokens_per_month=1_000_000, requests_per_minute=6_000, max_budget=Budget.deep
+        tokens_per_month=1_000_000,
+        requests_per_minute=6_000,
+        max_budget=Budget.deep,
+        streams_per_key=200,
+        streams_per_tenant=1_000,
     ),
-    "custom": PlanConfig(tokens_per_month=None, requests_per_minute=10_000, max_budget=Budget.deep),
+    "custom": PlanConfig(
+        tokens_per_month=None,
+        requests_per_minute=10_000,
+        max_budget=Budget.deep,
+        streams_per_key=1_000,
+        streams_per_tenant=5_000,
+    ),
 }
 
 
@@ -76,6 +100,12 @@ class Settings(BaseSettings):
         ge=1,
         le=5,
         description="JetStream stream replicas: 1 for one server, 3 for a 3-node cluster.",
+    )
+    events_max_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 20,
+        description="Size limit of the kgent-events stream in bytes (1 GiB); the oldest "
+        "session events are discarded first beyond it.",
     )
     nats_prefix: str = Field(
         default="",

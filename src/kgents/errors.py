@@ -11,6 +11,7 @@ KgentsError                      code              HTTP
 ├── Conflict                     conflict          409
 │   └── TurnInProgress           turn_in_progress
 ├── RateLimited                  rate_limited      429
+├── TooManyStreams               too_many_streams  429
 ├── ProviderError                provider_*        502/503
 └── Unavailable                  *_unavailable     503
     └── EventsUnavailable        events_unavailable
@@ -73,6 +74,12 @@ class RateLimited(KgentsError):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class TooManyStreams(KgentsError):
+    """A key or tenant already holds as many open streams as its plan allows."""
+
+    code = "too_many_streams"
 
 
 class ProviderError(KgentsError):

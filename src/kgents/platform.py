@@ -35,6 +35,7 @@ from kgents.tenancy.key_cache import KeyCache
 from kgents.tenancy.quota import TokenQuota
 from kgents.tenancy.rate_limit import RateLimiter
 from kgents.tenancy.service import TenancyService
+from kgents.tenancy.streams import StreamLimiter
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class Platform:
     meters: SqlMeterStore
     usage: SqlUsageReader
     """Every meter and the quota of a tenant, read as one snapshot (``GET /v1/usage``)."""
+    streams: StreamLimiter
+    """The open streams of each key and tenant in this process, capped by their plan."""
 
     async def database_ok(self) -> bool:
         """True when the database answers ``SELECT 1`` within a few seconds."""
@@ -119,6 +122,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
             request_counter=request_counter,
             meters=SqlMeterStore(engine, meters, query_limits=query_limits),
             usage=SqlUsageReader(engine, query_limits=query_limits),
+            streams=StreamLimiter(),
         )
     finally:
         await provider.aclose()

@@ -41,7 +41,9 @@ async def test_limits_read_back_in_the_right_units(conn: NatsConnection) -> None
     assert events.retention == api.RetentionPolicy.LIMITS
     assert events.storage == api.StorageType.FILE
     assert events.num_replicas == 1
+    assert events.max_bytes == 1 << 30  # KGENTS_EVENTS_MAX_BYTES: messages cannot fill the disk
     usage = (await conn.js.stream_info(USAGE_STREAM)).config
+    assert usage.max_bytes == -1  # metering never loses an unprocessed event
     assert usage.subjects == ["kgent.usage.>"]
     assert usage.max_age == 30 * 24 * 3600
     assert usage.max_msgs_per_subject == -1
@@ -77,6 +79,15 @@ async def test_changed_settings_are_applied(conn: NatsConnection) -> None:
     assert [s.action for s in outcome] == ["updated", "unchanged"]
     assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_age == 200 * 3600
     await ensure_streams(conn, replicas=1)  # back to the defaults for the other tests
+
+
+async def test_the_events_byte_limit_follows_the_settings(conn: NatsConnection) -> None:
+    await ensure_streams(conn, replicas=1)
+    outcome = await ensure_streams(conn, replicas=1, events_max_bytes=64 << 20)
+    assert [s.action for s in outcome] == ["updated", "unchanged"]
+    assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_bytes == 64 << 20
+    await ensure_streams(conn, replicas=1)  # back to the defaults for the other tests
+    assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_bytes == 1 << 30
 
 
 async def test_describe_streams(conn: NatsConnection) -> None:

@@ -28,6 +28,7 @@ from kgents.errors import (
     QueryTooLarge,
     QuotaExceeded,
     RateLimited,
+    TooManyStreams,
     Unauthenticated,
     Unavailable,
 )
@@ -43,6 +44,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[KgentsError], int], ...] = (
     (NotFound, 404),
     (Conflict, 409),
     (RateLimited, 429),
+    (TooManyStreams, 429),
     (Unavailable, 503),
 )
 _CODE_BY_STATUS = {

@@ -8,7 +8,7 @@ heartbeat keeps idle connections open through proxies.
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +16,7 @@ from starlette.responses import StreamingResponse
 
 from kgents.errors import EventsUnavailable, KgentsError
 from kgents.sessions.ports import FollowedEvent, Follower, SessionEvent
+from kgents.tenancy.streams import StreamSlot
 
 HEARTBEAT_SECONDS = 15.0
 END_GRACE_SECONDS = 3.0
@@ -147,6 +148,17 @@ def event_frame(followed: FollowedEvent) -> bytes:
         return frame
     event = followed.event
     return sse_frame(event_id=followed.seq, event=event.type, data=event.data)
+
+
+async def holding(slot: StreamSlot, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``frames``, holding the stream's ``slot`` until they end, however they end."""
+    try:
+        async for frame in frames:
+            yield frame
+    finally:
+        slot.release()
+        if isinstance(frames, AsyncGenerator):
+            await frames.aclose()
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:

@@ -63,7 +63,12 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
         connection = await NatsConnection.connect(servers, auth=auth)
         stack.push_async_callback(connection.close)
         ns = Namespace(settings.nats_prefix)
-        await ensure_streams(connection, replicas=settings.nats_replicas, ns=ns)
+        await ensure_streams(
+            connection,
+            replicas=settings.nats_replicas,
+            ns=ns,
+            events_max_bytes=settings.events_max_bytes,
+        )
         yield Streaming(
             connection=connection,
             events=JetStreamEventLog(connection, ns=ns),

@@ -3,9 +3,14 @@
 =================  ===================  =========  ==========================================
 stream             subjects             retention  limits
 =================  ===================  =========  ==========================================
-``kgent-events``   ``kgent.session.>``  limits     10,000 msgs per subject, max age 168 h
+``kgent-events``   ``kgent.session.>``  limits     10,000 msgs per subject, max age 168 h,
+                                                   ``KGENTS_EVENTS_MAX_BYTES`` (1 GiB) in all
 ``kgent-usage``    ``kgent.usage.>``    limits     max age 30 days
 =================  ===================  =========  ==========================================
+
+The oldest session events are discarded first when a limit is reached (the database keeps every
+message; only replay from the stream reaches less far back). The usage stream has no byte limit:
+metering must never lose an unprocessed event.
 
 Both use file storage, ``replicas`` from the settings and a two-minute duplicate window for
 ``Nats-Msg-Id`` dedupe. nats-py takes ``max_age`` and ``duplicate_window`` in *seconds* (floats)
@@ -31,6 +36,7 @@ HOUR = 3600.0
 DAY = 24 * HOUR
 EVENTS_MAX_AGE_SECONDS = 168 * HOUR
 EVENTS_MAX_MSGS_PER_SUBJECT = 10_000
+EVENTS_MAX_BYTES = 1 << 30
 USAGE_MAX_AGE_SECONDS = 30 * DAY
 DUPLICATE_WINDOW_SECONDS = 120.0
 
@@ -48,6 +54,8 @@ class StreamSpec:
     replicas: int
     duplicate_window_seconds: float = DUPLICATE_WINDOW_SECONDS
     description: str = ""
+    max_bytes: int = -1
+    """The stream's size limit in bytes (-1: none)."""
 
     def apply_to(self, config: api.StreamConfig) -> api.StreamConfig:
         """``config`` with every managed field set as specified (other fields kept)."""
@@ -61,6 +69,7 @@ class StreamSpec:
             discard=api.DiscardPolicy.OLD,
             max_age=self.max_age_seconds,
             max_msgs_per_subject=self.max_msgs_per_subject,
+            max_bytes=self.max_bytes,
             num_replicas=self.replicas,
             duplicate_window=self.duplicate_window_seconds,
         )
@@ -74,6 +83,7 @@ class StreamSpec:
             and _enum_value(config.discard) == api.DiscardPolicy.OLD.value
             and _close(config.max_age, self.max_age_seconds)
             and config.max_msgs_per_subject == self.max_msgs_per_subject
+            and (config.max_bytes if config.max_bytes is not None else -1) == self.max_bytes
             and (config.num_replicas or 1) == self.replicas
             and _close(config.duplicate_window, self.duplicate_window_seconds)
         )
@@ -103,7 +113,9 @@ class StreamStatus:
     max_age_seconds: float = 0.0
 
 
-def stream_specs(*, replicas: int, ns: Namespace = NO_PREFIX) -> tuple[StreamSpec, StreamSpec]:
+def stream_specs(
+    *, replicas: int, ns: Namespace = NO_PREFIX, events_max_bytes: int = EVENTS_MAX_BYTES
+) -> tuple[StreamSpec, StreamSpec]:
     """The two streams of the platform for ``replicas`` (1 embedded, 3 in production)."""
     events = StreamSpec(
         name=ns.events_stream,
@@ -112,6 +124,7 @@ def stream_specs(*, replicas: int, ns: Namespace = NO_PREFIX) -> tuple[StreamSpe
         max_msgs_per_subject=EVENTS_MAX_MSGS_PER_SUBJECT,
         replicas=replicas,
         description="kgents session events (chunks, turns) for followers and resume",
+        max_bytes=events_max_bytes,
     )
     usage = StreamSpec(
         name=ns.usage_stream,
@@ -130,6 +143,7 @@ async def ensure_streams(
     replicas: int,
     specs: Sequence[StreamSpec] | None = None,
     ns: Namespace = NO_PREFIX,
+    events_max_bytes: int = EVENTS_MAX_BYTES,
 ) -> list[StreamSetup]:
     """Create each stream, or update it when a managed field differs; safe to run any time.
 
@@ -137,7 +151,9 @@ async def ensure_streams(
     more replicas than servers).
     """
     outcomes = []
-    for spec in specs if specs is not None else stream_specs(replicas=replicas, ns=ns):
+    if specs is None:
+        specs = stream_specs(replicas=replicas, ns=ns, events_max_bytes=events_max_bytes)
+    for spec in specs:
         outcomes.append(StreamSetup(name=spec.name, action=await _ensure_stream(conn, spec)))
     return outcomes
 

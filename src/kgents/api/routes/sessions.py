@@ -1,6 +1,8 @@
 """Sessions, messages, streaming replies, resume and cancel (tenant API key)."""
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
@@ -18,13 +20,14 @@ from kgents.api.schemas import (
     SessionsPublic,
     TurnCancelled,
 )
-from kgents.api.sse import sse_frames, sse_response
+from kgents.api.sse import holding, sse_frames, sse_response
 from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput
 from kgents.sessions.generation import error_event
 from kgents.sessions.ports import Follower, SessionEvent
 from kgents.sessions.service import TurnRequest
 from kgents.tenancy.rate_limit import RateCharge
+from kgents.tenancy.streams import StreamSlot
 
 router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
 
@@ -141,6 +144,8 @@ async def send_message(
     rate = RateCharge(key_id=principal.key.id, limit=principal.plan.requests_per_minute)
     request_events = []
     opening: asyncio.Task[Follower] | None = None
+    # A streamed reply holds one of the key's stream slots (429 before anything is stored).
+    slot = platform.streams.acquire(principal) if body.stream else None
     if body.stream:
         request_events.append(
             request_usage_event(request.scope, tenant_id=principal.tenant.id, status_code=200)
@@ -164,12 +169,14 @@ async def send_message(
             await asyncio.wait([opening])  # open (or failed) before the first event
         first_seq, task = await generation.supervisor.launch(planned, user_message)
     except BaseException:
+        if slot is not None:
+            slot.release()
         if opening is not None:
             await _discard(opening)
         raise
     finally:
         request.state.rate_status = rate.status
-    if opening is None:
+    if opening is None or slot is None:  # not streamed (the two go together)
         # Shielded: a client that goes away does not stop the generation; it is still stored.
         outcome = await asyncio.shield(task)
         if outcome.error is not None:
@@ -196,16 +203,26 @@ async def send_message(
                 planned.turn, code="turn_failed", message="the turn could not be stored"
             )
 
-    follower = opening.result()  # a failure to open is raised here, the turn running on
-    return sse_response(
-        sse_frames(
-            follower,
-            request=request,
-            first_seq=first_seq,
-            stop_when=turn_ended,
-            turn_end=asyncio.ensure_future(end_of_turn()),
-        )
+    with _released_on_error(slot):
+        follower = opening.result()  # a failure to open is raised here, the turn running on
+    frames = sse_frames(
+        follower,
+        request=request,
+        first_seq=first_seq,
+        stop_when=turn_ended,
+        turn_end=asyncio.ensure_future(end_of_turn()),
     )
+    return sse_response(holding(slot, frames))
+
+
+@contextlib.contextmanager
+def _released_on_error(slot: StreamSlot) -> Iterator[None]:
+    """Give ``slot`` back if the block fails: the stream it was taken for never opens."""
+    try:
+        yield
+    except BaseException:
+        slot.release()
+        raise
 
 
 async def _discard(opening: "asyncio.Task[Follower]") -> None:
@@ -242,10 +259,12 @@ async def follow_events(
         after_seq = int(last_event_id)
     if from_ not in (None, "start"):
         raise InvalidInput("from must be 'start'")
-    follower = await generation.events.open_follower(
-        session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
-    )
-    return sse_response(sse_frames(follower, request=request))
+    slot = platform.streams.acquire(principal)
+    with _released_on_error(slot):
+        follower = await generation.events.open_follower(
+            session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
+        )
+    return sse_response(holding(slot, sse_frames(follower, request=request)))
 
 
 @router.post(
