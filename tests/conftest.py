@@ -5,7 +5,6 @@ PostgreSQL. ``api`` builds a whole application (its real lifespan) and an HTTP c
 """
 
 import os
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -41,14 +40,8 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server_url() -> Iterator[str]:
-    # Not under pytest's temp root: pytest resets that to mode 0700 at every session start,
-    # which locks out the server's own (non-root) user when another pytest run starts.
-    base = Path(tempfile.mkdtemp(prefix="kgents-pg-"))
-    try:
-        with postgres_server(base) as url:
-            yield url
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -115,6 +115,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(exc.retry_after_seconds)}
         elif isinstance(exc, Unauthenticated):
             headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, Unavailable):
+            headers = {"Retry-After": "1"}  # database, event stream: back within moments
         return _respond(request, status_for(exc), exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)

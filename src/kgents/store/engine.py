@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
+from kgents.store.unavailable import translate_connection_errors
 
 _MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITES = "kgents_writes"
@@ -115,7 +116,9 @@ def create_engine(url: URL) -> AsyncEngine:
             event.listen(engine.sync_engine, "engine_disposed", dispose_writer)
         return engine
     # asyncpg takes a Unix socket directory through ``host`` in the query string as libpq does.
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    translate_connection_errors(engine)
+    return engine
 
 
 def alembic_config(url: URL) -> Config:

@@ -5,7 +5,9 @@ they bill, so a crash can never store one without the other.
 """
 
 import abc
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -17,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session as OrmSession
 
-from kgents.errors import NotFound, TurnInProgress
+from kgents.clock import as_utc
+from kgents.errors import NotFound, TurnInProgress, Unavailable
 from kgents.records import (
     HistoryMessage,
     Message,
@@ -34,6 +37,14 @@ from kgents.store.quota_sql import add_month_tokens_statement, month_tokens_quer
 from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
 from kgents.store.sqlite_thread import ThreadTransaction, thread_transaction
+from kgents.store.unavailable import is_database_unavailable
+
+logger = logging.getLogger(__name__)
+
+FINISH_RETRY_SECONDS = 30.0
+"""How long the end of a turn is retried while the database is unreachable (a restart)."""
+_FINISH_RETRY_FIRST_SECONDS = 0.1
+_FINISH_RETRY_MAX_SECONDS = 1.0
 
 _TURN_STATUSES = frozenset(get_args(TurnStatus))
 
@@ -230,7 +241,40 @@ class SqlSessionStore:
 
         Returns ``None`` (and changes nothing) when the turn was no longer running: whoever
         closes a turn first wins, so a turn is never finished, or billed, twice.
+
+        A turn's reply must not be lost to a database restart: while the database is
+        unreachable the write is tried again, on a fresh connection, for up to
+        ``FINISH_RETRY_SECONDS``. An attempt whose commit landed although its connection died
+        is recognised by the turn's own end time, so the turn still counts once.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINISH_RETRY_SECONDS
+        delay = _FINISH_RETRY_FIRST_SECONDS
+        retried = False
+        while True:
+            try:
+                return await self._finish_once(
+                    turn, assistant_message=assistant_message, events=events, retried=retried
+                )
+            except Unavailable as exc:
+                if not is_database_unavailable(exc) or loop.time() + delay > deadline:
+                    raise
+                logger.warning("storing the end of turn %s: %s; retrying", turn.id, exc.message)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _FINISH_RETRY_MAX_SECONDS)
+            retried = True
+
+    async def _finish_once(
+        self,
+        turn: Turn,
+        *,
+        assistant_message: Message | None,
+        events: Sequence[UsageEvent],
+        retried: bool,
+    ) -> Turn | None:
+        stored = replace(
+            turn, assistant_message_id=assistant_message.id if assistant_message else None
+        )
         async with self._writes.begin() as db:
             result = await db.execute(
                 update(TurnRow)
@@ -242,11 +286,13 @@ class SqlSessionStore:
                     model=turn.model,
                     estimated=turn.estimated,
                     error_code=turn.error_code,
-                    assistant_message_id=assistant_message.id if assistant_message else None,
+                    assistant_message_id=stored.assistant_message_id,
                     finished_at=turn.finished_at,
                 )
             )
             if not getattr(result, "rowcount", 0):
+                if retried and await self._finished_as(db, turn):
+                    return stored  # the commit of an attempt that "failed" did land
                 return None
             session = await db.get(SessionRow, turn.session_id, with_for_update=True)
             if session is None:  # sessions are only soft-deleted, so this means corruption
@@ -264,10 +310,17 @@ class SqlSessionStore:
                 session.message_count += 1
                 session.last_message_at = assistant_message.created_at
             add_outbox_events(db, events, at=turn.finished_at or turn.started_at)
-            return replace(
-                turn,
-                assistant_message_id=assistant_message.id if assistant_message else None,
-            )
+            return stored
+
+    @staticmethod
+    async def _finished_as(db: AsyncSession, turn: Turn) -> bool:
+        row = await db.get(TurnRow, turn.id)
+        return (
+            row is not None
+            and row.status == turn.status
+            and row.finished_at is not None
+            and as_utc(row.finished_at) == turn.finished_at
+        )
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
         async with self._writes.begin() as db:
