@@ -272,3 +272,48 @@ async def test_a_client_that_reads_nothing_does_not_slow_the_generation(live: Li
         writer.close()
         await writer.wait_closed()
     del reader
+
+
+async def test_the_history_names_the_running_turn_and_where_to_follow_it(live: Live) -> None:
+    session_id = await live.new_session()
+    path = f"/v1/kgent/sessions/{session_id}/messages"
+    idle = (await live.client.get(path, headers=live.headers)).json()
+    assert idle["running_turn"] is None
+    async with live.client.stream(
+        "POST", path, json={"message": "a long answer please"}, headers=live.headers
+    ) as response:
+        posted = []
+        async for event in read_events(response):
+            posted.append(event)
+            if event.event == "chunk" and event.data["index"] == 3:
+                break  # the client goes away; the turn runs on
+    turn_id = posted[0].data["turn_id"]
+
+    async def position_known() -> bool:
+        running = (await live.client.get(path, headers=live.headers)).json()["running_turn"]
+        return running is not None and running["events_after"] is not None
+
+    await eventually(position_known)
+    history = (await live.client.get(path, headers=live.headers)).json()
+    assert history["running_turn"]["id"] == turn_id
+    assert history["messages"][-1]["status"] == "running"
+    assert history["messages"][-1]["turn_id"] == turn_id
+    after = history["running_turn"]["events_after"]
+    assert after == posted[0].id - 1
+
+    # Following from there gives the whole turn from its first event, then live, to its end.
+    followed = []
+    async with live.client.stream(
+        "GET", f"/v1/kgent/sessions/{session_id}/events?after={after}", headers=live.headers
+    ) as response:
+        async for event in read_events(response):
+            followed.append(event)
+            if event.event in ("complete", "error"):
+                break
+    assert followed[0].event == "user_message" and followed[0].data["turn_id"] == turn_id
+    assert followed[-1].event == "complete"
+    chunks = [e for e in followed if e.event == "chunk"]
+    assert [c.data["index"] for c in chunks] == list(range(len(chunks)))
+    assert followed[-1].data["text"] == "".join(c.data["text"] for c in chunks)
+    done = (await live.client.get(path, headers=live.headers)).json()
+    assert done["running_turn"] is None and done["messages"][-1]["status"] == "complete"

@@ -78,11 +78,11 @@ async def test_a_dead_turn_is_billed_for_its_chunks_with_or_without_its_first_se
             assistant_message_id=closed.assistant_message_id,
             started_at=closed.started_at,
         )
-        messages, _ = await platform.sessions.list_messages(
+        page = await platform.sessions.list_messages(
             tenant_id=tenant_id, session_id=session.id, limit=10, offset=0
         )
-        assert [entry.message.content for entry in messages] == [question.content, text]
-        assert [entry.turn_status for entry in messages] == ["interrupted"] * 2
+        assert [entry.message.content for entry in page.messages] == [question.content, text]
+        assert [entry.turn_status for entry in page.messages] == ["interrupted"] * 2
 
 
 class FailingMidReply:

@@ -9,7 +9,7 @@ from pydantic.alias_generators import to_camel
 from kgents.config import Budget
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
 from kgents.metering.query import QueryRow
-from kgents.records import ApiKey, HistoryMessage, Message, Session, Tenant, TurnStatus
+from kgents.records import ApiKey, HistoryMessage, Message, Session, Tenant, Turn, TurnStatus
 from kgents.text import storable_text
 
 Mode = Literal["reflect", "advise", "challenge", "explore"]
@@ -206,10 +206,28 @@ class MessagePublic(BaseModel):
         return cls.of(entry.message, status=entry.turn_status, error_code=entry.error_code)
 
 
+class RunningTurnPublic(BaseModel):
+    id: str
+    events_after: int | None = Field(
+        description="Follow GET .../events?after=<this> to get the turn from its first event "
+        "(user_message), then live; null for a moment after the turn starts (follow "
+        "?from=start then)."
+    )
+
+    @classmethod
+    def of(cls, turn: Turn) -> "RunningTurnPublic":
+        after = turn.first_seq - 1 if turn.first_seq is not None else None
+        return cls(id=turn.id, events_after=after)
+
+
 class MessagesPublic(BaseModel):
     messages: list[MessagePublic]
     total: int
     session_id: str
+    running_turn: RunningTurnPublic | None = Field(
+        description="The turn whose reply is being generated now, if any: its user message "
+        "is in the history (status running), its reply not yet."
+    )
 
 
 class HealthPublic(BaseModel):

@@ -45,6 +45,13 @@ class TurnRequest:
     budget: Budget | None
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[HistoryMessage]
+    total: int
+    running_turn: Turn | None
+
+
 class SessionService:
     def __init__(
         self,
@@ -103,10 +110,15 @@ class SessionService:
 
     async def list_messages(
         self, *, tenant_id: str, session_id: str, limit: int, offset: int
-    ) -> tuple[list[HistoryMessage], int]:
-        """A page of the history, each message with its turn's status and error code."""
+    ) -> HistoryPage:
+        """A page of the history, each message with its turn's status and error code, and
+        the turn running now."""
         await self.get_session(tenant_id=tenant_id, session_id=session_id)
-        return await self._store.list_messages(session_id, limit=limit, offset=offset)
+        messages, total = await self._store.list_messages(session_id, limit=limit, offset=offset)
+        running = await self._store.running_turns(session_id=session_id)
+        return HistoryPage(
+            messages=messages, total=total, running_turn=running[0] if running else None
+        )
 
     async def get_turn(self, *, tenant_id: str, turn_id: str) -> Turn:
         turn = await self._store.get_turn(tenant_id, turn_id) if is_valid_id(turn_id) else None

@@ -15,6 +15,7 @@ from kgents.api.schemas import (
     MessageCreate,
     MessagePublic,
     MessagesPublic,
+    RunningTurnPublic,
     SessionCreate,
     SessionPublic,
     SessionsPublic,
@@ -110,13 +111,17 @@ async def list_messages(
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> MessagesPublic:
-    messages, total = await platform.sessions.list_messages(
+    """A page of the conversation, each message with how its turn ended, and the turn
+    running now (to follow its reply from its start)."""
+    page = await platform.sessions.list_messages(
         tenant_id=principal.tenant.id, session_id=session_id, limit=limit, offset=offset
     )
+    running = page.running_turn
     return MessagesPublic(
-        messages=[MessagePublic.of_history(m) for m in messages],
-        total=total,
+        messages=[MessagePublic.of_history(m) for m in page.messages],
+        total=page.total,
         session_id=session_id,
+        running_turn=RunningTurnPublic.of(running) if running else None,
     )
 
 
