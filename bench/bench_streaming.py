@@ -21,7 +21,11 @@ A stream is an error if its status is not 200, it ends without its end event, ca
 each process, summed over the rounds of each side.
 
     .venv/bin/python bench/bench_streaming.py [--rounds-1 30] [--rounds-16 3] [--rounds-64 3]
-        [--delays 5,0] [--profile-seconds 20] [--profile-out bench/profiles]
+        [--delays 5,0] [--workers 1,2,4] [--profile-seconds 20] [--profile-out bench/profiles]
+
+With ``--workers 1,2,4`` each delay runs against ``kgents serve --workers N`` for each N (a
+fresh server each, the direct rounds alternating with its rounds as above); every scenario
+carries its ``workers``, and CPU seconds of kgents are those of all its processes.
 """
 
 import argparse
@@ -411,6 +415,7 @@ async def profile_run(bench: Bench, kgents: Proc, key: str, out_dir: Path) -> di
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     delays = [float(d) for d in args.delays.split(",")]
+    worker_counts = [int(w) for w in args.workers.split(",")]
     admin_token = secrets.token_urlsafe(24)
     started = time.monotonic()
     log_errors: dict[str, Any] = {}
@@ -427,12 +432,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     ):
         workdir = Path(tmp)
         nats = harness.start_nats(registry, workdir / "nats")
-        for delay in delays:
+        for delay, workers in [(d, w) for d in delays for w in worker_counts]:
             upstream = harness.start_fake_openai(registry, tokens=args.tokens, delay_ms=delay)
             kgents = harness.start_kgents(
                 registry,
-                name=f"kgents-{delay:g}ms",
-                data_dir=workdir / f"kgents-{delay:g}ms",
+                name=f"kgents-{delay:g}ms-{workers}w",
+                data_dir=workdir / f"kgents-{delay:g}ms-{workers}w",
+                workers=workers,
                 env={
                     "KGENTS_LLM_PROVIDER": "openai",
                     "OPENAI_BASE_URL": upstream.url,
@@ -444,10 +450,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             key = harness.provision_key(kgents.url, admin_token)
             procs = {"upstream": upstream, "nats": nats, "kgents": kgents}
             bench = Bench(args, procs, started=started)
-            result["scenarios"] += await run_delay(bench, kgents, upstream, key, delay)
+            scenarios = await run_delay(bench, kgents, upstream, key, delay)
+            result["scenarios"] += [{"workers": workers, **s} for s in scenarios]
             if bench.probe is not None:
                 result["request_path"] = bench.probe
-            if args.profile_seconds and delay == delays[0] and not bench.over_deadline():
+            if (
+                args.profile_seconds
+                and (delay, workers) == (delays[0], worker_counts[0])
+                and not bench.over_deadline()
+            ):
                 out_dir = Path(args.profile_out) if args.profile_out else workdir
                 out_dir.mkdir(parents=True, exist_ok=True)
                 result["profile_64_streams"] = {
@@ -507,5 +518,8 @@ if __name__ == "__main__":
     parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy at 64 streams")
     parser.add_argument("--profile-out", default="", help="directory for the raw py-spy stacks")
     parser.add_argument("--keep-logs", default="", help="copy the servers' logs to this dir")
+    parser.add_argument(
+        "--workers", default="1", help="kgents serve --workers, comma list (each a server)"
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args())), separators=(",", ":")))
     sys.stdout.flush()

@@ -32,6 +32,7 @@ from kgents.streaming.embedded import find_nats_server
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 STOP_SECONDS = 10.0
+NATS_SERVER_NAME = "nats-server"
 
 
 def log(message: str) -> None:
@@ -60,12 +61,20 @@ class Proc:
         return self.popen.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the process so far (0 once it is gone)."""
+        """User + system CPU seconds so far of the process and its worker processes (those of
+        ``kgents serve --workers N``; not a nats-server child): 0 once it is gone."""
         try:
-            times = psutil.Process(self.pid).cpu_times()
+            root = psutil.Process(self.pid)
+            members = [root, *root.children(recursive=True)]
         except psutil.Error:
             return 0.0
-        return float(times.user + times.system)
+        total = 0.0
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                if member is root or not member.name().startswith(NATS_SERVER_NAME):
+                    times = member.cpu_times()
+                    total += times.user + times.system
+        return total
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -213,24 +222,32 @@ def _answers_with_jetstream(port: int) -> bool:
         return False
 
 
-def start_kgents(registry: Processes, *, name: str, data_dir: Path, env: dict[str, str]) -> Proc:
-    """``kgents serve`` in a subprocess, on a free port, waited for until ``/health`` is 200."""
+def start_kgents(
+    registry: Processes, *, name: str, data_dir: Path, env: dict[str, str], workers: int = 1
+) -> Proc:
+    """``kgents serve --workers N`` in a subprocess, on a free port, waited for until
+    ``/health`` is 200 (with several workers: until each of them answered it)."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     full_env = {
         "KGENTS_HOST": HOST,
         "KGENTS_PORT": str(port),
         "KGENTS_DATABASE_URL": f"sqlite:///{data_dir / 'kgents.db'}",
+        "KGENTS_WORKERS": str(workers),
         **env,
     }
     argv = [sys.executable, "-m", "kgents", "serve", "--data-dir", str(data_dir)]
     proc = registry.spawn(name, argv, env=full_env)
     proc.url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 60.0
+    answered: set[str] = set()
     while True:
         try:
-            if httpx.get(f"{proc.url}/health", timeout=2.0).status_code == 200:
-                return proc
+            response = httpx.get(f"{proc.url}/health", timeout=2.0)
+            if response.status_code == 200:
+                answered.add(response.headers.get("x-kgents-worker", ""))
+                if len(answered) >= workers:
+                    return proc
         except httpx.HTTPError:
             pass
         if not proc.alive() or time.monotonic() > deadline:
