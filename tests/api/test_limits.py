@@ -81,8 +81,28 @@ async def test_token_quota_returns_402_once_used_up(api: Api) -> None:
     assert refused.json()["error"]["code"] == "quota_exceeded"
     # The overshoot is bounded by the one turn that started below the limit.
     assert 150 <= used < 150 + 300
-    # A dormant turn makes no model call, so it is still allowed.
+    # A dormant turn makes no model call, but its message is stored: refused as well.
     dormant = await api.client.post(
         path, json={"message": "hi", "stream": False, "budget": "dormant"}, headers=headers
     )
-    assert dormant.status_code == 201
+    assert dormant.status_code == 402
+
+
+async def test_dormant_turns_count_their_stored_message_against_the_quota(api: Api) -> None:
+    """No model call, but the message is stored in the database and the event stream: its
+    estimated tokens (four characters a token) are input tokens against the plan's quota."""
+    _, key = await api.tenant_with_key(plan="small")  # 150 tokens a month
+    headers = {"X-API-Key": key}
+    session = (await api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()
+    path = f"/v1/kgent/sessions/{session['id']}/messages"
+    statuses = []
+    for _ in range(3):
+        response = await api.client.post(
+            path, json={"message": "x" * 400, "stream": False, "budget": "dormant"}, headers=headers
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 201:
+            assert response.json()["tokens_in"] == 100
+    assert statuses == [201, 201, 402]
+    quota = (await api.client.get("/v1/usage", headers=headers)).json()["quota"]
+    assert quota["used"] == 200

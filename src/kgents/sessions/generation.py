@@ -116,9 +116,10 @@ def complete_event(turn: Turn, *, message: Message, chunks: int) -> SessionEvent
     )
 
 
-async def _dormant_stream() -> AsyncIterator[StreamItem]:
+async def _dormant_stream(turn: Turn) -> AsyncIterator[StreamItem]:
+    """The fixed reply of a dormant turn, billed for its stored message (no model call)."""
     yield TextDelta(DORMANT_REPLY)
-    yield Usage(tokens_in=0, tokens_out=0, model="none")
+    yield Usage(tokens_in=turn.tokens_in, tokens_out=0, model="none", estimated=True)
 
 
 class TurnRunner:
@@ -174,7 +175,9 @@ class TurnRunner:
         turn = planned.turn
         progress = _Progress(text=[])
         batch = self._events.batch()
-        source = self._provider.stream(planned.request) if planned.request else _dormant_stream()
+        source = (
+            self._provider.stream(planned.request) if planned.request else _dormant_stream(turn)
+        )
         try:
             await self._pump(turn, source, batch, progress)
         except ProviderError as exc:

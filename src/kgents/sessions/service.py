@@ -15,7 +15,7 @@ from kgents.errors import (
     TurnInProgress,
 )
 from kgents.ids import is_valid_id, new_id
-from kgents.llm.base import GenerationRequest, estimate_request_tokens
+from kgents.llm.base import GenerationRequest, estimate_request_tokens, estimate_tokens
 from kgents.metering import events as usage_events
 from kgents.records import HistoryMessage, Message, Session, Turn, UsageEvent
 from kgents.sessions.generation import PlannedTurn
@@ -165,7 +165,7 @@ class SessionService:
                 session_id=session_id if is_valid_id(session_id) else None,
                 count_key=rate.key_id if rate else None,
                 window_start=window_of(now) if rate else None,
-                tokens_since=month_bounds(now)[0] if max_tokens else None,
+                tokens_since=month_bounds(now)[0],  # dormant turns count against it too
                 history_limit=HISTORY_WINDOW if max_tokens else 0,
             )
             try:
@@ -260,6 +260,10 @@ class SessionService:
         if generation is not None:
             # Stored now, so a turn whose process dies can still be billed for its prompt.
             turn = replace(turn, tokens_in=estimate_request_tokens(generation))
+        else:
+            # Dormant: no model call, but the message is stored (database and event stream),
+            # so its estimated tokens count as input against the plan's token quota.
+            turn = replace(turn, tokens_in=estimate_tokens(request.message), estimated=True)
         event = usage_events.session_message(
             tenant_id=tenant_id,
             session_id=session_id,
