@@ -2,6 +2,9 @@
 embedded nats-server that their parent runs."""
 
 import contextlib
+import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,9 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kgents.cli.main import app
+from kgents.streaming.nats_process import process_alive
 from tests.conftest import ADMIN_TOKEN
 from tests.support.servers import ServerProcess
 from tests.support.sse import read_events
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -104,6 +109,41 @@ async def test_a_follower_on_one_worker_sees_a_turn_started_on_another(
         embedded_state = data_dir / "nats.json"
         assert embedded_state.exists()  # the parent's embedded nats-server, shared
     assert not embedded_state.exists()  # stopped by the parent once the workers had stopped
+
+
+async def worker_pids(base_url: str, *, workers: int) -> set[str]:
+    """The pids of the workers behind ``base_url``, from ``X-Kgents-Worker`` (a connection
+    per request, until each worker answered one)."""
+    seen: set[str] = set()
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        for _ in range(FIND_WORKERS_ATTEMPTS):
+            response = await client.get("/health/live", headers={"Connection": "close"})
+            seen.add(response.headers[WORKER])
+            if len(seen) == workers:
+                break
+    assert len(seen) == workers, seen
+    return seen
+
+
+async def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, {"KGENTS_WORKERS": "2", "KGENTS_ADMIN_TOKEN": ADMIN_TOKEN})
+    server.start()
+    try:
+        pids = await worker_pids(server.base_url, workers=2)
+        server.kill()  # SIGKILL: the parent cannot stop its workers
+
+        async def orphans_gone() -> bool:
+            return not any(process_alive(int(pid)) for pid in pids)
+
+        await eventually(orphans_gone, seconds=30)
+    finally:
+        server.stop()
+        # The embedded nats-server outlives a killed parent by design (the next start adopts
+        # it); this test stops it.
+        state = data_dir / "nats.json"
+        if state.exists():
+            os.kill(json.loads(state.read_text())["pid"], signal.SIGTERM)
 
 
 def test_workers_must_be_a_count_or_auto(tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
@@ -32,10 +34,12 @@ LOG_LEVEL_ENV = "KGENTS_LOG_LEVEL"
 LOG_FORMAT_ENV = "KGENTS_LOG_FORMAT"
 _NATS_START_SECONDS = 60.0
 _NATS_STOP_SECONDS = 30.0
+_PARENT_CHECK_SECONDS = 1.0
 
 
 def worker_app() -> FastAPI:
     """The app of one worker process (uvicorn's factory), from the parent's environment."""
+    _stop_when_orphaned()
     configure_logging(
         level=os.environ.get(LOG_LEVEL_ENV, "info"),
         fmt=LOG_FORMATS[os.environ.get(LOG_FORMAT_ENV, "auto")],
@@ -44,6 +48,20 @@ def worker_app() -> FastAPI:
     # observer logs each request, with its request id).
     logging.getLogger("uvicorn.access").propagate = False
     return create_app(Settings(), migrate=False)
+
+
+def _stop_when_orphaned() -> None:
+    """Shut this worker down gracefully (SIGTERM) if its parent dies without stopping it (a
+    SIGKILL), so that no orphan keeps serving the port the next ``kgents serve`` needs."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_CHECK_SECONDS)
+        logger.warning("the parent process %d is gone; stopping this worker", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def serve_workers(settings: Settings, *, log_level: str, log_format: str) -> None:
