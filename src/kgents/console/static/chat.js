@@ -3,7 +3,7 @@
 
 import { ApiError, isAbort, json, request, showError } from "./api.js";
 import { byId, formatDateTime, formatNumber, h } from "./dom.js";
-import { streamReply } from "./sse.js";
+import { followSession, streamReply } from "./sse.js";
 
 const SESSIONS_PAGE = 100;
 const MESSAGES_PAGE = 200;
@@ -31,7 +31,20 @@ export function createChat({ navigate }) {
     cancel: byId("cancel"),
   };
   // `shown` counts show() calls: one that a newer call overtook while it waited gives up.
-  const state = { sessions: [], current: null, streaming: null, loading: null, shown: 0, budgets: null };
+  // `watch` follows the open session's events (another tab's turns, a reply still running
+  // when the session was opened); `following` is the turn it shows as it streams; `seq` the
+  // last stream sequence this tab saw.
+  const state = {
+    sessions: [],
+    current: null,
+    streaming: null,
+    loading: null,
+    shown: 0,
+    budgets: null,
+    watch: null,
+    following: null,
+    seq: null,
+  };
   const budgetLabels = Object.fromEntries([...el.budget.options].map((o) => [o.value, o.textContent]));
 
   // ----- budgets: only those the plan allows; the choice is remembered in this browser -----
@@ -190,6 +203,14 @@ export function createChat({ navigate }) {
       setComposer(true);
       renderSessions(state.sessions.length);
       el.input.focus();
+      // Follow the session from here: a reply still running catches up from its first
+      // event, then streams live, here as in every other tab that has the session open.
+      const running = page.running_turn;
+      state.seq = null;
+      watch(session.id, running?.id ?? null, {
+        after: running?.events_after ?? null,
+        fromStart: Boolean(running) && running.events_after === null,
+      });
     } catch (error) {
       if (isAbort(error)) return;
       state.current = null;
@@ -213,9 +234,10 @@ export function createChat({ navigate }) {
   function messageView(role, text, details = {}) {
     const who = role === "user" ? "You" : "K-gent";
     const body = h("div", { class: "msg-text" }, text);
+    const dataset = details.turn_id ? { role, turnId: details.turn_id } : { role };
     const article = h(
       "article",
-      { class: `msg msg-${role}`, "aria-label": `${who} said`, dataset: { role } },
+      { class: `msg msg-${role}`, "aria-label": `${who} said`, dataset },
       h("p", { class: "msg-role" }, who),
       body,
     );
@@ -243,33 +265,83 @@ export function createChat({ navigate }) {
     return h("p", { class: "msg-meta" }, parts.join(" · "));
   }
 
+  // A reply as it streams in: `append` its text, then `end` it as the turn ended.
+  function replyView() {
+    const text = h("div", { class: "msg-text" });
+    const article = h(
+      "article",
+      { class: "msg msg-assistant streaming", "aria-label": "K-gent said", "aria-busy": "true", dataset: { role: "assistant" } },
+      h("p", { class: "msg-role" }, "K-gent"),
+      text,
+    );
+    let streamed = "";
+    const settle = () => {
+      article.setAttribute("aria-busy", "false");
+      article.classList.remove("streaming", "reconnecting");
+    };
+    return {
+      article,
+      streamed: () => streamed,
+      append(piece) {
+        const follow = nearEnd();
+        streamed += piece;
+        text.textContent = streamed;
+        if (follow) scrollToEnd();
+      },
+      reconnecting(on) {
+        article.classList.toggle("reconnecting", on);
+      },
+      settle,
+      end(type, data) {
+        settle();
+        if (type === "complete") {
+          if (data.text !== streamed) {
+            // The stored reply is authoritative; this should never show.
+            article.dataset.repaired = "true";
+            text.textContent = data.text;
+          }
+          article.dataset.complete = "true";
+          article.append(metaLine(data));
+        } else {
+          article.dataset.ended = data.error?.code || "error";
+          if (!streamed) text.textContent = "(no reply)";
+          article.append(h("p", { class: "msg-meta error" }, endedText(data.error)));
+        }
+      },
+    };
+  }
+
+  function showReconnecting(kind, attempt, view) {
+    if (kind === "reconnecting") {
+      setStatus(attempt > 1 ? `Connection lost: reconnecting… (attempt ${attempt})` : "Connection lost: reconnecting…", "warn");
+      view.reconnecting(true);
+    } else if (kind === "resumed") {
+      setStatus("Reconnected: resuming the reply…");
+      view.reconnecting(false);
+    }
+  }
+
   async function sendMessage(event) {
     event?.preventDefault();
     const text = el.input.value.trim();
-    if (!text || !state.current || state.streaming) return;
+    if (!text || !state.current || state.streaming || state.following) return;
     const session = state.current;
     const controller = new AbortController();
+    stopWatching(); // this tab's own turn streams on the POST's connection
     state.streaming = controller;
     showError(el.error, null);
     setComposer(true);
     el.messages.querySelector(".empty")?.remove();
 
     const mine = messageView("user", text);
-    const replyText = h("div", { class: "msg-text" });
-    const reply = h(
-      "article",
-      { class: "msg msg-assistant streaming", "aria-label": "K-gent said", "aria-busy": "true", dataset: { role: "assistant" } },
-      h("p", { class: "msg-role" }, "K-gent"),
-      replyText,
-    );
-    el.messages.append(mine, reply);
+    const reply = replyView();
+    el.messages.append(mine, reply.article);
     el.input.value = "";
     scrollToEnd(true);
     setStatus("Sending…");
-    let streamed = "";
 
     try {
-      await streamReply({
+      state.seq = await streamReply({
         sessionId: session.id,
         message: text,
         mode: el.mode.value,
@@ -278,48 +350,27 @@ export function createChat({ navigate }) {
         on: {
           status(kind, attempt) {
             if (kind === "streaming") setStatus("K-gent is replying…");
-            else if (kind === "reconnecting") {
-              setStatus(attempt > 1 ? `Connection lost: reconnecting… (attempt ${attempt})` : "Connection lost: reconnecting…", "warn");
-              reply.classList.add("reconnecting");
-            } else if (kind === "resumed") {
-              setStatus("Reconnected: resuming the reply…");
-              reply.classList.remove("reconnecting");
-            }
+            else showReconnecting(kind, attempt, reply);
+          },
+          userMessage(data) {
+            mine.dataset.turnId = data.turn_id;
           },
           chunk(piece) {
-            const follow = nearEnd();
-            streamed += piece;
-            replyText.textContent = streamed;
-            if (follow) scrollToEnd();
+            reply.append(piece);
           },
           end(type, data) {
-            reply.setAttribute("aria-busy", "false");
-            reply.classList.remove("streaming", "reconnecting");
-            if (type === "complete") {
-              if (data.text !== streamed) {
-                // The stored reply is authoritative; this should never show.
-                reply.dataset.repaired = "true";
-                replyText.textContent = data.text;
-              }
-              reply.dataset.complete = "true";
-              reply.append(metaLine(data));
-              setStatus("");
-            } else {
-              reply.dataset.ended = data.error?.code || "error";
-              if (!streamed) replyText.textContent = "(no reply)";
-              reply.append(h("p", { class: "msg-meta error" }, endedText(data.error)));
-              setStatus("");
-            }
+            reply.end(type, data);
+            setStatus("");
           },
         },
       });
     } catch (error) {
-      reply.setAttribute("aria-busy", "false");
-      reply.classList.remove("streaming", "reconnecting");
+      reply.settle();
       if (isAbort(error)) {
         setStatus("");
       } else {
-        if (!streamed) reply.remove();
+        const streamed = reply.streamed();
+        if (!streamed) reply.article.remove();
         if (error instanceof ApiError && error.status !== 0 && !streamed) {
           // Refused before anything was stored: give the text back for another try.
           mine.remove();
@@ -335,8 +386,79 @@ export function createChat({ navigate }) {
       // Aborted: another session was opened or the console signed out; nothing to refresh.
       if (!controller.signal.aborted) {
         setComposer(Boolean(state.current));
+        if (state.current?.id === session.id) watch(session.id, null, { after: state.seq });
         loadSessions();
       }
+    }
+  }
+
+  // ----- following the open session -----
+
+  function watch(sessionId, runningTurnId, position) {
+    stopWatching();
+    const controller = new AbortController();
+    state.watch = controller;
+    followSession({
+      sessionId,
+      ...position,
+      signal: controller.signal,
+      on: {
+        event(type, data, id) {
+          if (id !== null) state.seq = id;
+          onSessionEvent(type, data, runningTurnId);
+        },
+        status(kind, attempt) {
+          if (state.following) showReconnecting(kind, attempt, state.following.view);
+          else if (kind === "resumed") setStatus("");
+        },
+      },
+    }).catch((error) => {
+      if (isAbort(error) || state.watch !== controller) return;
+      state.watch = null;
+      showError(el.error, error);
+    });
+  }
+
+  function stopWatching() {
+    state.watch?.abort();
+    state.watch = null;
+    if (state.following) {
+      state.following.view.settle();
+      state.following = null;
+    }
+  }
+
+  // An event of the open session: a turn started elsewhere (or running when the session was
+  // opened) is drawn and streamed as it arrives; turns already in the history are skipped.
+  function onSessionEvent(type, data, runningTurnId) {
+    if (type === "user_message") {
+      if (state.following?.turnId === data.turn_id) return;
+      const shown = [...el.messages.querySelectorAll("article.msg-user")].some(
+        (article) => article.dataset.turnId === data.turn_id,
+      );
+      if (shown && data.turn_id !== runningTurnId) return; // a finished turn, replayed
+      el.messages.querySelector(".empty")?.remove();
+      if (!shown) el.messages.append(messageView("user", data.content, { turn_id: data.turn_id }));
+      const view = replyView();
+      el.messages.append(view.article);
+      state.following = { turnId: data.turn_id, view, nextIndex: 0 };
+      setStatus("K-gent is replying…");
+      setComposer(true);
+      scrollToEnd(true);
+      return;
+    }
+    const following = state.following;
+    if (!following || data.turn_id !== following.turnId) return;
+    if (type === "chunk") {
+      if (data.index < following.nextIndex) return; // a repeat
+      following.nextIndex = data.index + 1;
+      following.view.append(data.text);
+    } else if (type === "complete" || type === "error") {
+      following.view.end(type, data);
+      state.following = null;
+      setStatus("");
+      setComposer(true);
+      loadSessions();
     }
   }
 
@@ -350,24 +472,25 @@ export function createChat({ navigate }) {
   }
 
   async function cancelReply() {
-    if (!state.current || !state.streaming) return;
+    if (!state.current || !(state.streaming || state.following)) return;
     el.cancel.disabled = true;
     setStatus("Cancelling…");
     try {
       await json(`/v1/kgent/sessions/${encodeURIComponent(state.current.id)}/cancel`, { method: "POST" });
     } catch (error) {
       showError(el.error, error);
-      el.cancel.disabled = !state.streaming;
+      el.cancel.disabled = !(state.streaming || state.following);
     }
   }
 
   function stopStreaming() {
     state.streaming?.abort();
     state.streaming = null;
+    stopWatching();
   }
 
   function setComposer(enabled) {
-    const busy = Boolean(state.streaming);
+    const busy = Boolean(state.streaming || state.following);
     el.input.disabled = !enabled;
     el.send.disabled = !enabled || busy;
     el.cancel.disabled = !busy;

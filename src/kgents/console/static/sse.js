@@ -86,8 +86,84 @@ async function readFrames(response, onFrame, controller) {
   }
 }
 
+/** One connection: true when `onFrame` ended it, false when it dropped (resume then). */
+async function followOnce(signal, open, onFrame) {
+  const controller = new AbortController();
+  const relay = () => controller.abort(signal.reason);
+  signal.addEventListener("abort", relay, { once: true });
+  try {
+    const response = await open(controller.signal);
+    return await readFrames(response, onFrame, controller);
+  } catch (error) {
+    if (signal.aborted) throw signal.reason;
+    if (error instanceof StreamInterrupted || isAbort(error) || error instanceof TypeError) {
+      return false; // dropped, stalled or the server's stream failed: resume
+    }
+    throw error;
+  } finally {
+    signal.removeEventListener("abort", relay);
+  }
+}
+
+// Network failures and 5xx/429 are retried; anything else (401, 404) is final.
+function retryable(error) {
+  return error instanceof ApiError && (error.status === 0 || error.status >= 500 || error.status === 429);
+}
+
+function retryDelay(attempt) {
+  return RETRY_DELAYS_MS[Math.min(attempt - 1, RETRY_DELAYS_MS.length - 1)];
+}
+
 /**
- * Send a message and stream its reply.
+ * Follow a session's events (GET .../events) until `signal` aborts: those after the stream
+ * sequence `after`, all of them with `fromStart`, or else only new ones; after a drop, from
+ * the last one seen. `on.event(type, data, id)` gets each event once, in order;
+ * `on.status(kind, attempt)` gets "reconnecting" and "resumed". Throws ApiError when the
+ * API refuses (401, 404).
+ */
+export async function followSession({ sessionId, after = null, fromStart = false, signal, on }) {
+  const base = `/v1/kgent/sessions/${encodeURIComponent(sessionId)}`;
+  let lastId = after;
+  const onFrame = (frame) => {
+    if (frame.id !== null) {
+      if (lastId !== null && frame.id <= lastId) return false; // seen already
+      lastId = frame.id;
+    }
+    let data;
+    try {
+      data = JSON.parse(frame.data);
+    } catch {
+      return false;
+    }
+    if (frame.event === "error" && data.turn_id === undefined) {
+      throw new StreamInterrupted(data.error?.message || "the event stream failed");
+    }
+    on.event(frame.event, data, frame.id);
+    return false;
+  };
+  const open = (reconnected) => async (connectionSignal) => {
+    const headers = { Accept: "text/event-stream" };
+    if (lastId !== null) headers["Last-Event-ID"] = String(lastId);
+    const query = lastId === null && fromStart ? "?from=start" : "";
+    const response = await request(`${base}/events${query}`, { headers, signal: connectionSignal });
+    if (reconnected) on.status?.("resumed");
+    return response;
+  };
+  for (let attempt = 0; ; ) {
+    const seenBefore = lastId;
+    try {
+      await followOnce(signal, open(attempt > 0), onFrame);
+    } catch (error) {
+      if (signal.aborted || !retryable(error)) throw error;
+    }
+    attempt = lastId !== seenBefore ? 1 : attempt + 1; // progress: start counting again
+    on.status?.("reconnecting", attempt);
+    await sleep(retryDelay(attempt), signal);
+  }
+}
+
+/**
+ * Send a message and stream its reply; returns the stream sequence of the last event seen.
  *
  * `on.status(state)` gets "streaming", "reconnecting" (with the attempt number) and "resumed";
  * `on.userMessage(data)`, `on.chunk(text, data)` and finally `on.end(type, data)` with type
@@ -135,24 +211,7 @@ export async function streamReply({ sessionId, message, mode, budget, signal, on
     return false;
   };
 
-  // One connection: true when the turn ended on it, false when it dropped.
-  const follow = async (open) => {
-    const controller = new AbortController();
-    const relay = () => controller.abort(signal.reason);
-    signal.addEventListener("abort", relay, { once: true });
-    try {
-      const response = await open(controller.signal);
-      return await readFrames(response, onFrame, controller);
-    } catch (error) {
-      if (signal.aborted) throw signal.reason;
-      if (error instanceof StreamInterrupted || isAbort(error) || error instanceof TypeError) {
-        return false; // dropped, stalled or the server's stream failed: resume
-      }
-      throw error;
-    } finally {
-      signal.removeEventListener("abort", relay);
-    }
-  };
+  const follow = (open) => followOnce(signal, open, onFrame);
 
   // The POST itself: a refusal (4xx) is thrown to the caller; a dropped stream is resumed.
   const post = (connectionSignal) =>
@@ -176,11 +235,11 @@ export async function streamReply({ sessionId, message, mode, budget, signal, on
     }
     throw error;
   });
-  if (ended) return;
+  if (ended) return turn.lastId;
 
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt += 1) {
     on.status("reconnecting", attempt);
-    await sleep(RETRY_DELAYS_MS[Math.min(attempt - 1, RETRY_DELAYS_MS.length - 1)], signal);
+    await sleep(retryDelay(attempt), signal);
     if (turn.lastId === null) {
       throw new ApiError(
         0,
@@ -198,12 +257,9 @@ export async function streamReply({ sessionId, message, mode, budget, signal, on
         on.status("resumed");
         return response;
       });
-      if (done) return;
+      if (done) return turn.lastId;
     } catch (error) {
-      // Network failures and 5xx/429 are retried; anything else (401, 404) is final.
-      if (!(error instanceof ApiError) || (error.status !== 0 && error.status < 500 && error.status !== 429)) {
-        throw error;
-      }
+      if (!retryable(error)) throw error;
     }
     if (turn.lastId !== seenBefore) attempt = 0; // it made progress: start counting again
   }
