@@ -4,6 +4,7 @@
 PostgreSQL. ``api`` builds a whole application (its real lifespan) and an HTTP client for it.
 """
 
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -44,10 +45,12 @@ def postgres_server_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh, empty database: a SQLite file, or a new database on the PostgreSQL server."""
-    if request.param == "sqlite":
+@contextlib.asynccontextmanager
+async def fresh_database(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A fresh, empty database of ``kind`` (``sqlite`` or ``postgresql``), dropped after."""
+    if kind == "sqlite":
         yield f"sqlite:///{tmp_path / 'kgents.db'}"
         return
     server_url: str = request.getfixturevalue("postgres_server_url")
@@ -56,6 +59,13 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         yield url
     finally:
         await drop_database(server_url, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on the PostgreSQL server."""
+    async with fresh_database(request.param, request, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 KgentsError                      code              HTTP
 ├── InvalidInput                 invalid_request   400/422
-│   └── QueryTooLarge            query_too_large   400
+│   ├── QueryTooLarge            query_too_large   400
+│   └── InvalidResumePoint       invalid_resume_point  400
 ├── Unauthenticated              unauthorized      401
 ├── QuotaExceeded                quota_exceeded    402
 ├── Forbidden                    forbidden         403
@@ -38,6 +39,12 @@ class QueryTooLarge(InvalidInput):
     """A query asking for more work than the limits allow (its message states the limit)."""
 
     code = "query_too_large"
+
+
+class InvalidResumePoint(InvalidInput):
+    """A ``Last-Event-ID`` or ``?after=`` that is not a stream sequence in range."""
+
+    code = "invalid_resume_point"
 
 
 class Unauthenticated(KgentsError):

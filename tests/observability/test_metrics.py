@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -168,9 +169,11 @@ def test_a_failing_source_leaves_its_series_empty() -> None:
         nats_connected=lambda: False,
         turns_running=lambda: 2,
         dead_letters=lambda: None,
+        follows=SimpleNamespace(feeds=1, followers=3, private_readers=0),
     )
     scraped = Scrape(asyncio.run(metrics.exposition()).decode())
     assert scraped.value("kgents_outbox_backlog") is None
     assert "kgents_outbox_backlog" in scraped.families
     assert scraped.value("kgents_nats_connected") == 0
     assert scraped.value("kgents_turns_running") == 2
+    assert scraped.value("kgents_followers_open") == 3

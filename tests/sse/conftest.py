@@ -8,10 +8,11 @@ import httpx
 import pytest
 
 from kgents.config import Settings
-from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, fresh_database, make_settings
 from tests.support.servers import server_in_thread
 
 TOKEN_DELAY_MS = 40
+BOTH_DATABASES = ["sqlite", "postgresql"]
 
 
 @dataclass
@@ -33,10 +34,18 @@ class Live:
 
 
 @pytest.fixture
-def live_settings(tmp_path: Path, nats_url: str) -> Settings:
+async def live_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The live server's database: SQLite, or either with
+    ``@pytest.mark.parametrize("live_database", BOTH_DATABASES, indirect=True)``."""
+    async with fresh_database(getattr(request, "param", "sqlite"), request, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def live_settings(tmp_path: Path, nats_url: str, live_database: str) -> Settings:
     return make_settings(
         tmp_path / "data",
-        f"sqlite:///{tmp_path / 'kgents.db'}",
+        live_database,
         nats_url,
         demo_token_delay_ms=TOKEN_DELAY_MS,
         turn_lease_seconds=2,

@@ -244,7 +244,7 @@ async def test_bad_resume_positions(live: Live) -> None:
         response = await live.client.get(
             f"/v1/kgent/sessions/{session_id}/events?{query}", headers={**live.headers, **headers}
         )
-        assert response.status_code == 422, (headers, query)
+        assert response.status_code == (422 if query.startswith("from") else 400), query
 
 
 async def test_a_client_that_reads_nothing_does_not_slow_the_generation(live: Live) -> None:

@@ -79,6 +79,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 nats_connected=streaming.is_connected,
                 turns_running=lambda: generation.supervisor.active,
                 dead_letters=platform.meters.dead_letter_count,
+                follows=streaming.events.hub,
             )
             # Rebuild the rollups of new or changed meters before anything is ingested.
             await platform.meters.sync_meters()

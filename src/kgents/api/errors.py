@@ -22,6 +22,7 @@ from kgents.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
+    InvalidResumePoint,
     KgentsError,
     NotFound,
     ProviderError,
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _STATUS_BY_ERROR: tuple[tuple[type[KgentsError], int], ...] = (
     (QueryTooLarge, 400),  # well-formed, but too much work: a 400 on every surface
+    (InvalidResumePoint, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
     (QuotaExceeded, 402),
@@ -58,6 +60,22 @@ _CODE_BY_STATUS = {
     422: "validation_error",
     429: "rate_limited",
 }
+
+
+_UNAVAILABLE_MESSAGES = {
+    "events_unavailable": "the event stream is unavailable; try again shortly",
+    "database_unavailable": "the database is busy or unreachable; try again shortly",
+}
+
+
+def public_message(error: KgentsError) -> str:
+    """What a client is told of ``error``. An unavailable dependency's own words (a driver's
+    or a server's error text) stay in the log: clients get a fixed sentence per code."""
+    if isinstance(error, Unavailable):
+        return _UNAVAILABLE_MESSAGES.get(
+            error.code, "a service this request needs is unavailable; try again shortly"
+        )
+    return error.message
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -117,7 +135,10 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"WWW-Authenticate": "Bearer"}
         elif isinstance(exc, Unavailable):
             headers = {"Retry-After": "1"}  # database, event stream: back within moments
-        return _respond(request, status_for(exc), exc.code, exc.message, headers)
+            logger.warning(
+                "%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message
+            )
+        return _respond(request, status_for(exc), exc.code, public_message(exc), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
             request,
             503,
             "database_unavailable",
-            "the database is busy or unreachable; try again shortly",
+            _UNAVAILABLE_MESSAGES["database_unavailable"],
             {"Retry-After": "1"},
         )
 

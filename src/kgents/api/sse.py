@@ -7,16 +7,21 @@ heartbeat keeps idle connections open through proxies.
 
 import asyncio
 import json
+import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
+from kgents.api.errors import public_message
 from kgents.errors import EventsUnavailable, KgentsError
 from kgents.sessions.ports import FollowedEvent, Follower, SessionEvent
 from kgents.tenancy.streams import StreamSlot
+
+logger = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0
 END_GRACE_SECONDS = 3.0
@@ -43,7 +48,7 @@ def sse_frame(*, event_id: int | None, event: str, data: dict[str, Any]) -> byte
 
 
 def error_body_of(error: KgentsError) -> dict[str, dict[str, str]]:
-    return {"error": {"code": error.code, "message": error.message}}
+    return {"error": {"code": error.code, "message": public_message(error)}}
 
 
 def sse_comment(text: str) -> bytes:
@@ -58,7 +63,7 @@ async def sse_frames(
     stop_when: Callable[[SessionEvent], bool] | None = None,
     turn_end: "asyncio.Future[SessionEvent] | None" = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Frames for ``follower``'s events until ``stop_when`` says so or the client goes away.
 
     One loop reads every event already received at once (``next_batch``) and writes their
@@ -95,6 +100,7 @@ async def sse_frames(
                 return
             except EventsUnavailable as exc:
                 # Headers are sent: say why the stream ends; the client resumes later.
+                logger.warning("a follower's stream ended: %s", exc.message)
                 yield sse_frame(
                     event_id=None, event="error", data={"error": error_body_of(exc)["error"]}
                 )
@@ -150,16 +156,37 @@ def event_frame(followed: FollowedEvent) -> bytes:
     return sse_frame(event_id=followed.seq, event=event.type, data=event.data)
 
 
-async def holding(slot: StreamSlot, frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``frames``, holding the stream's ``slot`` until they end, however they end."""
-    try:
-        async for frame in frames:
-            yield frame
-    finally:
-        slot.release()
-        if isinstance(frames, AsyncGenerator):
-            await frames.aclose()
+class FollowerResponse(StreamingResponse):
+    """An SSE response that, however it ends, closes its frames and their follower and gives
+    back its stream slot: also when the client left before the body started (the frames'
+    generator then never ran, so its own clean-up would not). A client that goes away is a
+    disconnect, logged as one."""
+
+    def __init__(
+        self, frames: AsyncGenerator[bytes, None], follower: Follower, slot: StreamSlot | None
+    ) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._frames = frames
+        self._follower = follower
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except (ClientDisconnect, OSError):
+            logger.info("client disconnected from %s", scope.get("path", "?"))
+        finally:
+            if self._slot is not None:
+                self._slot.release()
+            try:
+                await self._frames.aclose()
+            finally:
+                await self._follower.aclose()
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+def sse_response(
+    follower: Follower, frames: AsyncGenerator[bytes, None], *, slot: StreamSlot | None = None
+) -> StreamingResponse:
+    """The SSE response of ``frames``, which read ``follower``: the follower is closed and
+    ``slot`` given back when the response ends."""
+    return FollowerResponse(frames, follower, slot)

@@ -21,6 +21,10 @@ Series (``GET /metrics``, admin token); the labels of each are in brackets:
   after its last batch; ``kgents_metering_consumer_lag_seconds``: age of the oldest event of
   that batch.
 - ``kgents_metering_dead_letters``: usage events parked as dead letters.
+- ``kgents_follow_feeds``, ``kgents_followers_open``, ``kgents_follow_private_readers``: the
+  sessions followed in this process (one shared JetStream consumer each), their open
+  followers, and the followers catching up on a consumer of their own.
+- ``kgents_asyncio_tasks``: tasks alive on this process's event loop.
 - ``kgents_openmeter_forward_errors_total``: failed forwards of batches to OpenMeter.
 
 Scrape-time values are read by ``refresh()`` just before rendering; a source that has no value
@@ -60,6 +64,19 @@ class MeteringStats(Protocol):
 
     @property
     def forward_errors(self) -> int: ...
+
+
+class FollowStats(Protocol):
+    """What the session fan-out reports about itself (its ``SessionHub``)."""
+
+    @property
+    def feeds(self) -> int: ...
+
+    @property
+    def followers(self) -> int: ...
+
+    @property
+    def private_readers(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -195,6 +212,7 @@ class Metrics:
         nats_connected: Callable[[], bool],
         turns_running: Probe,
         dead_letters: Probe,
+        follows: FollowStats,
     ) -> None:
         """Attach the running platform's scrape-time sources (called by the app's lifespan)."""
         add = self.scraped.add
@@ -206,6 +224,22 @@ class Metrics:
         )
         add("kgents_turns_running", "Generation tasks running in this process.", turns_running)
         add("kgents_metering_dead_letters", "Usage events parked as dead letters.", dead_letters)
+        add(
+            "kgents_follow_feeds",
+            "Sessions followed (one shared consumer each).",
+            lambda: follows.feeds,
+        )
+        add("kgents_followers_open", "Open followers of sessions.", lambda: follows.followers)
+        add(
+            "kgents_follow_private_readers",
+            "Followers catching up on a consumer of their own.",
+            lambda: follows.private_readers,
+        )
+        add(
+            "kgents_asyncio_tasks",
+            "Tasks alive on the event loop.",
+            lambda: len(asyncio.all_tasks()),
+        )
 
     def watch_metering(self, stats: Callable[[], MeteringStats | None]) -> None:
         """Read the metering processor's lag and OpenMeter forward errors from ``stats``."""

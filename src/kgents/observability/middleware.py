@@ -9,7 +9,8 @@
   open Server-Sent Events responses.
 - Logs one ``kgents.access`` line when the response is over: method, route, path, status and
   duration; never headers, query strings or bodies. Answered health checks and scrapes are
-  logged at DEBUG.
+  logged at DEBUG. A client that went away before any answer started is logged (and counted)
+  as a disconnect, status ``499`` (nginx's "client closed request"), not as a 500.
 """
 
 import logging
@@ -25,6 +26,7 @@ from kgents.observability.metrics import Metrics
 
 access_logger = logging.getLogger("kgents.access")
 
+CLIENT_CLOSED_REQUEST = 499
 REQUEST_ID_HEADER = b"x-request-id"
 WORKER_HEADER = b"x-kgents-worker"
 _VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
@@ -62,13 +64,21 @@ class RequestObserver:
         request_id = incoming_request_id(scope) or new_id("req")
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500  # what the client gets if the application fails before answering
-        streaming = False
+        started_response = streaming = client_left = False
         metrics = self.metrics
         worker = self._worker
 
+        async def observed_receive() -> Message:
+            nonlocal client_left
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                client_left = True
+            return message
+
         async def observed_send(message: Message) -> None:
-            nonlocal status, streaming
+            nonlocal status, streaming, started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
@@ -81,8 +91,10 @@ class RequestObserver:
 
         token = enter_request(RequestContext(request_id=request_id, scope=scope))
         try:
-            await self.app(scope, receive, observed_send)
+            await self.app(scope, observed_receive, observed_send)
         finally:
+            if client_left and not started_response:
+                status = CLIENT_CLOSED_REQUEST
             if streaming:
                 metrics.sse_streams.dec()
             elapsed = time.perf_counter() - started
@@ -97,7 +109,9 @@ class RequestObserver:
 
     @staticmethod
     def _log(scope: Scope, method: str, route: str, status: int, elapsed: float) -> None:
-        if status >= 500:
+        if status == CLIENT_CLOSED_REQUEST:
+            level = logging.INFO
+        elif status >= 500:
             level = logging.WARNING
         elif route in QUIET_ROUTES and status < 400:
             level = logging.DEBUG
@@ -105,10 +119,11 @@ class RequestObserver:
             level = logging.INFO
         access_logger.log(
             level,
-            "%s %s %d",
+            "%s %s %d%s",
             method,
             route,
             status,
+            " (client disconnected)" if status == CLIENT_CLOSED_REQUEST else "",
             extra={
                 "method": method,
                 "route": route,

@@ -391,6 +391,21 @@ class SessionHub:
         """Sessions with a running feed in this process."""
         return len(self._feeds)
 
+    @property
+    def followers(self) -> int:
+        """Open followers of this process's feeds."""
+        return sum(len(feed.attached) + len(feed.catching_up) for feed in self._feeds.values())
+
+    @property
+    def private_readers(self) -> int:
+        """Followers catching up on a reader (and consumer) of their own."""
+        return sum(
+            1
+            for feed in self._feeds.values()
+            for follower in feed.catching_up
+            if follower._reader is not None
+        )
+
     def forget(self, feed: _Feed) -> None:
         if self._feeds.get(feed.session_id) is feed:
             del self._feeds[feed.session_id]
@@ -400,10 +415,17 @@ class SessionHub:
     ) -> SessionFollower:
         """A follower of ``session_id`` from the given position (see ``StartPosition``).
 
-        Raises ``EventsUnavailable`` here when NATS cannot serve it."""
+        A position past the session's last event follows from there (new events only): the
+        feed never waits for sequences the stream has not reached, which would hold back
+        every other follower of the session. Raises ``EventsUnavailable`` here when NATS
+        cannot serve it."""
         while True:
             feed = self._feeds.get(session_id)
             if feed is None:
+                if after_seq is not None and after_seq > 0:
+                    after_seq = min(after_seq, await self._last_or_zero(session_id))
+                    if session_id in self._feeds:
+                        continue  # another follower started the feed meanwhile: join it
                 feed = self._feeds[session_id] = _Feed(self, session_id, ring=self._ring)
                 try:
                     await feed.start(StartPosition(after_seq=after_seq, from_start=from_start))
@@ -423,20 +445,27 @@ class SessionHub:
             if joined is not None:
                 return joined
 
+    async def _last_or_zero(self, session_id: str) -> int:
+        return await self._last_sequence(session_id) or 0
+
     async def _join(
         self, feed: _Feed, session_id: str, *, after_seq: int | None, from_start: bool
     ) -> SessionFollower | None:
+        position = feed.position
         if after_seq is not None:
             start = max(after_seq, 0)
+            if start > position:
+                # Ahead of the feed: up to the session's last event (the feed may not have
+                # read it yet), never past it. Every event at or below ``position`` or the
+                # answer is counted, so nothing the client has not seen is skipped.
+                start = min(start, max(await self._last_or_zero(session_id), position))
         elif from_start:
             start = 0
         else:
             # Only new events: after the session's last stored event. No session event is at
             # or below the feed's position taken before asking without being counted in the
             # answer, so the larger of the two is exact and never behind the feed.
-            position = feed.position
-            last = await self._last_sequence(session_id)
-            start = max(last or 0, position)
+            start = max(await self._last_or_zero(session_id), position)
         if feed.dead:
             return None  # the feed went away meanwhile: start again
         follower = self._follower(session_id, start)

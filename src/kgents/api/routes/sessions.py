@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -21,9 +22,9 @@ from kgents.api.schemas import (
     SessionsPublic,
     TurnCancelled,
 )
-from kgents.api.sse import holding, sse_frames, sse_response
+from kgents.api.sse import sse_frames, sse_response
 from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
-from kgents.errors import Conflict, EventsUnavailable, InvalidInput
+from kgents.errors import Conflict, EventsUnavailable, InvalidInput, InvalidResumePoint
 from kgents.sessions.generation import error_event
 from kgents.sessions.ports import Follower, SessionEvent
 from kgents.sessions.service import TurnRequest
@@ -53,6 +54,22 @@ _TURN_ERRORS: dict[int | str, dict[str, Any]] = {
 _EVENTS_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Event stream (NATS) or database unavailable"},
 }
+MAX_RESUME_POINT = 2**63 - 1
+"""The largest stream sequence a client may resume after (JetStream's are unsigned 64-bit,
+and ``after + 1`` must be one)."""
+_SEQUENCE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
+
+
+def resume_point(value: str, *, name: str) -> int:
+    """The stream sequence in ``value``; ``InvalidResumePoint`` (400) unless it is plain
+    digits from 0 to ``MAX_RESUME_POINT``."""
+    if _SEQUENCE.fullmatch(value) is None or int(value) > MAX_RESUME_POINT:
+        raise InvalidResumePoint(
+            f"{name} must be a stream sequence number from 0 to {MAX_RESUME_POINT}"
+        )
+    return int(value)
+
+
 _SSE: dict[str, Any] = {
     "description": (
         "Server-Sent Events: `id:` is the stream sequence (resume with `Last-Event-ID`), "
@@ -217,7 +234,7 @@ async def send_message(
         stop_when=turn_ended,
         turn_end=asyncio.ensure_future(end_of_turn()),
     )
-    return sse_response(holding(slot, frames))
+    return sse_response(follower, frames, slot=slot)
 
 
 @contextlib.contextmanager
@@ -251,17 +268,21 @@ async def follow_events(
     principal: PrincipalDep,
     platform: PlatformDep,
     generation: GenerationDep,
-    after: int | None = Query(default=None, ge=0, description="Replay events after this seq"),
+    after: str | None = Query(
+        default=None, description="Replay events after this stream sequence (digits)"
+    ),
     from_: str | None = Query(default=None, alias="from", description="'start' replays all"),
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> StreamingResponse:
-    """Follow a session's events live; resume with ``Last-Event-ID`` or ``?after=<seq>``."""
-    await platform.sessions.get_session(tenant_id=principal.tenant.id, session_id=session_id)
-    after_seq = after
+    """Follow a session's events live; resume with ``Last-Event-ID`` or ``?after=<seq>``.
+
+    A resume point past the end of the stream follows from the end (new events only)."""
+    after_seq = None
     if last_event_id is not None:
-        if not last_event_id.isdigit() or len(last_event_id) > 19:
-            raise InvalidInput("Last-Event-ID must be a stream sequence number")
-        after_seq = int(last_event_id)
+        after_seq = resume_point(last_event_id, name="Last-Event-ID")
+    elif after is not None:
+        after_seq = resume_point(after, name="after")
+    await platform.sessions.get_session(tenant_id=principal.tenant.id, session_id=session_id)
     if from_ not in (None, "start"):
         raise InvalidInput("from must be 'start'")
     slot = platform.streams.acquire(principal)
@@ -269,7 +290,7 @@ async def follow_events(
         follower = await generation.events.open_follower(
             session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
         )
-    return sse_response(holding(slot, sse_frames(follower, request=request)))
+    return sse_response(follower, sse_frames(follower, request=request), slot=slot)
 
 
 @router.post(
