@@ -102,4 +102,3 @@ class UsageEvent:
     time: datetime
     data: dict[str, Any] = field(default_factory=dict)
     source: str = "kgents-api"
-    specversion: str = "1.0"

@@ -205,7 +205,8 @@ def test_dead_letters_are_listed_and_replayed_once(env: Env) -> None:
 
     assert result.exit_code == 1
     assert "1 counted, 1 already counted (duplicates), 1 still parked" in result.output
-    assert "is not RFC 3339" in result.output and "1 event still parked" in result.output
+    assert "must be an RFC 3339 date-time" in result.output
+    assert "1 event still parked" in result.output
 
     async def totals() -> tuple[dict[str, float], int]:
         async with open_platform(env.settings) as platform:

@@ -1,13 +1,27 @@
-"""Checking ingested CloudEvents: every problem named by event and field, in event order."""
+"""The CloudEvents codec: one encoding; ingested events checked with every problem named by
+event and field, in event order; the same rules for one event read anywhere else."""
 
 import json
-from datetime import UTC, datetime
+import re
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
 from kgents.errors import InvalidInput
-from kgents.metering.cloudevents import MAX_BATCH, MAX_DATA_DEPTH, decode_events, parse_events
+from kgents.metering.cloudevents import (
+    MAX_BATCH,
+    MAX_DATA_DEPTH,
+    decode_event,
+    encode,
+    encode_batch,
+    format_time,
+    load_json,
+    parse_events,
+)
+from kgents.metering.relay import StoredUsageEvent
+from kgents.records import UsageEvent
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -82,6 +96,87 @@ def test_a_batch_over_the_limit_is_refused_whole() -> None:
 @pytest.mark.parametrize("body", [b"{", b'{"a": NaN}', b"[Infinity]"])
 def test_a_body_that_is_not_json_is_refused(body: bytes) -> None:
     with pytest.raises(InvalidInput) as refused:
-        decode_events(body)
+        load_json(body)
 
     assert refused.value.code == "invalid_json"
+
+
+# -- the one codec: what every part encodes and decodes -----------------------------------
+
+AN_EVENT = UsageEvent(
+    id="evt-ü",
+    source="kgents-api",
+    type="llm.tokens",
+    subject="ten_1",
+    time=datetime(2026, 3, 1, 13, 0, tzinfo=timezone(timedelta(hours=1))),
+    data={"tokens_in": 3, "text": 'quote " and \u2028', "nested": {"a": [1, 2.5, None]}},
+)
+
+
+def test_an_event_and_its_outbox_row_encode_alike_and_decode_back() -> None:
+    row = StoredUsageEvent(
+        source=AN_EVENT.source,
+        id=AN_EVENT.id,
+        type=AN_EVENT.type,
+        subject=AN_EVENT.subject,
+        time=format_time(AN_EVENT.time),
+        data_json=json.dumps(AN_EVENT.data, ensure_ascii=False, separators=(",", ":")),
+    )
+    assert encode(row) == encode(AN_EVENT)
+    body = load_json(encode(AN_EVENT))
+    assert body == {
+        "specversion": "1.0",
+        "id": "evt-ü",
+        "source": "kgents-api",
+        "type": "llm.tokens",
+        "subject": "ten_1",
+        "time": "2026-03-01T12:00:00.000000Z",
+        "datacontenttype": "application/json",
+        "data": AN_EVENT.data,
+    }
+    assert decode_event(body, default_time=NOW) == replace(AN_EVENT, time=AN_EVENT.time)
+    assert load_json(encode_batch([AN_EVENT, AN_EVENT])) == [body, body]
+
+
+def test_one_time_format() -> None:
+    assert format_time(datetime(2026, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))) == (
+        "2026-01-02T03:00:00.000000Z"
+    )
+    assert format_time(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == (
+        "2026-01-02T03:04:05.000006Z"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"specversion": None}, "specversion: is required"),
+        ({"specversion": "0.3"}, 'specversion: must be "1.0"'),
+        ({"time": "2026-03-01T11:59:00"}, "time: must be an RFC 3339 date-time with an offset"),
+        ({"time": "2026-03-01"}, "time: must be an RFC 3339 date-time with an offset"),
+        ({"data": [1]}, "data: must be a JSON object"),
+        ({"type": "llm.*"}, "type: must be dot-separated parts"),
+    ],
+)
+def test_decoding_one_event_applies_the_rules_of_ingest(
+    change: dict[str, Any], problem: str
+) -> None:
+    """The consumer and dead-letter replay decode with these rules: they once took a time
+    without an offset as UTC, or an event without a specversion, that ingest refused."""
+    body = {key: value for key, value in {**event(0), **change}.items() if value is not None}
+    with pytest.raises(InvalidInput, match=re.escape(problem)):
+        decode_event(body, default_time=NOW)
+    assert parse_events([body], now=NOW)[1]  # and ingest refuses it too
+
+
+def test_an_event_without_time_takes_the_default() -> None:
+    body = {key: value for key, value in event(0).items() if key != "time"}
+    assert decode_event(body, default_time=NOW).time == NOW
+
+
+@pytest.mark.parametrize(
+    "data", [{"x": float("nan")}, {"x": "\udfff"}, {"x": object()}], ids=["nan", "surrogate", "obj"]
+)
+def test_what_is_not_json_is_not_encoded(data: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput):
+        encode(replace(AN_EVENT, data=data))

@@ -55,7 +55,7 @@ async def test_dead_letters_are_kept_listed_and_counted(store: SqlMeterStore) ->
     assert await store.dead_letter_count() == 2
     assert [letter.id for letter in letters] == [first, second]
     assert letters[0].event["id"] == "t1"
-    assert letters[0].event["time"] == "2026-03-02T00:00:00Z"
+    assert letters[0].event["time"] == "2026-03-02T00:00:00.000000Z"
     assert letters[0].event["data"]["tokens_in"] == 5
     assert (letters[0].error, letters[0].attempts, letters[0].parked_at) == (
         "no such tenant",

@@ -58,7 +58,7 @@ async def test_a_batch_is_one_cloudevents_request_with_the_token(
     first = request.events[0]
     assert first["specversion"] == "1.0" and first["source"] == "kgents-api"
     assert first["type"] == "llm.tokens" and first["subject"] == "tenant-sink"
-    assert first["time"] == "2026-03-02T09:30:00Z" and first["data"]["tokens_in"] == 0
+    assert first["time"] == "2026-03-02T09:30:00.000000Z" and first["data"]["tokens_in"] == 0
     assert TOKEN not in repr(sink)
 
 

@@ -2,6 +2,7 @@
 exactly once through duplicates, poison events, crashes, replicas and a NATS outage."""
 
 import asyncio
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -80,8 +81,15 @@ async def test_undecodable_and_invalid_events_are_parked_with_their_error_and_th
     await conn.js.publish("kgent.usage.llm.tokens", b"{not json")
     await conn.js.publish("kgent.usage.llm.tokens", b'{"specversion": "1.0", "id": "x"}')
     ancient = encode_usage_event(tokens_event("tenant-poison", tokens_in=1, id="ancient"))
-    # Valid CloudEvent, but the store refuses it (years before 1000): the batch fails whole.
+    # A CloudEvent in form, but outside the meter store's years: the codec's rules (the same
+    # as ingest's) refuse it before it reaches the store.
     await conn.js.publish(ancient.subject, ancient.payload.replace(b"2026-", b"0999-"))
+    # What ingest refuses the consumer refuses too (it once took a time without an offset
+    # as UTC, and a dead letter's replay an event without specversion).
+    naive = encode_usage_event(tokens_event("tenant-poison", tokens_in=1, id="naive"))
+    await conn.js.publish(naive.subject, re.sub(rb'(T[0-9:.]+)Z"', rb'\1"', naive.payload))
+    versionless = encode_usage_event(tokens_event("tenant-poison", tokens_in=1, id="nover"))
+    await conn.js.publish(versionless.subject, versionless.payload.replace(b'"1.0"', b'"0.3"'))
     await JetStreamUsagePublisher(conn).publish_usage(good[5:])
     metering = processor(conn, store)
 
@@ -90,13 +98,15 @@ async def test_undecodable_and_invalid_events_are_parked_with_their_error_and_th
     assert await store.event_count() == 10
     assert (await store.totals_by_subject("llm_tokens_in")) == {"tenant-poison": 50}
     letters = await store.dead_letters()
-    assert len(letters) == 3 and metering.stats.parked == 3
+    assert len(letters) == 5 and metering.stats.parked == 5
     assert all(letter.attempts == 1 for letter in letters)  # parked at once: retrying is futile
-    assert "not JSON" in letters[0].error
+    assert "not valid JSON" in letters[0].error
     assert letters[0].event["payload"] == "{not json"
-    assert "source must be a non-empty string" in letters[1].error
-    assert "refused by the meter store" in letters[2].error and "1000" in letters[2].error
-    assert letters[2].event["id"] == "ancient"
+    assert "source: is required: a non-empty string" in letters[1].error
+    assert "time: must be between the years 1000" in letters[2].error
+    assert '"id":"ancient"' in letters[2].event["payload"]
+    assert "time: must be an RFC 3339 date-time with an offset" in letters[3].error
+    assert 'specversion: must be "1.0"' in letters[4].error
 
 
 class ChokesOn:

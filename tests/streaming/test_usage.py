@@ -8,13 +8,13 @@ from nats.js import api
 
 from kgents.errors import InvalidInput
 from kgents.ids import new_id
+from kgents.metering import cloudevents
 from kgents.metering import events as usage_events
 from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.topology import USAGE_STREAM, ensure_streams
 from kgents.streaming.usage import JetStreamUsagePublisher
-from kgents.streaming.usage_consumer import decode_usage_event
 from kgents.streaming.wire import encode_usage_event
 
 pytestmark = pytest.mark.anyio
@@ -132,7 +132,8 @@ async def test_stored_events_go_on_the_wire_as_their_decoded_form_would(
         assert stored.headers == expected.headers
         assert stored.subject == expected.subject
         assert json.loads(stored.data or b"") == json.loads(expected.payload)
-        assert decode_usage_event(stored.data or b"")[0] == event
+        decoded = cloudevents.load_json(stored.data or b"")
+        assert cloudevents.decode_event(decoded, default_time=AT) == event
 
 
 async def test_a_stored_event_with_an_invalid_type_publishes_nothing(

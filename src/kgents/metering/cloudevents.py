@@ -1,14 +1,21 @@
-"""CloudEvents 1.0 as ``POST /api/v1/events`` receives them: decoding a body and checking
-every event, naming the event and field of each problem.
+"""CloudEvents 1.0 in JSON: the one codec of usage events, wherever they cross a boundary
+(``POST /api/v1/events``, the outbox relay, the platform's own events, the metering consumer,
+dead letters, forwarding to OpenMeter).
 
-Events are checked for what the pipeline needs, not only for the CloudEvents shape:
+Encoding (``encode``, ``encode_batch``): ``specversion`` ``1.0``, ``datacontenttype``
+``application/json``, ``time`` RFC 3339 in UTC with microseconds and ``Z`` (``format_time``).
+
+Decoding (``load_json`` for a body, then ``parse_events`` for a batch, naming every problem, or
+``decode_event`` for one, raising the first) checks what the pipeline needs, not only the
+CloudEvents shape:
 
 - ``specversion`` is ``"1.0"``; ``id``, ``source`` and ``subject`` are non-empty strings of at
   most 256 characters, without control characters, in valid Unicode; ``source`` and ``id``
   together are at most 255 characters (the JetStream dedupe id);
 - ``type`` is dot-separated ``[A-Za-z0-9_-]`` parts, at most 128 characters (it becomes the
   NATS subject ``kgent.usage.<type>``);
-- ``time`` is RFC 3339 with an offset, within the meter store's years (missing: now);
+- ``time`` is RFC 3339 with an offset, within the meter store's years (missing: a default the
+  caller gives: now, or the stream's publish time);
 - ``datacontenttype`` is JSON if given; ``data`` is an object (missing or null: ``{}``) of
   plain JSON, valid Unicode, at most ``MAX_DATA_DEPTH`` levels deep.
 
@@ -18,15 +25,18 @@ returns either every event or every problem found.
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from kgents.clock import as_utc
 from kgents.errors import InvalidInput
+from kgents.metering.relay import StoredUsageEvent
 from kgents.metering.rollup import EARLIEST, LATEST
 from kgents.records import UsageEvent
 
+SPECVERSION = "1.0"
 MAX_BATCH = 1000
 """Events per ingest request; a larger batch is refused whole."""
 MAX_DATA_DEPTH = 64
@@ -39,6 +49,60 @@ _RFC3339 = re.compile(
 )
 _LIMITS = {"id": 256, "source": 256, "subject": 256}
 _TIME_FORMAT = "must be an RFC 3339 date-time with an offset, like 2026-01-02T03:04:05Z"
+# One encoder and one decoder object for every event: ``json.dumps``/``json.loads`` with
+# options build a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_BODY = (
+    '{"specversion":"1.0","id":%s,"source":%s,"type":%s,"subject":%s,"time":"%s",'
+    '"datacontenttype":"application/json","data":%s}'
+)
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def format_time(value: datetime) -> str:
+    """``value`` as RFC 3339 in UTC with microseconds and a ``Z`` (naive values are UTC)."""
+    utc = value if value.tzinfo is UTC else as_utc(value)
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def encode(event: UsageEvent | StoredUsageEvent) -> bytes:
+    """``event`` as a CloudEvents JSON object. An outbox row (``StoredUsageEvent``) goes out
+    as stored: its ``data`` is JSON text already and its ``time`` RFC 3339 text
+    (``format_time``'s), so nothing is decoded and encoded again. ``InvalidInput`` when
+    ``data`` is not plain JSON in valid Unicode."""
+    if isinstance(event, StoredUsageEvent):
+        time, data = event.time, event.data_json
+    else:
+        time, data = format_time(event.time), _json(event.data)
+    body = _BODY % (
+        _ENCODER.encode(event.id),
+        _ENCODER.encode(event.source),
+        _ENCODER.encode(event.type),
+        _ENCODER.encode(event.subject),
+        time,
+        data,
+    )
+    try:
+        return body.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput("a usage event must be valid Unicode") from None
+
+
+def encode_batch(events: Iterable[UsageEvent]) -> bytes:
+    """``events`` as one CloudEvents batch (a JSON array)."""
+    return b"[" + b",".join(encode(event) for event in events) + b"]"
+
+
+def _json(data: dict[str, Any]) -> str:
+    try:
+        return _ENCODER.encode(data)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"usage event data is not plain JSON ({exc})") from exc
+
+
+# -- decoding ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +117,35 @@ class EventProblem:
         return {"index": self.index, "field": self.field, "message": self.message}
 
 
-def decode_events(body: bytes) -> Any:
-    """The JSON document of a request body; ``InvalidInput`` when it is not JSON (NaN and
-    infinities are not JSON either)."""
+def load_json(body: bytes) -> Any:
+    """The JSON document of a body (a request's, a message's); ``InvalidInput`` when it is not
+    UTF-8 JSON (NaN and infinities are not JSON either). A byte order mark is skipped."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
+        return _DECODER.decode(body.decode("utf-8-sig"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidInput("the body is not valid JSON", code="invalid_json") from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def decode_event(item: Any, *, default_time: datetime) -> UsageEvent:
+    """The event of one decoded CloudEvent (by the rules of ``parse_events``; ``default_time``
+    when it has no ``time``); ``InvalidInput`` naming its problems when it is not one."""
+    events, problems = parse_events([item], now=default_time)
+    if problems:
+        raise InvalidInput(
+            "; ".join(
+                f"{problem.field.removeprefix('events[0]').lstrip('.') or 'event'}: "
+                f"{problem.message}"
+                for problem in problems
+            )
+        )
+    return events[0]
 
 
 def parse_events(
@@ -109,9 +191,9 @@ def _parse_event(item: Any, *, now: datetime, problems: list[tuple[str, str]]) -
         problems.append(("", "must be a JSON object (a CloudEvent)"))
         return None
     if "specversion" not in item:
-        problems.append(("specversion", 'is required ("1.0")'))
-    elif item["specversion"] != "1.0":
-        problems.append(("specversion", 'must be "1.0"'))
+        problems.append(("specversion", f'is required ("{SPECVERSION}")'))
+    elif item["specversion"] != SPECVERSION:
+        problems.append(("specversion", f'must be "{SPECVERSION}"'))
     text: dict[str, str] = {}
     for name in ("id", "source", "subject"):
         value = _text(item, name, _LIMITS[name], problems)

@@ -3,10 +3,9 @@ queries), and the metering processor's source of deliveries and sink (OpenMeter)
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from kgents.errors import InvalidInput
 from kgents.metering.meters import Meter, WindowSize
 from kgents.metering.query import QueryRow
 from kgents.records import UsageEvent
@@ -38,49 +37,6 @@ class ReplayOutcome:
     dead_letter_id: int
     status: ReplayStatus
     error: str | None = None
-
-
-def cloudevent(event: UsageEvent) -> dict[str, Any]:
-    """``event`` as CloudEvents 1.0 JSON (OpenMeter's ``Event``)."""
-    return {
-        "specversion": event.specversion,
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "subject": event.subject,
-        "time": event.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "data": event.data,
-    }
-
-
-def event_from_cloudevent(payload: Mapping[str, Any]) -> UsageEvent:
-    """The ``UsageEvent`` in CloudEvents JSON as ``cloudevent`` writes it (a dead letter's
-    event); ``InvalidInput`` naming the problem when it is not one."""
-    fields: dict[str, str] = {}
-    for name in ("id", "source", "type", "subject", "time"):
-        value = payload.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidInput(f"not a usage event: {name} must be a non-empty string")
-        fields[name] = value
-    if payload.get("specversion", "1.0") != "1.0":
-        raise InvalidInput(f"unsupported specversion {payload.get('specversion')!r}")
-    try:
-        time = datetime.fromisoformat(fields["time"])
-    except ValueError:
-        raise InvalidInput(f"time {fields['time']!r} is not RFC 3339") from None
-    if time.utcoffset() is None:
-        raise InvalidInput(f"time {fields['time']!r} has no UTC offset")
-    data = payload.get("data") or {}
-    if not isinstance(data, dict):
-        raise InvalidInput("data must be a JSON object")
-    return UsageEvent(
-        id=fields["id"],
-        source=fields["source"],
-        type=fields["type"],
-        subject=fields["subject"],
-        time=time.astimezone(UTC),
-        data=data,
-    )
 
 
 class MeterStore(Protocol):

@@ -23,7 +23,6 @@ and never part of an error message.
 """
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import httpx
 
 from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
-from kgents.metering.ports import cloudevent
+from kgents.metering import cloudevents
 from kgents.records import UsageEvent
 
 logger = logging.getLogger(__name__)
@@ -88,15 +87,7 @@ class OpenMeterSink:
         """Deliver ``events`` as one batch; see the module docstring for the failures."""
         if not events:
             return
-        try:
-            body = json.dumps(
-                [cloudevent(event) for event in events],
-                separators=(",", ":"),
-                ensure_ascii=False,
-                allow_nan=False,
-            ).encode()
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"events cannot be sent as JSON ({exc})") from exc
+        body = cloudevents.encode_batch(events)  # InvalidInput if an event is not JSON
         problem = "no attempt made"
         retry_after: float | None = None
         for attempt in range(self._attempts):

@@ -31,8 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kgents.clock import utc_now
 from kgents.errors import InvalidInput, NotFound, Unavailable
+from kgents.metering import cloudevents
 from kgents.metering.meters import Meter, MeterAggregation, WindowSize
-from kgents.metering.ports import DeadLetter, ReplayOutcome, cloudevent, event_from_cloudevent
+from kgents.metering.ports import DeadLetter, ReplayOutcome
 from kgents.metering.query import (
     DEFAULT_QUERY_LIMITS,
     QueryLimits,
@@ -293,11 +294,13 @@ class SqlMeterStore:
         self, *, event: UsageEvent | Mapping[str, Any], error: str, attempts: int, at: datetime
     ) -> int:
         """Keep an event the processor gave up on; returns the dead letter's id."""
-        payload = cloudevent(event) if isinstance(event, UsageEvent) else dict(event)
         try:
-            stored = json.loads(json.dumps(payload, default=str, allow_nan=False))
-        except ValueError:
-            stored = {"unreadable": repr(payload)}
+            if isinstance(event, UsageEvent):
+                stored = json.loads(cloudevents.encode(event))
+            else:
+                stored = json.loads(json.dumps(dict(event), default=str, allow_nan=False))
+        except (ValueError, InvalidInput):  # not JSON, or not a usage event the codec encodes
+            stored = {"unreadable": repr(event)}
         async with self._database("parking a dead letter", write=True) as connection:
             result = await connection.execute(
                 self._insert(DEAD_LETTERS)
@@ -380,6 +383,7 @@ def _replayable(stored: Any) -> UsageEvent:
     """A parked event as the usage event a replay stores; ``InvalidInput`` if it is none."""
     if not isinstance(stored, dict):
         raise InvalidInput("not a usage event: not a JSON object")
-    event = event_from_cloudevent(stored)
+    # Parked at its first delivery or later: it has a time, so none is defaulted.
+    event = cloudevents.decode_event(stored, default_time=utc_now())
     check_event(event)
     return event

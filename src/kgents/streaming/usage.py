@@ -13,7 +13,7 @@ from kgents.records import UsageEvent
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.pipeline import AckRouter
 from kgents.streaming.subjects import NO_PREFIX, Namespace
-from kgents.streaming.wire import WireMessage, encode_stored_usage_event, encode_usage_event
+from kgents.streaming.wire import WireMessage, encode_usage_event
 
 DEFAULT_ACK_TIMEOUT = 5.0
 DEFAULT_ACK_WINDOW = 256
@@ -47,7 +47,7 @@ class JetStreamUsagePublisher:
 
     async def publish_stored(self, events: Sequence[StoredUsageEvent]) -> None:
         """``publish_usage`` for events as the outbox stores them (the relay's path)."""
-        await self._publish([encode_stored_usage_event(event, self._ns) for event in events])
+        await self._publish([encode_usage_event(event, self._ns) for event in events])
 
     async def _publish(self, messages: list[WireMessage]) -> None:
         if not messages:

@@ -35,13 +35,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
-from kgents.clock import utc_now
 from kgents.errors import EventsUnavailable, InvalidInput
+from kgents.metering import cloudevents
 from kgents.records import UsageEvent
 from kgents.streaming.connection import CLEANUP_ERRORS, NatsConnection, events_unavailable
 from kgents.streaming.delivery import DeliveryMetadata, delivery_metadata
 from kgents.streaming.subjects import NO_PREFIX, Namespace
-from kgents.streaming.wire import parse_rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +161,8 @@ class UsageDelivery:
         self.problem: str | None = None
         self.payload: Mapping[str, Any]
         try:
-            self.event, self.payload = decode_usage_event(msg.data, default_time=self.published_at)
+            self.payload = cloudevents.load_json(msg.data)
+            self.event = cloudevents.decode_event(self.payload, default_time=self.published_at)
         except InvalidInput as exc:
             self.problem = f"undecodable usage event on {msg.subject}: {exc.message}"
             self.payload = _received(msg)
@@ -372,66 +372,6 @@ async def _nak_all(messages: list[Msg]) -> None:
     for msg in messages:
         with contextlib.suppress(*CLEANUP_ERRORS):
             await msg.nak()
-
-
-def decode_usage_event(
-    data: bytes, *, default_time: datetime | None = None
-) -> tuple[UsageEvent, dict[str, Any]]:
-    """The ``UsageEvent`` in a CloudEvents JSON body, and the body itself.
-
-    ``time`` is optional in CloudEvents; without one the event takes ``default_time`` (the
-    processor passes the stream's publish time, the same at every redelivery), else now.
-
-    Raises ``InvalidInput`` naming the problem when the body is not a usable CloudEvent: not
-    JSON, not an object, NaN or infinities anywhere, a missing or empty ``id``, ``source``,
-    ``type`` or ``subject``, a ``specversion`` other than 1.0, a ``time`` that is not RFC 3339,
-    or ``data`` that is not an object.
-    """
-    try:
-        text = data.decode()
-        if text.startswith("\ufeff"):  # a BOM, as json.loads skips it in bytes
-            text = text[1:]
-        body = _DECODER.decode(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"not JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise InvalidInput("not a JSON object")
-    fields: dict[str, str] = {}
-    for name in ("id", "source", "type", "subject"):
-        value = body.get(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidInput(f"{name} must be a non-empty string")
-        fields[name] = value
-    if body.get("specversion") != "1.0":
-        raise InvalidInput(f"unsupported specversion {body.get('specversion')!r}")
-    if body.get("time") is None:
-        time: datetime | None = default_time or utc_now()
-    else:
-        time = parse_rfc3339(body["time"])
-    if time is None:
-        raise InvalidInput(f"time {body.get('time')!r} is not RFC 3339")
-    event_data = body.get("data", {})
-    if event_data is None:
-        event_data = {}
-    if not isinstance(event_data, dict):
-        raise InvalidInput("data must be a JSON object")
-    event = UsageEvent(
-        id=fields["id"],
-        source=fields["source"],
-        type=fields["type"],
-        subject=fields["subject"],
-        time=time,
-        data=event_data,
-    )
-    return event, body
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-# One decoder for every message: ``json.loads`` with an option builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 
 
 def _received(msg: Msg) -> dict[str, Any]:

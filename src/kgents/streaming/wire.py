@@ -6,7 +6,8 @@ A session event on ``kgent.session.<session_id>.<type>``::
     body:    {"type": "chunk", "session_id": "ses_…", "time": "2026-01-02T03:04:05.123456Z",
               "data": {...}}
 
-A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object::
+A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object
+(``kgents.metering.cloudevents``, the one codec of usage events)::
 
     headers: Nats-Msg-Id: <source>:<id>
     body:    {"specversion": "1.0", "id": "…", "source": "kgents-api", "type": "llm.tokens",
@@ -19,11 +20,11 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from json.encoder import encode_basestring
-from typing import Any, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 from kgents.clock import as_utc, utc_now
 from kgents.errors import InvalidInput
+from kgents.metering import cloudevents
 from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
 from kgents.sessions.ports import SessionEvent, SessionEventType
@@ -66,15 +67,6 @@ class ReceivedEvent:
     in the process that are handed the same object."""
 
 
-def rfc3339(value: datetime) -> str:
-    """``value`` as RFC 3339 in UTC with a ``Z`` suffix (naive values are taken to be UTC)."""
-    return as_utc(value).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _now_text() -> str:
-    return utc_now().isoformat(timespec="microseconds")[:-6] + "Z"  # utc_now ends in +00:00
-
-
 def parse_rfc3339(value: object) -> datetime | None:
     """An aware UTC datetime from an RFC 3339 string, or ``None`` when it is not one."""
     if not isinstance(value, str):
@@ -113,7 +105,7 @@ def encode_session_event(
     payload = _SESSION_BODY % (
         event.type,
         event.session_id,
-        rfc3339(at) if at is not None else _now_text(),
+        cloudevents.format_time(at if at is not None else utc_now()),
         _ENCODER.encode(event.data),
     )
     return WireMessage(subject, payload.encode(), _msg_id_headers(event.msg_id))
@@ -157,51 +149,14 @@ def usage_msg_id(event: UsageEvent | StoredUsageEvent) -> str:
     return f"{event.source}:{event.id}"
 
 
-def cloudevent(event: UsageEvent) -> dict[str, Any]:
-    """``event`` as a CloudEvents 1.0 JSON object (structured mode)."""
-    return {
-        "specversion": event.specversion,
-        "id": event.id,
-        "source": event.source,
-        "type": event.type,
-        "subject": event.subject,
-        "time": rfc3339(event.time),
-        "datacontenttype": "application/json",
-        "data": event.data,
-    }
-
-
-def encode_usage_event(event: UsageEvent, ns: Namespace = NO_PREFIX) -> WireMessage:
-    """The subject, CloudEvents body and dedupe header of a usage event."""
+def encode_usage_event(
+    event: UsageEvent | StoredUsageEvent, ns: Namespace = NO_PREFIX
+) -> WireMessage:
+    """The subject, CloudEvents body (``metering.cloudevents.encode``) and dedupe header of a
+    usage event, from a ``UsageEvent`` or an outbox row as stored. Invalid types and ids raise
+    ``InvalidInput``."""
     return WireMessage(
         subject=usage_subject(event.type, ns),
-        payload=_ENCODER.encode(cloudevent(event)).encode(),
+        payload=cloudevents.encode(event),
         headers=_msg_id_headers(usage_msg_id(event)),
     )
-
-
-def encode_stored_usage_event(event: StoredUsageEvent, ns: Namespace = NO_PREFIX) -> WireMessage:
-    """What ``encode_usage_event`` makes of the same event, from the outbox's stored form:
-    ``data`` goes on the wire as the JSON text it was stored as (valid JSON already: the outbox
-    wrote it with ``json.dumps``), strings are escaped by the JSON encoder's own function and
-    ``time`` is RFC 3339 text already. Invalid types and ids raise ``InvalidInput``."""
-    payload = _STORED_USAGE_BODY % (
-        encode_basestring(event.id),
-        encode_basestring(event.source),
-        encode_basestring(event.type),
-        encode_basestring(event.subject),
-        event.time,
-        event.data_json,
-    )
-    return WireMessage(
-        subject=usage_subject(event.type, ns),
-        payload=payload.encode(),
-        headers=_msg_id_headers(usage_msg_id(event)),
-    )
-
-
-# ``cloudevent``'s object, field for field, with ``data`` put in as stored.
-_STORED_USAGE_BODY = (
-    '{"specversion":"1.0","id":%s,"source":%s,"type":%s,"subject":%s,"time":"%s",'
-    '"datacontenttype":"application/json","data":%s}'
-)

@@ -59,7 +59,7 @@ from kgents.errors import Forbidden, InvalidInput, NotFound, Unavailable
 from kgents.metering.cloudevents import (
     JSON_CONTENT_TYPE,
     MAX_BATCH,
-    decode_events,
+    load_json,
     parse_events,
 )
 from kgents.metering.meters import Meter, WindowSize
@@ -169,7 +169,7 @@ async def ingest_events(request: Request, caller: CallerDep, platform: PlatformD
             detail=f"send {_CLOUDEVENT}, {_CLOUDEVENTS_BATCH} or {_JSON}",
             code="unsupported_media_type",
         )
-    document = decode_events(await request.body())
+    document = load_json(await request.body())
     if media_type == _CLOUDEVENT and not isinstance(document, dict):
         raise InvalidInput(f"{_CLOUDEVENT} takes one event (a JSON object)", code="invalid_json")
     if media_type == _CLOUDEVENTS_BATCH and not isinstance(document, list):
