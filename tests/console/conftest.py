@@ -22,7 +22,6 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, ViewportSize, sync_playwright
 
 from kgents.config import Settings
-from kgents.llm.demo import compose_reply
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.console.proxy import CuttableProxy
 from tests.support.servers import server_in_thread
@@ -240,13 +239,3 @@ def send(page: Page, text: str) -> None:
     box = page.get_by_label("Message to K-gent")
     box.fill(text)
     box.press("Enter")
-
-
-def message_with_reply(stem: str, *, words: range) -> str:
-    """A message whose demo reply (reflect mode) has a number of words in ``words``: long
-    enough to watch it stream, short enough to keep the suite quick."""
-    for i in range(1000):
-        message = f"{stem} ({i})"
-        if len(compose_reply(message, 0.4)) in words:
-            return message
-    raise AssertionError(f"no reply of {words} words found")

@@ -5,13 +5,13 @@ from playwright.sync_api import Page, Request, expect
 from tests.console.conftest import (
     Console,
     create_session,
-    message_with_reply,
     record_reply_text,
     recorded_reply_text,
     screenshot,
     send,
     sign_in,
 )
+from tests.support.demo import message_with_reply
 
 LAST_REPLY = "article.msg-assistant >> nth=-1"
 

@@ -8,12 +8,12 @@ from tests.console.conftest import (
     Console,
     browser_page,
     create_session,
-    message_with_reply,
     record_reply_text,
     recorded_reply_text,
     send,
     sign_in,
 )
+from tests.support.demo import message_with_reply
 
 LAST_REPLY = "article.msg-assistant >> nth=-1"
 

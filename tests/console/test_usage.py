@@ -7,11 +7,11 @@ from playwright.sync_api import Page, expect
 from tests.console.conftest import (
     Console,
     create_session,
-    message_with_reply,
     screenshot,
     send,
     sign_in,
 )
+from tests.support.demo import message_with_reply
 
 METERING_SECONDS = 20.0
 

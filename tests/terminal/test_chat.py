@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from kgents.cli.chat import ChatLoop, ReplyPrinter
 from kgents.cli.main import app
 from kgents.client import KgentsClient
+from tests.support.demo import message_with_reply
 from tests.terminal.conftest import Server
 from tests.terminal.test_client import expected_reply
 
@@ -209,3 +210,27 @@ def test_chat_in_a_terminal_ctrl_c_cancels_then_leaves(server: Server) -> None:
     shown = flat(again.stdout)
     assert "(6 messages). you › hello k-gent ›" in shown
     assert f"{flat(messages[-1]['content'])} cancelled you › again" in shown
+
+
+@pytest.mark.parametrize("token_delay_ms", [100])  # a reply of ~11 s: time to come back
+def test_chat_reattaches_to_a_reply_still_running(server: Server) -> None:
+    question = message_with_reply("Walk me through it slowly", words=range(110, 121))
+    with terminal("chat", "--url", server.url, "--key", server.key) as tty:
+        at = tty.expect(r"you › ", seconds=30)
+        tty.type(question + "\r")
+        tty.expect(r"k-gent › \S+ \S+ \S+", after=at)  # mid-reply: the terminal goes away
+        session_id = re.findall(r"New session (ses_\w+)", tty.screen)[0]
+    running = server.get(f"/v1/kgent/sessions/{session_id}/messages").json()["running_turn"]
+    assert running is not None  # the reply goes on without its terminal
+
+    with terminal("chat", "--url", server.url, "--key", server.key, "--session", session_id) as tty:
+        at = tty.expect(rf"you › {re.escape(question)}", seconds=30)
+        # The reply from its first word to its end, then the prompt.
+        end = tty.expect(r"tokens in · \d+ out · kgent-demo-1\s+.*\s+you › ", after=at)
+        reply = expected_reply(question)
+        assert flat(f"k-gent › {reply}") in flat(tty.screen[at:end])
+        tty.type("\x04")  # Ctrl-D leaves
+        tty.process.wait(timeout=10)
+    assert tty.process.returncode == 0
+    history = server.get(f"/v1/kgent/sessions/{session_id}/messages").json()
+    assert history["running_turn"] is None and history["messages"][-1]["content"] == reply

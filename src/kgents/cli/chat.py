@@ -3,7 +3,8 @@
 Both use ``kgents.client``: replies print token by token as they arrive, and a dropped
 connection is resumed from the last event seen. In ``chat``, Ctrl-C during a reply cancels the
 turn on the server (``POST …/cancel``) and returns to the prompt; Ctrl-C at the prompt or
-Ctrl-D leaves.
+Ctrl-D leaves. ``chat --session ID`` prints the last messages and, when a reply of that session
+is still running (its terminal went away), streams it from its start to its end.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ from kgents.client import (
     ApiError,
     ClientError,
     KgentsClient,
+    StreamEvent,
     TurnResult,
     TurnStream,
 )
@@ -126,6 +128,10 @@ def ended_line(status: str, error_code: str | None) -> str | None:
     if status == "failed":
         return f"[red]failed[/red] ({error_code or 'error'})"
     return None
+
+
+def _usage_line(tokens_in: object, tokens_out: object, model: object) -> str:
+    return f"[dim]{tokens_in} tokens in · {tokens_out} out · {model}[/dim]"
 
 
 def _choice(value: str | None, allowed: tuple[str, ...], what: str) -> str | None:
@@ -302,6 +308,7 @@ class ChatLoop:
     def run(self, client: KgentsClient, *, session_id: str | None) -> int:
         """Chat until the user leaves; return the exit code."""
         self._client = client
+        running: dict[str, Any] | None = None
         try:
             if session_id is not None:
                 info = client.get_session(session_id)
@@ -309,7 +316,7 @@ class ChatLoop:
                 self.console.print(
                     f"Continuing session [bold]{info.id}[/bold] ({info.message_count} messages)."
                 )
-                self.show_recent(info.id, total=info.message_count)
+                running = self.show_recent(info.id, total=info.message_count)
             else:
                 info = client.create_session(mode=self.mode)
                 self.mode = self.mode or info.mode
@@ -318,6 +325,8 @@ class ChatLoop:
             self.errors.print(f"[red]error[/red] ({exc.code}): {exc.message}")
             return 1
         self.session_id = info.id
+        if running is not None:
+            self.reattach(running)
         with contextlib.suppress(ClientError):  # an older server: "the plan's default"
             self.plan_budget = str(client.budgets()["default"])
         self.console.print(
@@ -338,8 +347,9 @@ class ChatLoop:
                 continue
             self.turn(line)
 
-    def show_recent(self, session_id: str, *, total: int) -> None:
-        """The last few messages of the session, each reply with how its turn ended."""
+    def show_recent(self, session_id: str, *, total: int) -> dict[str, Any] | None:
+        """Print the last few messages of the session, each reply with how its turn ended;
+        return the turn running now (``running_turn`` of the listing), if any."""
         offset = max(0, total - RECENT_MESSAGES)
         recent = self.client.messages(session_id, limit=RECENT_MESSAGES, offset=offset)
         messages: list[dict[str, Any]] = recent["messages"]
@@ -362,6 +372,45 @@ class ChatLoop:
             ended = ended_line(status, code)
             if ended is not None:
                 self.console.print(ended)
+        running: dict[str, Any] | None = recent.get("running_turn")
+        return running
+
+    def reattach(self, running: dict[str, Any]) -> None:
+        """Stream the reply of the turn running now, from its first event to its end (the
+        terminal that sent it went away); Ctrl-C cancels it."""
+        turn_id, after = running["id"], running.get("events_after")
+        follow = self.client.follow(self.session_id, after=after, from_start=after is None)
+        printer = ReplyPrinter(self.console, prefix=REPLY_PREFIX)
+        end: StreamEvent | None = None
+        try:
+            for event in follow:
+                if event.turn_id != turn_id:
+                    continue
+                if event.type == "chunk":
+                    printer.write(str(event.data.get("text", "")))
+                elif event.type in ("complete", "error"):
+                    end = event
+                    break
+        except KeyboardInterrupt:
+            printer.end()
+            self._cancel_after_interrupt()
+            return
+        except ClientError as exc:
+            printer.end()
+            self.errors.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+            return
+        finally:
+            follow.close()
+        printer.end()
+        if end is None:
+            return
+        if end.type == "complete":
+            data = end.data
+            self.console.print(_usage_line(data["tokens_in"], data["tokens_out"], data["model"]))
+            return
+        code = str((end.data.get("error") or {}).get("code", "error"))
+        status = code if code in ("cancelled", "interrupted") else "failed"
+        self.console.print(ended_line(status, code))
 
     def reconnecting(self, last_event_id: int | None) -> None:
         where = f"after event {last_event_id}" if last_event_id is not None else "from the start"
@@ -401,10 +450,7 @@ class ChatLoop:
         if result is None:
             return None
         if result.status == "complete":
-            self.console.print(
-                f"[dim]{result.tokens_in} tokens in · {result.tokens_out} out · "
-                f"{result.model}[/dim]"
-            )
+            self.console.print(_usage_line(result.tokens_in, result.tokens_out, result.model))
         elif result.status == "cancelled":
             self.console.print("[yellow]cancelled[/yellow]")
         else:
