@@ -125,6 +125,15 @@ def _respond(
     return error_response(status, code, message, headers)
 
 
+def database_unavailable_response(path: str) -> JSONResponse:
+    """The ``503 database_unavailable`` answer for ``path`` (problem details under /api/v1)."""
+    code = "database_unavailable"
+    message, headers = _UNAVAILABLE_MESSAGES[code], {"Retry-After": "1"}
+    if wants_problem(path):
+        return problem_response(503, detail=message, code=code, headers=headers)
+    return error_response(503, code, message, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KgentsError)
     async def _domain(request: Request, exc: KgentsError) -> JSONResponse:
@@ -155,13 +164,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database(request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
         # Locked or unreachable database: a temporary condition, not a server bug.
         logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _respond(
-            request,
-            503,
-            "database_unavailable",
-            _UNAVAILABLE_MESSAGES["database_unavailable"],
-            {"Retry-After": "1"},
-        )
+        return database_unavailable_response(request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
