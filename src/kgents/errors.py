@@ -3,11 +3,14 @@
 KgentsError                      code              HTTP
 ├── InvalidInput                 invalid_request   400/422
 │   ├── QueryTooLarge            query_too_large   400
-│   └── InvalidResumePoint       invalid_resume_point  400
+│   ├── InvalidResumePoint       invalid_resume_point  400
+│   └── BadRequest               bad_request       400 (a request that cannot be meant)
 ├── Unauthenticated              unauthorized      401
 ├── QuotaExceeded                quota_exceeded    402
 ├── Forbidden                    forbidden         403
-│   └── BudgetNotAllowed         budget_not_allowed
+│   ├── BudgetNotAllowed         budget_not_allowed
+│   ├── ScopeMissing             scope_missing
+│   └── AccessLapsed             key_revoked, key_expired, tenant_suspended (ends a stream)
 ├── NotFound                     not_found         404
 ├── Conflict                     conflict          409
 │   └── TurnInProgress           turn_in_progress
@@ -47,6 +50,12 @@ class InvalidResumePoint(InvalidInput):
     code = "invalid_resume_point"
 
 
+class BadRequest(InvalidInput):
+    """Invalid as a whole rather than in a field: two different API keys in one request."""
+
+    code = "bad_request"
+
+
 class Unauthenticated(KgentsError):
     code = "unauthorized"
 
@@ -61,6 +70,16 @@ class Forbidden(KgentsError):
 
 class BudgetNotAllowed(Forbidden):
     code = "budget_not_allowed"
+
+
+class ScopeMissing(Forbidden):
+    code = "scope_missing"
+
+
+class AccessLapsed(Forbidden):
+    """The key of an open stream was revoked or expired, or its tenant suspended."""
+
+    code = "access_lapsed"
 
 
 class NotFound(KgentsError):

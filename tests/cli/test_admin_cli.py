@@ -37,7 +37,9 @@ def test_tenant_and_key_commands(tmp_path: Path) -> None:
 
     output = invoke("key", "create", tenant_id.group(1), "--data-dir", data)
     key_id = re.search(r"key_id:\s+(key_\w+)", output)
-    assert key_id
+    assert key_id and "scopes:  sessions, usage" in output
+    output = invoke("key", "create", tenant_id.group(1), "--scope", "usage", "--data-dir", data)
+    assert "scopes:  usage\n" in output
     output = invoke("key", "revoke", key_id.group(1), "--data-dir", data)
     assert "revoked" in output
 
@@ -61,6 +63,8 @@ def test_errors_are_clean(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "not found" in result.output
     result = runner.invoke(app, ["key", "create", "ten_missing", "--data-dir", data])
     assert result.exit_code == 1 and "not found" in result.output
+    result = runner.invoke(app, ["key", "create", "ten_x", "--scope", "root", "--data-dir", data])
+    assert result.exit_code == 1 and "unknown scopes ['root']" in result.output
 
 
 def test_db_upgrade(tmp_path: Path) -> None:

@@ -287,4 +287,4 @@ async def test_authentication_on_reads(contract: ContractClient, api: Api) -> No
         f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["sessions"]}, headers=api.admin
     )
     sessions_only = {"X-API-Key": created.json()["key"]}
-    assert_problem(await contract.get(QUERY, headers=sessions_only), 403, code="missing_scope")
+    assert_problem(await contract.get(QUERY, headers=sessions_only), 403, code="scope_missing")

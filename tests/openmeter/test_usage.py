@@ -166,7 +166,7 @@ async def test_usage_errors_use_the_common_error_body(api: Api) -> None:
         f"/v1/tenants/{tenant_id}/keys", json={"scopes": ["sessions"]}, headers=api.admin
     )
     response = await api.client.get("/v1/usage", headers={"X-API-Key": created.json()["key"]})
-    assert response.status_code == 403 and response.json()["error"]["code"] == "missing_scope"
+    assert response.status_code == 403 and response.json()["error"]["code"] == "scope_missing"
 
 
 def invoke(*args: str) -> str:

@@ -1,11 +1,14 @@
-"""Dependencies for routes: the platform, the admin check and the calling tenant."""
+"""Dependencies for routes: the platform, the admin check and the calling tenant.
+
+A route of the tenant API takes the principal of the scope it needs (``SessionsDep``,
+``UsageDep``): a key without that scope is refused with 403 ``scope_missing``."""
 
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from kgents.errors import Unauthenticated
+from kgents.errors import BadRequest, Unauthenticated
 from kgents.platform import Generation, Platform
 from kgents.tenancy.keys import tokens_match
 from kgents.tenancy.rate_limit import RateLimitExceeded
@@ -44,6 +47,11 @@ async def get_uncounted_principal(
     """The tenant behind ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, not yet
     counted against the key's rate limit: for a route that counts the request in its own
     transaction (``RateCharge``) and sets ``request.state.rate_status`` itself."""
+    if bearer is not None and api_key and not tokens_match(bearer.credentials, api_key):
+        raise BadRequest(
+            "two different API keys (Authorization and X-API-Key): send one",
+            code="conflicting_api_keys",
+        )
     raw = bearer.credentials if bearer is not None else api_key
     if not raw:
         raise Unauthenticated("API key required (Authorization: Bearer <key> or X-API-Key)")
@@ -74,3 +82,26 @@ async def get_principal(
 
 AdminDep = Depends(require_admin)
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_sessions_principal(principal: PrincipalDep) -> Principal:
+    principal.require_scope("sessions")
+    return principal
+
+
+async def get_uncounted_sessions_principal(principal: UncountedPrincipalDep) -> Principal:
+    principal.require_scope("sessions")
+    return principal
+
+
+async def get_usage_principal(principal: PrincipalDep) -> Principal:
+    principal.require_scope("usage")
+    return principal
+
+
+SessionsDep = Annotated[Principal, Depends(get_sessions_principal)]
+"""A key with the ``sessions`` scope, counted against its rate limit."""
+UncountedSessionsDep = Annotated[Principal, Depends(get_uncounted_sessions_principal)]
+"""A key with the ``sessions`` scope, for a route that counts the request itself."""
+UsageDep = Annotated[Principal, Depends(get_usage_principal)]
+"""A key with the ``usage`` scope, counted against its rate limit."""

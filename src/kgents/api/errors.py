@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgents.api.problems import new_instance, problem_response, wants_problem
 from kgents.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 _STATUS_BY_ERROR: tuple[tuple[type[KgentsError], int], ...] = (
     (QueryTooLarge, 400),  # well-formed, but too much work: a 400 on every surface
     (InvalidResumePoint, 400),
+    (BadRequest, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
     (QuotaExceeded, 402),

@@ -17,7 +17,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from kgents.api.errors import public_message
-from kgents.errors import EventsUnavailable, KgentsError
+from kgents.errors import AccessLapsed, EventsUnavailable, KgentsError
 from kgents.sessions.ports import FollowedEvent, Follower, SessionEvent
 from kgents.tenancy.streams import StreamSlot
 
@@ -98,9 +98,10 @@ async def sse_frames(
                 batch = await follower.next_batch(wait)
             except StopAsyncIteration:
                 return
-            except EventsUnavailable as exc:
-                # Headers are sent: say why the stream ends; the client resumes later.
-                logger.warning("a follower's stream ended: %s", exc.message)
+            except (EventsUnavailable, AccessLapsed) as exc:
+                # Headers are sent: say why the stream ends (the client resumes later, or its
+                # key no longer holds).
+                logger.info("a follower's stream ended: %s", exc.message)
                 yield sse_frame(
                     event_id=None, event="error", data={"error": error_body_of(exc)["error"]}
                 )

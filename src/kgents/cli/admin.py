@@ -15,6 +15,7 @@ from kgents.cli.typer_app import Typer
 from kgents.clock import utc_now
 from kgents.platform import open_platform
 from kgents.records import ApiKey
+from kgents.tenancy.service import DEFAULT_SCOPES, SCOPES
 
 tenant_app = Typer(help="Create, list and update tenants.", no_args_is_help=True)
 key_app = Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -104,15 +105,26 @@ def tenant_update(
 def key_create(
     tenant_id: Annotated[str, typer.Argument(help="Tenant id")],
     name: Annotated[str, typer.Option(help="Key name")] = "default",
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"What the key may do, repeatable: {', '.join(SCOPES)} [default: all]",
+            show_default=False,
+        ),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create an API key for a tenant (shown once)."""
     settings = load_settings(data_dir)
+    scopes = tuple(scope) if scope else DEFAULT_SCOPES
 
     async def create() -> None:
         async with open_platform(settings) as platform:
-            issued = await platform.tenancy.create_api_key(tenant_id=tenant_id, name=name)
+            issued = await platform.tenancy.create_api_key(
+                tenant_id=tenant_id, name=name, scopes=scopes
+            )
         console.print(f"key_id:  {issued.key.id}")
+        console.print(f"scopes:  {', '.join(issued.key.scopes)}")
         console.print(f"api_key: {issued.secret}")
 
     run(create())

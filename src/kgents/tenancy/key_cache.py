@@ -63,6 +63,11 @@ class KeyCache:
         if entry is not None:
             self._entries[key_hash] = _Entry(key, entry.tenant, entry.expires)
 
+    @property
+    def ttl_seconds(self) -> float:
+        """How long a lookup is trusted."""
+        return self._ttl
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -1,13 +1,14 @@
 """Tenants and their API keys: creation, listing, revocation and authentication of requests."""
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from kgents.clock import utc_now
 from kgents.config import PlanConfig
-from kgents.errors import Forbidden, InvalidInput, NotFound, Unauthenticated
+from kgents.errors import Forbidden, InvalidInput, NotFound, ScopeMissing, Unauthenticated
 from kgents.ids import is_valid_id, new_id
 from kgents.records import ApiKey, Tenant, TenantStatus
+from kgents.tenancy.access import AccessWatch, lapse_of
 from kgents.tenancy.key_cache import KeyCache
 from kgents.tenancy.keys import (
     display_prefix,
@@ -19,7 +20,12 @@ from kgents.tenancy.ports import TenancyStore
 
 # ``last_used_at`` is refreshed at most this often, so authentication is not a write per request.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-DEFAULT_SCOPES = ("sessions", "usage")
+SCOPES = {
+    "sessions": "sessions, their messages, turns, events and cancel; the plan's budgets",
+    "usage": "the tenant's usage (GET /v1/usage) and its meters (/api/v1/meters)",
+}
+"""What a key may be allowed to do; a new key gets them all unless it names some."""
+DEFAULT_SCOPES = tuple(SCOPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,12 @@ class Principal:
     tenant: Tenant
     key: ApiKey
     plan: PlanConfig
+    key_hash: str = field(repr=False)
+
+    def require_scope(self, scope: str) -> None:
+        """``ScopeMissing`` (403) unless the key carries ``scope``."""
+        if scope not in self.key.scopes:
+            raise ScopeMissing(f"this API key lacks the {scope!r} scope")
 
 
 class TenancyService:
@@ -98,6 +110,14 @@ class TenancyService:
         scopes: tuple[str, ...] = DEFAULT_SCOPES,
         expires_at: datetime | None = None,
     ) -> IssuedKey:
+        unknown = sorted(set(scopes) - set(SCOPES))
+        if unknown or not scopes:
+            raise InvalidInput(
+                f"unknown scopes {unknown}; scopes: {', '.join(SCOPES)}"
+                if unknown
+                else f"a key needs at least one scope: {', '.join(SCOPES)}",
+                code="validation_error",
+            )
         await self.get_tenant(tenant_id=tenant_id)
         now = utc_now()
         if expires_at is not None and expires_at <= now:
@@ -108,7 +128,7 @@ class TenancyService:
             tenant_id=tenant_id,
             name=name,
             prefix=display_prefix(secret),
-            scopes=scopes,
+            scopes=tuple(dict.fromkeys(scopes)),
             created_at=now,
             last_used_at=None,
             expires_at=expires_at,
@@ -137,22 +157,37 @@ class TenancyService:
         if not looks_like_api_key(raw_key):
             raise Unauthenticated("invalid API key")
         key_hash = hash_api_key(raw_key)
-        found = self._keys.get(key_hash)
+        found = await self._lookup(key_hash)
         if found is None:
-            found = await self._store.find_api_key(key_hash)
-            if found is None:
-                raise Unauthenticated("invalid API key")
-            self._keys.put(key_hash, *found)
+            raise Unauthenticated("invalid API key")
         key, tenant = found
         now = utc_now()
-        if key.revoked_at is not None:
-            raise Unauthenticated("API key revoked")
-        if key.expires_at is not None and key.expires_at <= now:
-            raise Unauthenticated("API key expired")
-        if tenant.status != "active":
-            raise Forbidden("tenant suspended", code="tenant_suspended")
+        lapse = lapse_of(key, tenant, now=now)
+        if lapse is not None and lapse.code == "tenant_suspended":
+            raise Forbidden(lapse.message, code=lapse.code)
+        if lapse is not None:
+            raise Unauthenticated(lapse.message)
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             await self._store.touch_api_key(key.id, at=now)
             key = replace(key, last_used_at=now)
             self._keys.replace_key(key_hash, key)
-        return Principal(tenant=tenant, key=key, plan=self.plan(tenant.plan))
+        return Principal(tenant=tenant, key=key, plan=self.plan(tenant.plan), key_hash=key_hash)
+
+    def watch(self, principal: Principal) -> AccessWatch:
+        """A watch that ends ``principal``'s streams once their access lapses, re-checking it
+        (through the key cache) every cache lifetime."""
+
+        async def lookup() -> tuple[ApiKey, Tenant] | None:
+            return await self._lookup(principal.key_hash)
+
+        return AccessWatch(
+            key=principal.key, lookup=lookup, interval_seconds=self._keys.ttl_seconds
+        )
+
+    async def _lookup(self, key_hash: str) -> tuple[ApiKey, Tenant] | None:
+        found = self._keys.get(key_hash)
+        if found is None:
+            found = await self._store.find_api_key(key_hash)
+            if found is not None:
+                self._keys.put(key_hash, *found)
+        return found

@@ -46,7 +46,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kgents.api.deps import ApiKeyHeaderDep, BearerDep, PlatformDep, get_principal
 from kgents.api.problems import problem_doc, problem_response
-from kgents.api.routes.usage import require_usage_scope
 from kgents.api.schemas import (
     MAX_OFFSET,
     MeterPublic,
@@ -137,7 +136,7 @@ async def get_metering_caller(
     if bearer is not None and tokens_match(bearer.credentials, admin_token):
         return MeteringCaller(principal=None)
     principal = await get_principal(request, platform, bearer, api_key)
-    require_usage_scope(principal)
+    principal.require_scope("usage")
     return MeteringCaller(principal=principal)
 
 

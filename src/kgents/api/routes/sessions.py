@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from kgents.api.deps import GenerationDep, PlatformDep, PrincipalDep, UncountedPrincipalDep
+from kgents.api.deps import GenerationDep, PlatformDep, SessionsDep, UncountedSessionsDep
 from kgents.api.schemas import (
     MAX_OFFSET,
     ErrorBody,
@@ -24,6 +24,7 @@ from kgents.api.schemas import (
 )
 from kgents.api.sse import sse_frames, sse_response
 from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
+from kgents.api.watched_follower import WatchedFollower
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput, InvalidResumePoint
 from kgents.sessions.generation import error_event
 from kgents.sessions.ports import Follower, SessionEvent
@@ -35,6 +36,10 @@ router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
+    403: {
+        "model": ErrorBody,
+        "description": "Tenant suspended, or no 'sessions' scope on the key (scope_missing)",
+    },
     404: {"model": ErrorBody, "description": "No such session for this tenant"},
     422: {"model": ErrorBody, "description": "Invalid request"},
 }
@@ -81,7 +86,7 @@ _SSE: dict[str, Any] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
 async def create_session(
-    body: SessionCreate, principal: PrincipalDep, platform: PlatformDep
+    body: SessionCreate, principal: SessionsDep, platform: PlatformDep
 ) -> SessionPublic:
     session = await platform.sessions.create_session(
         tenant_id=principal.tenant.id, title=body.title, agent_type=body.agent_type, mode=body.mode
@@ -91,7 +96,7 @@ async def create_session(
 
 @router.get("", responses=_ERRORS)
 async def list_sessions(
-    principal: PrincipalDep,
+    principal: SessionsDep,
     platform: PlatformDep,
     limit: int = Query(default=20, ge=1, le=100),
     offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
@@ -104,7 +109,7 @@ async def list_sessions(
 
 @router.get("/{session_id}", responses=_ERRORS)
 async def get_session(
-    session_id: str, principal: PrincipalDep, platform: PlatformDep
+    session_id: str, principal: SessionsDep, platform: PlatformDep
 ) -> SessionPublic:
     session = await platform.sessions.get_session(
         tenant_id=principal.tenant.id, session_id=session_id
@@ -114,7 +119,7 @@ async def get_session(
 
 @router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
 async def delete_session(
-    session_id: str, principal: PrincipalDep, platform: PlatformDep
+    session_id: str, principal: SessionsDep, platform: PlatformDep
 ) -> Response:
     await platform.sessions.delete_session(tenant_id=principal.tenant.id, session_id=session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -123,7 +128,7 @@ async def delete_session(
 @router.get("/{session_id}/messages", responses=_ERRORS)
 async def list_messages(
     session_id: str,
-    principal: PrincipalDep,
+    principal: SessionsDep,
     platform: PlatformDep,
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
@@ -152,7 +157,7 @@ async def send_message(
     session_id: str,
     body: MessageCreate,
     request: Request,
-    principal: UncountedPrincipalDep,
+    principal: UncountedSessionsDep,
     platform: PlatformDep,
     generation: GenerationDep,
 ) -> Response:
@@ -228,7 +233,7 @@ async def send_message(
     with _released_on_error(slot):
         follower = opening.result()  # a failure to open is raised here, the turn running on
     frames = sse_frames(
-        follower,
+        WatchedFollower(follower, platform.tenancy.watch(principal)),
         request=request,
         first_seq=first_seq,
         stop_when=turn_ended,
@@ -265,7 +270,7 @@ async def _discard(opening: "asyncio.Task[Follower]") -> None:
 async def follow_events(
     session_id: str,
     request: Request,
-    principal: PrincipalDep,
+    principal: SessionsDep,
     platform: PlatformDep,
     generation: GenerationDep,
     after: str | None = Query(
@@ -290,7 +295,8 @@ async def follow_events(
         follower = await generation.events.open_follower(
             session_id, after_seq=after_seq, from_start=from_ == "start" and after_seq is None
         )
-    return sse_response(follower, sse_frames(follower, request=request), slot=slot)
+    watched = WatchedFollower(follower, platform.tenancy.watch(principal))
+    return sse_response(follower, sse_frames(watched, request=request), slot=slot)
 
 
 @router.post(
@@ -302,7 +308,7 @@ async def follow_events(
     },
 )
 async def cancel_turn(
-    session_id: str, principal: PrincipalDep, platform: PlatformDep, generation: GenerationDep
+    session_id: str, principal: SessionsDep, platform: PlatformDep, generation: GenerationDep
 ) -> TurnCancelled:
     """Stop the running turn of the session; it is stored as ``cancelled`` with its text so far."""
     turn = await platform.sessions.running_turn(

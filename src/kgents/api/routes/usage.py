@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime
 
-from kgents.api.deps import PlatformDep, PrincipalDep
+from kgents.api.deps import PlatformDep, UsageDep
 from kgents.api.schemas import ErrorBody
 from kgents.api.usage_schemas import (
     MeterUsagePublic,
@@ -27,31 +27,24 @@ from kgents.api.usage_schemas import (
     UsagePublic,
 )
 from kgents.clock import utc_now
-from kgents.errors import Forbidden
 from kgents.metering.meters import WindowSize
 from kgents.metering.query import DEFAULT_SPAN
 from kgents.tenancy.quota import month_bounds, quota_status
 from kgents.tenancy.rate_limit import RateStatus
-from kgents.tenancy.service import Principal
 
 router = APIRouter(prefix="/v1/usage", tags=["usage"])
-
-USAGE_SCOPE = "usage"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Range too long for the windows (query_too_large)"},
     401: {"model": ErrorBody, "description": "Missing, invalid, revoked or expired API key"},
-    403: {"model": ErrorBody, "description": "Tenant suspended, or no 'usage' scope on the key"},
+    403: {
+        "model": ErrorBody,
+        "description": "Tenant suspended, or no 'usage' scope (scope_missing)",
+    },
     422: {"model": ErrorBody, "description": "Invalid range, window size or time zone"},
     429: {"model": ErrorBody, "description": "Rate limit of the API key exceeded"},
     503: {"model": ErrorBody, "description": "Database unavailable; retry shortly"},
 }
-
-
-def require_usage_scope(principal: Principal) -> None:
-    """Reading usage needs the key's ``usage`` scope (in every key's default scopes)."""
-    if USAGE_SCOPE not in principal.key.scopes:
-        raise Forbidden("this API key lacks the 'usage' scope", code="missing_scope")
 
 
 def default_range(
@@ -66,7 +59,7 @@ def default_range(
 @router.get("", responses=_ERRORS)
 async def get_usage(
     request: Request,
-    principal: PrincipalDep,
+    principal: UsageDep,
     platform: PlatformDep,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: AwareDatetime | None = None,
@@ -76,7 +69,6 @@ async def get_usage(
     ] = "UTC",
 ) -> UsagePublic:
     """The tenant's usage per meter and window, its token quota and its rate-limit headroom."""
-    require_usage_scope(principal)
     tenant_id = principal.tenant.id
     now = utc_now()
     start, end = default_range(from_, to, now=now)
