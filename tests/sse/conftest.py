@@ -3,6 +3,7 @@
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,15 @@ class Live:
         return session_id
 
 
+def settings_for_live(
+    tmp_path: Path, nats_url: str, database_url: str, **overrides: Any
+) -> Settings:
+    """Settings of a live server; a module overrides ``live_settings`` with other values."""
+    values: dict[str, Any] = {"demo_token_delay_ms": TOKEN_DELAY_MS, "turn_lease_seconds": 2}
+    values.update(overrides)
+    return make_settings(tmp_path / "data", database_url, nats_url, **values)
+
+
 @pytest.fixture
 async def live_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """The live server's database: SQLite, or either with
@@ -43,13 +53,7 @@ async def live_database(request: pytest.FixtureRequest, tmp_path: Path) -> Async
 
 @pytest.fixture
 def live_settings(tmp_path: Path, nats_url: str, live_database: str) -> Settings:
-    return make_settings(
-        tmp_path / "data",
-        live_database,
-        nats_url,
-        demo_token_delay_ms=TOKEN_DELAY_MS,
-        turn_lease_seconds=2,
-    )
+    return settings_for_live(tmp_path, nats_url, live_database)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import pytest
 
 from kgents.config import Settings
 from kgents.platform import open_platform
-from tests.conftest import ADMIN_TOKEN, make_settings
-from tests.sse.conftest import Live
+from tests.conftest import ADMIN_TOKEN
+from tests.sse.conftest import BOTH_DATABASES, Live, settings_for_live
 from tests.support.sse import SseEvent, read_events
 from tests.support.waiting import eventually
 
@@ -21,15 +21,10 @@ END_SECONDS = 15.0  # far above the 1 s re-check interval, for a loaded machine
 
 
 @pytest.fixture
-def live_settings(tmp_path: Path, nats_url: str) -> Settings:
+def live_settings(tmp_path: Path, nats_url: str, live_database: str) -> Settings:
     # Re-checks every second; replies slow enough (>= 4 s) to be cut off halfway.
-    return make_settings(
-        tmp_path / "data",
-        f"sqlite:///{tmp_path / 'kgents.db'}",
-        nats_url,
-        demo_token_delay_ms=100,
-        turn_lease_seconds=2,
-        api_key_cache_seconds=1,
+    return settings_for_live(
+        tmp_path, nats_url, live_database, demo_token_delay_ms=100, api_key_cache_seconds=1
     )
 
 
@@ -100,6 +95,7 @@ async def stream(live: Live) -> AsyncIterator[list[Followed]]:
             await asyncio.gather(followed.task, return_exceptions=True)
 
 
+@pytest.mark.parametrize("live_database", BOTH_DATABASES, indirect=True)
 async def test_events_stream_ends_when_another_process_revokes_its_key(
     live: Live, stream: list[Followed]
 ) -> None:
