@@ -24,6 +24,7 @@ from kgents.streaming.runtime import open_streaming
 from kgents.streaming.topology import ensure_streams
 from kgents.tenancy.admin_token import load_or_create_admin_token
 from tests.support.nats import nats_server
+from tests.support.nats_jwt import operator_setup
 
 pytestmark = pytest.mark.anyio
 
@@ -188,3 +189,17 @@ def test_credentials_leave_the_urls() -> None:
     assert "p@" not in repr(auth)
     with pytest.raises(InvalidInput):
         split_credentials(["nats://u:p@a:4222", "nats://v:q@b:4222"], NO_AUTH)
+
+
+async def test_kgents_works_against_a_server_with_jwt_auth_and_a_creds_file(
+    tmp_path: Path,
+) -> None:
+    setup = operator_setup()
+    creds = tmp_path / "kgents.creds"
+    creds.write_text(setup.user_creds)
+    with nats_server(tmp_path / "nats", config=setup.server_config) as server:
+        await assert_refused("127.0.0.1", server.port)
+        settings = Settings(data_dir=tmp_path / "data", nats_url=server.url, nats_creds=creds)
+        await round_trip(settings)
+        with pytest.raises(InvalidInput, match="KGENTS_NATS_CREDS"):
+            await round_trip(settings.model_copy(update={"nats_creds": tmp_path / "missing"}))
