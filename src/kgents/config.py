@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="Prefix of the NATS subjects, streams and durable consumer, so that several "
         "deployments can share one NATS cluster (empty: none).",
     )
+    nats_failover_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="How long a publish is sent again (same message id) through a NATS leader "
+        "election or reconnect before the turn is stored as failed.",
+    )
     nats_creds: Path | None = Field(
         default=None,
         description="A NATS .creds file (decentralized JWT auth) for KGENTS_NATS_URL's servers. "

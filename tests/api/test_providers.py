@@ -10,6 +10,7 @@ from kgents.api.app import create_app
 from kgents.llm.base import estimate_tokens
 from tests.conftest import Api, make_settings
 from tests.fakes import FakeAnthropic, FakeOpenAI, FakeReply
+from tests.support.sse import read_events
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +205,48 @@ async def test_anthropic_through_the_api(
             assert response.status_code == 201, response.text
             assert response.json()["content"] == "Bonjour!"
             assert response.json()["tokens_in"] == 17 and response.json()["tokens_out"] == 2
+
+
+async def test_a_bursting_upstream_arrives_whole_and_in_order(
+    openai_api: Api, fake_openai: FakeOpenAI
+) -> None:
+    """2,000 tokens sent at once: tokens that arrive while a chunk awaits its ack go out
+    together in the next chunk event, so the events may be fewer than the tokens; the text and
+    the token count arrive whole and in order, each chunk's ``index`` is the number of tokens
+    before it, and the stored reply equals the streamed text."""
+    tokens = tuple(f" w{i}" for i in range(2000))
+    fake_openai.queue(FakeReply(tokens=tokens))
+    _, key = await openai_api.tenant_with_key()
+    headers = {"X-API-Key": key}
+    sid = (await openai_api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()[
+        "id"
+    ]
+    async with openai_api.client.stream(
+        "POST",
+        f"/v1/kgent/sessions/{sid}/messages",
+        json={"message": "burst", "stream": True},
+        headers=headers,
+    ) as response:
+        assert response.status_code == 200
+        events = [event async for event in read_events(response)]
+
+    assert [e.event for e in events][0] == "user_message"
+    assert events[-1].event == "complete"
+    chunks = [e.data for e in events if e.event == "chunk"]
+    tokens_before = 0
+    for chunk in chunks:
+        assert chunk["index"] == tokens_before
+        tokens_before += chunk["text"].count(" w")
+    assert tokens_before == 2000
+    text = "".join(chunk["text"] for chunk in chunks)
+    assert text == "".join(tokens)
+    ids = [e.id for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    complete = events[-1].data
+    assert (complete["text"], complete["tokens_out"], complete["chunks"]) == (
+        text,
+        2000,
+        len(chunks),
+    )
+    messages = await openai_api.client.get(f"/v1/kgent/sessions/{sid}/messages", headers=headers)
+    assert [m["content"] for m in messages.json()["messages"]] == ["burst", text]

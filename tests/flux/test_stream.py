@@ -97,3 +97,29 @@ def test_flux_event_kinds() -> None:
     meta: FluxEvent[str, int] = FluxEvent.metadata(7)
     assert data.is_data and not data.is_metadata and data.value == "hello"
     assert meta.is_metadata and meta.meta == 7
+
+
+async def test_batches_take_what_arrived_meanwhile_and_stay_bounded() -> None:
+    produced: list[int] = []
+    stream = FluxStream(numbers(1000, produced)).batches(8).__aiter__()
+    taken: list[list[int]] = [await stream.__anext__()]
+    for _ in range(50):
+        await asyncio.sleep(0)  # a slow consumer: the reader runs ahead, up to the bound
+    assert len(produced) <= 8 + 2
+    taken.append(await stream.__anext__())
+    assert 2 <= len(taken[1]) <= 8  # everything read meanwhile comes at once
+    taken.extend([batch async for batch in stream])
+    assert [n for batch in taken for n in batch] == list(range(1000))
+
+
+async def test_batches_raise_an_error_after_the_items_before_it() -> None:
+    async def failing() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+        raise RuntimeError("boom")
+
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        async for batch in FluxStream(failing()).batches(4):
+            seen.extend(batch)
+    assert seen == [1, 2]

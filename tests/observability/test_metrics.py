@@ -94,9 +94,9 @@ def test_series_after_real_traffic(live: Live) -> None:
     assert first_chunk is not None and 0 < first_chunk < 5
     assert metrics.value("kgents_turns_finished_total", outcome="complete") == 1
     publish = "kgents_jetstream_publish_seconds_count"
-    assert metrics.value(publish, operation="publish") == 1  # the user_message, ack awaited
-    assert metrics.value(publish, operation="batch_add") == chunks + 1  # chunks and complete
-    assert metrics.value(publish, operation="flush") == 1
+    assert metrics.value(publish, operation="start") == 1  # the user_message
+    assert metrics.value(publish, operation="chunk") == chunks
+    assert metrics.value(publish, operation="end") == 1  # complete
     assert metrics.value("kgents_sse_streams_active") == 0
     assert metrics.value("kgents_nats_connected") == 1
     assert metrics.value("kgents_turns_running") == 0

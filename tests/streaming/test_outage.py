@@ -50,7 +50,9 @@ async def test_a_cluster_list_with_a_dead_member_connects(nats: NatsServer) -> N
         await conn.close()
 
 
-async def test_refused_at_once_while_down_then_recovers(own_nats: NatsServer) -> None:
+async def test_refused_at_once_while_down_publish_pauses_then_recovers(
+    own_nats: NatsServer,
+) -> None:
     conn = await NatsConnection.connect(own_nats.url)
     try:
         await ensure_streams(conn, replicas=1)
@@ -67,13 +69,17 @@ async def test_refused_at_once_while_down_then_recovers(own_nats: NatsServer) ->
         await eventually(down)
         assert not log.is_connected()
         with pytest.raises(EventsUnavailable):
-            await log.publish(event(session_id, 1))
-        with pytest.raises(EventsUnavailable):
             await log.batch().add(event(session_id, 1))
         with pytest.raises(EventsUnavailable):
             await log.open_follower(session_id, after_seq=0)
         with pytest.raises(EventsUnavailable):
             await log.request_cancel(session_id)
+        # A publish is a pause, not a failure: it waits for the server (up to the failover
+        # time, 30 s by default) and is stored once it is back.
+        pausing = asyncio.create_task(log.publish(event(session_id, 1)))
+        with pytest.raises(EventsUnavailable):  # only a longer outage fails it
+            await JetStreamEventLog(conn, failover_seconds=0.3).publish(event(session_id, 9))
+        assert not pausing.done()
 
         own_nats.start()  # same port, same store
 
@@ -82,7 +88,9 @@ async def test_refused_at_once_while_down_then_recovers(own_nats: NatsServer) ->
 
         await eventually(up)
         assert conn.reconnects == 1
-        assert await log.publish(event(session_id, 1)) == 2  # the store survived the crash
+        assert await pausing == 2  # the store survived the crash
+        assert await log.publish(event(session_id, 1)) == 2  # a repeat is a duplicate
+        assert await log.publish(event(session_id, 2)) == 3
     finally:
         await conn.close()
 

@@ -76,6 +76,42 @@ class FluxStream(Generic[T]):
         """Read ahead up to ``size`` items in a task, so producer and consumer overlap."""
         return FluxStream.merge(self, buffer_size=size)
 
+    def batches(self, size: int) -> "FluxStream[list[T]]":
+        """Read ahead up to ``size`` items in a task; each step yields every item read so far,
+        waiting only for the first. A consumer that takes its time gets more items at once
+        instead of falling further behind; a fast one gets them one by one. An error of the
+        source is raised after the items read before it."""
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        source = self._source
+
+        async def batched() -> AsyncIterator[list[T]]:
+            queue: asyncio.Queue[object] = asyncio.Queue(maxsize=size)
+            task = asyncio.create_task(_pump(source, queue))
+            try:
+                while True:
+                    batch: list[T] = []
+                    item = await queue.get()
+                    while True:
+                        if item is _DONE:
+                            if batch:
+                                yield batch
+                            return
+                        if isinstance(item, _Failure):
+                            if batch:
+                                yield batch
+                            raise item.error
+                        batch.append(item)  # type: ignore[arg-type]  # only T reaches here
+                        if queue.empty():
+                            break
+                        item = queue.get_nowait()
+                    yield batch
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        return FluxStream(batched())
+
     async def collect(self) -> list[T]:
         return [item async for item in self._source]
 
@@ -90,17 +126,7 @@ class FluxStream(Generic[T]):
 
         async def merged() -> AsyncIterator[T]:
             queue: asyncio.Queue[object] = asyncio.Queue(maxsize=buffer_size)
-
-            async def pump(stream: AsyncIterable[T]) -> None:
-                try:
-                    async for item in stream:
-                        await queue.put(item)
-                except Exception as exc:  # handed to the consumer, who raises it
-                    await queue.put(_Failure(exc))
-                    return
-                await queue.put(_DONE)
-
-            tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+            tasks = [asyncio.create_task(_pump(stream, queue)) for stream in streams]
             running = len(tasks)
             try:
                 while running:
@@ -117,6 +143,17 @@ class FluxStream(Generic[T]):
                 await asyncio.gather(*tasks, return_exceptions=True)
 
         return FluxStream(merged())
+
+
+async def _pump(stream: AsyncIterable[T], queue: "asyncio.Queue[object]") -> None:
+    """Put the items of ``stream`` in ``queue`` (waiting for room), then ``_DONE`` or the error."""
+    try:
+        async for item in stream:
+            await queue.put(item)
+    except Exception as exc:  # handed to the consumer, who raises it
+        await queue.put(_Failure(exc))
+        return
+    await queue.put(_DONE)
 
 
 class _Failure:

@@ -2,46 +2,16 @@
 
 It wraps the real ``SessionEventLog`` where the application is composed, so neither the
 generation (a service: no Prometheus there) nor the JetStream adapter knows about metrics. What
-it sees is what the generation waits for: a sync ``publish`` (ack awaited), each pipelined
-``batch_add`` (which waits only when the ack window is full) and the ``flush`` at the end of a
-turn; plus chunks published, the time from the start of a turn to its first chunk, and how
-each turn ended.
+it sees is what the generation waits for: each publish until its ack (a turn's start, its
+chunks, its end), chunks published, the time from a turn's start to its first acknowledged
+chunk, and how each turn ended.
 """
 
 import time
 from typing import Any
 
 from kgents.observability.metrics import Metrics
-from kgents.sessions.ports import EventBatch, Follower, SessionEvent, SessionEventLog
-
-
-class MeasuredBatch:
-    """One turn's ``EventBatch``, measured. Made when the turn's generation starts."""
-
-    def __init__(self, inner: EventBatch, metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-        self._started = time.perf_counter()
-        self._first_chunk_seen = False
-
-    async def add(self, event: SessionEvent) -> None:
-        metrics = self._metrics
-        began = time.perf_counter()
-        await self._inner.add(event)
-        now = time.perf_counter()
-        metrics.publish_seconds.labels("batch_add").observe(now - began)
-        if event.type == "chunk":
-            metrics.chunks_published.inc()
-            if not self._first_chunk_seen:
-                self._first_chunk_seen = True
-                metrics.time_to_first_chunk.observe(now - self._started)
-        elif event.type in ("complete", "error"):
-            metrics.turns_finished.labels(_outcome(event)).inc()
-
-    async def flush(self) -> None:
-        began = time.perf_counter()
-        await self._inner.flush()
-        self._metrics.publish_seconds.labels("flush").observe(time.perf_counter() - began)
+from kgents.sessions.ports import Follower, SessionEvent, SessionEventLog
 
 
 class MeasuredEventLog:
@@ -50,6 +20,7 @@ class MeasuredEventLog:
     def __init__(self, inner: SessionEventLog, metrics: Metrics) -> None:
         self._inner = inner
         self._metrics = metrics
+        self._started: dict[str, float] = {}  # turn id -> start, until its first chunk
 
     @property
     def inner(self) -> SessionEventLog:
@@ -59,13 +30,28 @@ class MeasuredEventLog:
         return self._inner.is_connected()
 
     async def publish(self, event: SessionEvent) -> int:
+        metrics = self._metrics
         began = time.perf_counter()
         seq = await self._inner.publish(event)
-        self._metrics.publish_seconds.labels("publish").observe(time.perf_counter() - began)
+        now = time.perf_counter()
+        kind = event.type
+        turn_id = event.data.get("turn_id")
+        if kind == "chunk":
+            metrics.publish_seconds.labels("chunk").observe(now - began)
+            metrics.chunks_published.inc()
+            started = self._started.pop(turn_id, None) if isinstance(turn_id, str) else None
+            if started is not None:
+                metrics.time_to_first_chunk.observe(now - started)
+        elif kind == "user_message":
+            metrics.publish_seconds.labels("start").observe(now - began)
+            if isinstance(turn_id, str):
+                self._started[turn_id] = now
+        else:
+            metrics.publish_seconds.labels("end").observe(now - began)
+            metrics.turns_finished.labels(_outcome(event)).inc()
+            if isinstance(turn_id, str):
+                self._started.pop(turn_id, None)
         return seq
-
-    def batch(self) -> MeasuredBatch:
-        return MeasuredBatch(self._inner.batch(), self._metrics)
 
     async def open_follower(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False

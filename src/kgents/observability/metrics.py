@@ -7,13 +7,13 @@ Series (``GET /metrics``, admin token); the labels of each are in brackets:
 - ``kgents_http_request_duration_seconds`` [method, route]: time to answer (histogram); SSE
   responses are left out, they last as long as the client follows.
 - ``kgents_sse_streams_active``: Server-Sent Events responses open now.
-- ``kgents_time_to_first_chunk_seconds``: from the start of a turn's generation to its first
-  chunk handed to JetStream (histogram).
-- ``kgents_chunks_published_total``: reply chunks published.
+- ``kgents_time_to_first_chunk_seconds``: from the ack of a turn's ``user_message`` to the ack
+  of its first chunk (histogram).
+- ``kgents_chunks_published_total``: reply chunk events published (each one or more tokens).
 - ``kgents_turns_finished_total`` [outcome]: ``complete`` or the error code (``cancelled``…).
 - ``kgents_jetstream_publish_seconds`` [operation]: time the generation waited on JetStream
-  (histogram): ``publish`` (one event, ack awaited), ``batch_add`` (pipelined, waits only when
-  the ack window is full), ``flush`` (the remaining acks of a turn).
+  (histogram), each publish until its ack: ``start`` (a turn's ``user_message``), ``chunk``,
+  ``end`` (``complete`` or ``error``).
 - ``kgents_outbox_backlog``: usage events not yet relayed to JetStream.
 - ``kgents_nats_connected``: 1 while NATS is connected, else 0.
 - ``kgents_turns_running``: generation tasks running in this process.
@@ -163,7 +163,7 @@ class Metrics:
         )
         self.time_to_first_chunk = Histogram(
             "kgents_time_to_first_chunk_seconds",
-            "From the start of a turn's generation to its first chunk handed to JetStream.",
+            "From the ack of a turn's user_message to the ack of its first chunk.",
             buckets=FIRST_CHUNK_BUCKETS,
             registry=registry,
         )
@@ -178,7 +178,7 @@ class Metrics:
         )
         self.publish_seconds = Histogram(
             "kgents_jetstream_publish_seconds",
-            "Time the generation waited on JetStream, by operation (publish, batch_add, flush).",
+            "Time the generation waited on JetStream, by operation (start, chunk, end).",
             ["operation"],
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -1,14 +1,18 @@
 """The generation task: provider stream -> session events -> one final transaction.
 
-It runs detached from any HTTP connection. Each text delta is published as a ``chunk`` event the
-moment the provider yields it; when the provider finishes (or fails, or the turn is cancelled) the
-reply, the turn's final state and its ``llm.tokens`` usage event are stored in one transaction,
-and only then is ``complete`` or ``error`` published.
+It runs detached from any HTTP connection, with one publish in flight per turn: a text delta
+is published as a ``chunk`` event at once when nothing is awaiting an ack; the deltas that
+arrive while the previous chunk is unacknowledged go out together as the next one (``text``
+joined, ``index`` the first delta's). The provider is read ahead into a bounded buffer meanwhile
+and is not read further while it is full (through a NATS failover, too). The reply is the text
+of the acknowledged chunks, nothing else. When the provider finishes (or fails, or the turn is
+cancelled) the reply, the turn's final state and its ``llm.tokens`` usage event are stored in one
+transaction, and only then is ``complete`` or ``error`` published.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +30,7 @@ from kgents.llm.base import (
 from kgents.records import Message, Turn, TurnStatus
 from kgents.sessions.billing import turn_bill
 from kgents.sessions.persona import DORMANT_REPLY
-from kgents.sessions.ports import EventBatch, SessionEvent, SessionEventLog, SessionStore
+from kgents.sessions.ports import SessionEvent, SessionEventLog, SessionStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,10 @@ END_RETRY_FIRST_SECONDS = 0.5
 END_RETRY_MAX_SECONDS = 10.0
 END_RETRY_SECONDS = 600.0
 """How long a turn's end event is retried while the event stream is unavailable."""
+
+AckListener = Callable[[SessionEvent, int], None]
+"""Told of each event of a turn that JetStream acknowledged, with its stream sequence, in
+stream order, as soon as the ack is in (the chunks, then ``complete`` or ``error``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +70,9 @@ class TurnOutcome:
 
 @dataclass(slots=True)
 class _Progress:
-    text: list[str]
-    chunks: int = 0
+    text: list[str]  # of the acknowledged chunks
+    tokens: int = 0  # text deltas in the acknowledged chunks (the next chunk's index)
+    chunks: int = 0  # acknowledged chunk events
     usage: Usage | None = None
 
 
@@ -151,7 +160,9 @@ class TurnRunner:
         try:
             seq = await self._events.publish(user_message_event(planned.turn, user_message))
         except EventsUnavailable as exc:
-            await self._close(planned, _Progress(text=[]), None, status="failed", error=exc)
+            await self._close(
+                planned, _Progress(text=[]), None, status="failed", error=exc, publish_end=False
+            )
             raise
         self._in_background(
             self._store_first_seq(planned.turn.id, seq), name=f"first-seq:{planned.turn.id}"
@@ -166,49 +177,59 @@ class TurnRunner:
             # session's without it.
             logger.warning("could not store the first sequence of turn %s", turn_id, exc_info=True)
 
-    async def run(self, planned: PlannedTurn) -> TurnOutcome:
+    async def run(self, planned: PlannedTurn, listener: AckListener | None = None) -> TurnOutcome:
         """Generate, publish and store the reply of ``planned``; never raises a domain error.
 
-        If the task is cancelled, the turn is stored as ``cancelled`` with what was generated
-        and that outcome is returned.
+        ``listener`` is told of each acknowledged event of the turn (see ``AckListener``). If
+        the task is cancelled, the turn is stored as ``cancelled`` with what was published and
+        that outcome is returned.
         """
         turn = planned.turn
         progress = _Progress(text=[])
-        batch = self._events.batch()
         source = (
             self._provider.stream(planned.request) if planned.request else _dormant_stream(turn)
         )
+        close = self._close
         try:
-            await self._pump(turn, source, batch, progress)
+            await self._pump(turn, source, progress, listener)
         except ProviderError as exc:
-            return await self._close(planned, progress, batch, status="failed", error=exc)
+            return await close(planned, progress, listener, status="failed", error=exc)
         except EventsUnavailable as exc:
-            return await self._close(planned, progress, batch, status="failed", error=exc)
+            return await close(planned, progress, listener, status="failed", error=exc)
         except asyncio.CancelledError:
             # Cancelling the task is how a turn is cancelled on purpose (or at shutdown): the
             # turn is stored as ``cancelled`` and this task ends normally with that outcome.
             cancelled = KgentsError("the turn was cancelled", code="cancelled")
             return await asyncio.shield(
-                self._close(planned, progress, batch, status="cancelled", error=cancelled)
+                close(planned, progress, listener, status="cancelled", error=cancelled)
             )
-        return await self._close(planned, progress, batch, status="complete", error=None)
+        return await close(planned, progress, listener, status="complete", error=None)
 
     async def _pump(
         self,
         turn: Turn,
         source: AsyncIterator[StreamItem],
-        batch: EventBatch,
         progress: _Progress,
+        listener: AckListener | None,
     ) -> None:
-        async for item in FluxStream(source).buffer(self._buffer_size):
-            if isinstance(item, Usage):
-                progress.usage = item
+        # Each step takes every item read while the previous chunk awaited its ack.
+        async for items in FluxStream(source).batches(self._buffer_size):
+            texts = []
+            for item in items:
+                if isinstance(item, Usage):
+                    progress.usage = item
+                elif item.text:
+                    texts.append(item.text)
+            if not texts:
                 continue
-            if not item.text:
-                continue
-            await batch.add(chunk_event(turn, index=progress.chunks, text=item.text))
-            progress.text.append(item.text)
+            text = texts[0] if len(texts) == 1 else "".join(texts)
+            event = chunk_event(turn, index=progress.tokens, text=text)
+            seq = await self._events.publish(event)  # retried through a failover, same msg id
+            progress.text.append(text)
+            progress.tokens += len(texts)
             progress.chunks += 1
+            if listener is not None:
+                listener(event, seq)
 
     def _final_turn(self, planned: PlannedTurn, progress: _Progress, status: TurnStatus) -> Turn:
         usage = progress.usage
@@ -237,10 +258,11 @@ class TurnRunner:
         self,
         planned: PlannedTurn,
         progress: _Progress,
-        batch: EventBatch | None,
+        listener: AckListener | None,
         *,
         status: TurnStatus,
         error: KgentsError | None,
+        publish_end: bool = True,
     ) -> TurnOutcome:
         final = self._final_turn(planned, progress, status)
         if error is not None:
@@ -255,20 +277,25 @@ class TurnRunner:
         outcome = TurnOutcome(
             turn=stored, message=bill.message, error=error, chunks=progress.chunks
         )
-        if batch is not None:
-            await self._publish_end(outcome, batch)
+        if publish_end:
+            await self._publish_end(outcome, listener)
         return outcome
 
-    async def _publish_end(self, outcome: TurnOutcome, batch: EventBatch) -> None:
-        try:
-            await batch.add(outcome.end_event())
-            await batch.flush()
-        except EventsUnavailable:
-            # The turn is stored; its followers learn its end once the stream is back.
-            logger.warning("could not publish the end of turn %s; retrying", outcome.turn.id)
-            self._in_background(
-                self._publish_end_later(outcome.end_event()), name=f"end:{outcome.turn.id}"
-            )
+    async def _publish_end(self, outcome: TurnOutcome, listener: AckListener | None) -> None:
+        end = outcome.end_event()
+        if not isinstance(outcome.error, EventsUnavailable):
+            try:
+                seq = await self._events.publish(end)
+            except EventsUnavailable:
+                pass
+            else:
+                if listener is not None:
+                    listener(end, seq)
+                return
+        # The stream failed for longer than a failover (now or while the turn ran): the turn
+        # is stored; its followers learn its end once the stream is back.
+        logger.warning("could not publish the end of turn %s; retrying", outcome.turn.id)
+        self._in_background(self._publish_end_later(end), name=f"end:{outcome.turn.id}")
 
     async def _publish_end_later(self, end: SessionEvent) -> None:
         """Publish a turn's end event once the stream is back (its message id makes a copy

@@ -129,18 +129,6 @@ class Follower(Protocol):
     async def aclose(self) -> None: ...
 
 
-class EventBatch(Protocol):
-    """Publishes one turn's events without a round trip each; acks are awaited in batches."""
-
-    async def add(self, event: SessionEvent) -> None:
-        """Publish ``event``; may wait for earlier acks when too many are outstanding."""
-        ...
-
-    async def flush(self) -> None:
-        """Wait until every event added so far is acknowledged."""
-        ...
-
-
 class SessionEventLog(Protocol):
     """The durable, ordered event stream of sessions (JetStream in production and in tests)."""
 
@@ -149,11 +137,9 @@ class SessionEventLog(Protocol):
         ...
 
     async def publish(self, event: SessionEvent) -> int:
-        """Publish and wait for the ack; return the event's stream sequence."""
-        ...
-
-    def batch(self) -> EventBatch:
-        """A batch publisher for the events of one turn."""
+        """Publish and wait for the ack; return the event's stream sequence. Through a leader
+        election or a reconnect the same message is sent again (for a bounded time) before
+        ``EventsUnavailable`` is raised."""
         ...
 
     async def open_follower(

@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 from kgents.records import Message
-from kgents.sessions.generation import PlannedTurn, TurnOutcome, TurnRunner
+from kgents.sessions.generation import AckListener, PlannedTurn, TurnOutcome, TurnRunner
 
 logger = logging.getLogger(__name__)
 
@@ -17,15 +17,20 @@ class TurnSupervisor:
         self._by_session: dict[str, asyncio.Task[TurnOutcome]] = {}
 
     async def launch(
-        self, planned: PlannedTurn, user_message: Message
+        self, planned: PlannedTurn, user_message: Message, listener: AckListener | None = None
     ) -> "tuple[int, asyncio.Task[TurnOutcome]]":
-        """Publish the turn's first event, then generate detached; return (first seq, task)."""
+        """Publish the turn's first event, then generate detached; return (first seq, task).
+        ``listener`` is told of each later event of the turn once JetStream acknowledged it."""
         first_seq = await self._runner.open(planned, user_message)
-        return first_seq, self.spawn(planned)
+        return first_seq, self.spawn(planned, listener)
 
-    def spawn(self, planned: PlannedTurn) -> "asyncio.Task[TurnOutcome]":
+    def spawn(
+        self, planned: PlannedTurn, listener: AckListener | None = None
+    ) -> "asyncio.Task[TurnOutcome]":
         """Start generating ``planned`` detached from the caller (an HTTP request may go away)."""
-        task = asyncio.create_task(self._runner.run(planned), name=f"turn:{planned.turn.id}")
+        task = asyncio.create_task(
+            self._runner.run(planned, listener), name=f"turn:{planned.turn.id}"
+        )
         session_id = planned.turn.session_id
         self._by_session[session_id] = task
         task.add_done_callback(lambda done: self._forget(session_id, done))

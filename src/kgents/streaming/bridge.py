@@ -1,8 +1,11 @@
 """``JetStreamEventLog``: the sessions' event stream on JetStream (implements ``SessionEventLog``).
 
-- ``publish`` waits for the ack and returns the stream sequence (one round trip).
-- ``batch()`` publishes asynchronously and awaits acks in batches: at most ``window`` acks are
-  outstanding; half the window is awaited when it fills, and ``flush()`` awaits the rest.
+- ``publish`` waits for the ack and returns the stream sequence (one round trip); through a
+  leader election or a reconnect it sends the same message again for up to
+  ``failover_seconds`` (``failover.publish_with_failover``).
+- ``batch()`` (for bulk writers such as benchmarks) publishes asynchronously and awaits acks in
+  batches: at most ``window`` acks are outstanding; half the window is awaited when it fills,
+  and ``flush()`` awaits the rest.
 - ``follow`` / ``open_follower``: replay from a sequence (or from the start, or only new events),
   then live, in order, bounded buffering. All the followers of a session in this process share
   one ordered ephemeral consumer filtered on ``kgent.session.<id>.>`` (``fanout.SessionHub``);
@@ -10,8 +13,8 @@
 - ``turn_chunks`` reads back what a dead turn generated, for start-up recovery.
 - ``request_cancel`` / ``subscribe_cancels`` signal cancellation across replicas (core NATS).
 
-Nothing waits without a bound: each ack wait has ``ack_timeout``; while NATS is disconnected
-publishing fails at once with ``EventsUnavailable``.
+Nothing waits without a bound: each ack wait has ``ack_timeout``, each publish
+``failover_seconds`` in all.
 """
 
 import asyncio
@@ -30,6 +33,7 @@ from kgents.streaming.consumer import (
     OrderedConsumer,
     StartPosition,
 )
+from kgents.streaming.failover import publish_with_failover
 from kgents.streaming.fanout import SessionFollower, SessionHub
 from kgents.streaming.pipeline import AckRouter, PipelinedBatch
 from kgents.streaming.subjects import NO_PREFIX, Namespace, session_subject, session_wildcard
@@ -42,6 +46,7 @@ DEFAULT_ACK_WINDOW = 256
 DEFAULT_FOLLOW_BATCH = 128
 FOLLOW_MAILBOX_BATCHES = 4
 DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_FAILOVER_SECONDS = 30.0
 
 
 class JetStreamBatch:
@@ -117,8 +122,10 @@ class JetStreamEventLog:
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         outage_seconds: float = DEFAULT_OUTAGE_SECONDS,
         ns: Namespace = NO_PREFIX,
+        failover_seconds: float = DEFAULT_FAILOVER_SECONDS,
     ) -> None:
         self._conn = conn
+        self._failover = failover_seconds
         self._router = AckRouter(conn)
         self._ack_timeout = ack_timeout
         self._ack_window = ack_window
@@ -148,21 +155,17 @@ class JetStreamEventLog:
     async def publish(self, event: SessionEvent) -> int:
         """Publish and wait for the ack; return the event's stream sequence.
 
+        Through a leader election or a reconnect the same message is sent again until it is
+        acknowledged or ``failover_seconds`` have passed (then ``EventsUnavailable``).
         Republishing an event with the same ``msg_id`` within the duplicate window stores
         nothing and returns the sequence of the first copy.
         """
-        message = encode_session_event(event, ns=self._ns)
-        self._conn.require_connected()
-        ack = await self._conn.guard(
-            self._conn.js.publish(
-                message.subject,
-                message.payload,
-                timeout=self._ack_timeout,
-                headers=message.headers,
-            ),
-            action="publishing an event",
+        return await publish_with_failover(
+            self._conn,
+            encode_session_event(event, ns=self._ns),
+            ack_timeout=self._ack_timeout,
+            failover_seconds=self._failover,
         )
-        return int(ack.seq)
 
     def batch(self) -> JetStreamBatch:
         """A batch publisher for the events of one turn."""

@@ -71,7 +71,9 @@ async def open_streaming(settings: Settings) -> AsyncIterator[Streaming]:
         )
         yield Streaming(
             connection=connection,
-            events=JetStreamEventLog(connection, ns=ns),
+            events=JetStreamEventLog(
+                connection, ns=ns, failover_seconds=settings.nats_failover_seconds
+            ),
             usage=JetStreamUsagePublisher(connection, ns=ns),
             embedded=embedded,
             namespace=ns,
