@@ -190,6 +190,7 @@ async def test_nats_outage_gives_clean_503_and_recovers(tmp_path: Path) -> None:
             f"sqlite:///{tmp_path / 'kgents.db'}",
             nats.url,
             demo_token_delay_ms=50,
+            nats_failover_seconds=2.0,  # an outage longer than the failover window
         )
         with server_in_thread(settings) as base_url:
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
