@@ -14,7 +14,7 @@ async def test_every_html_response_has_a_policy_and_cannot_be_framed(api: Api) -
         "/": CONTENT_SECURITY_POLICY,
         "/console/index.html": CONTENT_SECURITY_POLICY,
         "/docs": DOCS_CONTENT_SECURITY_POLICY,
-        "/redoc": DOCS_CONTENT_SECURITY_POLICY,
+        "/docs/oauth2-redirect": DOCS_CONTENT_SECURITY_POLICY,
     }
     for path, policy in pages.items():
         response = await api.client.get(path)

@@ -1,5 +1,7 @@
 """Chat in the browser: sign in, sessions, a reply streamed token by token, resume, cancel."""
 
+import re
+
 from playwright.sync_api import Page, Request, expect
 
 from tests.console.conftest import (
@@ -165,6 +167,30 @@ def test_chat_on_a_narrow_screen(narrow_page: Page, console: Console) -> None:
     page.locator("#msg-budget").select_option("whisper")
     send(page, message_with_reply("Short and sweet?", words=range(40, 46)))
     expect(page.locator(LAST_REPLY)).to_have_attribute("data-complete", "true", timeout=20_000)
+    # A session with the long default title, and a word too long for any line.
+    page.get_by_role("button", name="New session").click()
+    page.get_by_role("heading", name=re.compile("Untitled session"), level=2).wait_for()
+    send(page, "https://example.com/" + "a-very-long-path-segment-" * 8)
+    expect(page.locator(LAST_REPLY)).to_have_attribute("data-complete", "true", timeout=20_000)
+    assert_fits_the_viewport(page)
+    deletes = page.get_by_role("button", name=re.compile("^Delete session"))
+    for i in range(deletes.count()):
+        box = deletes.nth(i).bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390, box
+    screenshot(page, "07-chat-narrow")
+    for view in ("Usage", "Chat"):
+        page.get_by_role("link", name=view).click()
+        assert_fits_the_viewport(page)
+
+
+def assert_fits_the_viewport(page: Page) -> None:
+    """No horizontal scroll: the page and every element end within the viewport's width."""
     width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"horizontal overflow on a narrow screen: {width}"
-    screenshot(page, "07-chat-narrow")
+    wider = page.evaluate(
+        """() => [...document.querySelectorAll("body *")]
+            .filter((e) => e.offsetParent !== null)
+            .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+            .map((e) => `${e.tagName}#${e.id}.${e.className}`)"""
+    )
+    assert wider == [], wider

@@ -19,6 +19,7 @@ from kgents.api.routes import (
     admin_metering,
     budgets,
     console,
+    docs,
     health,
     openmeter,
     sessions,
@@ -100,6 +101,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         version=__version__,
         summary="Conversations with K-gent: streamed over NATS JetStream, metered exactly once.",
         lifespan=lifespan,
+        docs_url=None,  # served by routes/docs.py from the package, not from a CDN
+        redoc_url=None,
     )
     app.state.metrics = metrics
     install_error_handlers(app)
@@ -112,6 +115,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(admin_metering.router, responses=DATABASE_ERRORS)
     app.include_router(metrics_routes.router)
     console.install(app)
+    docs.install(app)
 
     async def record_usage(events: list[UsageEvent]) -> None:
         await app.state.platform.outbox.add(events, at=utc_now())
@@ -131,7 +135,6 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 "X-Request-ID",
             ],
         )
-    docs_paths = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
-    app.add_middleware(SecurityHeadersMiddleware, docs_paths=[p for p in docs_paths if p])
+    app.add_middleware(SecurityHeadersMiddleware, docs_paths=docs.DOCS_PAGES)
     app.add_middleware(RequestObserver, metrics=metrics)
     return app

@@ -3,9 +3,9 @@
 - Every response: ``X-Content-Type-Options: nosniff``, so no browser reads JSON as a page.
 - Every HTML response (the console's page at ``/`` and any ``.html`` under ``/console/``):
   the console's strict ``Content-Security-Policy`` and ``X-Frame-Options: DENY``, so no page
-  of another origin frames it. The interactive API docs (``/docs``, ``/redoc``) load their
-  scripts from a CDN and start them inline, so they get a policy that allows exactly that, and
-  may not be framed either.
+  of another origin frames it. The interactive API docs (``/docs``) load their script and
+  styles from this server (``api/routes/docs.py``) and start them inline, so they get a
+  policy that allows exactly that, nothing from another host, and may not be framed either.
 
 A header the route set itself is kept.
 """
@@ -29,14 +29,13 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-ancestors 'none'",
     )
 )
-_DOCS_CDN = "https://cdn.jsdelivr.net"
 DOCS_CONTENT_SECURITY_POLICY = "; ".join(
     (
         "default-src 'none'",
-        f"script-src {_DOCS_CDN} 'unsafe-inline'",
-        f"style-src {_DOCS_CDN} https://fonts.googleapis.com 'unsafe-inline'",
-        f"img-src 'self' {_DOCS_CDN} https://fastapi.tiangolo.com data:",
-        "font-src https://fonts.gstatic.com",
+        "script-src 'self' 'unsafe-inline'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "font-src 'self'",
         "connect-src 'self'",
         "worker-src blob:",
         "base-uri 'none'",
