@@ -171,6 +171,27 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS; empty = off."
     )
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Largest request body.")
+    max_header_bytes: int = Field(
+        default=16_384,
+        ge=1024,
+        description="Largest request head (request line and headers); 400 above.",
+    )
+    request_head_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time a connection has to send each request head (from connecting or the "
+        "previous response; also the idle keep-alive time); 408 and disconnected after.",
+    )
+    request_body_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Time a request has to send its whole body; 408 and disconnected after.",
+    )
+    max_connections: int = Field(
+        default=1_000,
+        ge=1,
+        description="Most connections (and requests) one process serves at once; 503 beyond.",
+    )
     max_message_chars: int = Field(default=32_000, ge=1, description="Longest user message.")
     stream_buffer_size: int = Field(
         default=64, ge=1, description="Bound of every in-process stream buffer."

@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 
 from kgents.api.app import create_app
+from kgents.cli.http_server import uvicorn_limits
 from kgents.config import Settings
 
 
@@ -46,7 +47,12 @@ def server_in_thread(settings: Settings) -> Iterator[str]:
     """Run the app under uvicorn in a background thread; yield its base URL."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        **uvicorn_limits(settings),  # the connection limits of ``kgents serve``
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

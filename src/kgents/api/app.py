@@ -121,7 +121,12 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         await app.state.platform.outbox.add(events, at=utc_now())
 
     app.add_middleware(RequestUsageMiddleware, record=record_usage)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.request_body_timeout_seconds,
+        max_head_bytes=settings.max_header_bytes,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

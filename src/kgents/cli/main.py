@@ -18,6 +18,7 @@ from kgents.cli.common import (
     progress_bar,
     run,
 )
+from kgents.cli.http_server import uvicorn_limits
 from kgents.cli.metering import metering_app
 from kgents.cli.nats import nats_app
 from kgents.cli.serve_start import in_use, print_banner
@@ -152,6 +153,7 @@ def serve(
         log_config=None,  # uvicorn's records go through the structured handler
         access_log=False,  # the request observer logs each request, with its request id
         timeout_graceful_shutdown=15,
+        **uvicorn_limits(settings),
     )
 
 

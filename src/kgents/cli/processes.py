@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from kgents.api.app import create_app
+from kgents.cli.http_server import uvicorn_limits
 from kgents.config import Settings
 from kgents.observability.logging import LOG_FORMATS, configure_logging
 from kgents.store.engine import database_url, upgrade_database
@@ -88,6 +89,7 @@ def serve_workers(settings: Settings, *, log_level: str, log_format: str) -> Non
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=15,
+            **uvicorn_limits(settings),
         )
 
 
