@@ -1,12 +1,15 @@
 """The two streams are created once, kept as specified, and reported for ``kgents nats streams``."""
 
 import contextlib
+from pathlib import Path
 
 import nats.js.errors
 import pytest
 from nats.js import api
 
+from kgents.config import Settings
 from kgents.streaming.connection import NatsConnection
+from kgents.streaming.runtime import open_streaming
 from kgents.streaming.topology import (
     EVENTS_STREAM,
     USAGE_STREAM,
@@ -14,6 +17,7 @@ from kgents.streaming.topology import (
     ensure_streams,
     stream_specs,
 )
+from tests.support.nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -81,11 +85,14 @@ async def test_changed_settings_are_applied(conn: NatsConnection) -> None:
     await ensure_streams(conn, replicas=1)  # back to the defaults for the other tests
 
 
-async def test_the_events_byte_limit_follows_the_settings(conn: NatsConnection) -> None:
+async def test_the_events_byte_limit_follows_the_settings(
+    conn: NatsConnection, nats: NatsServer, tmp_path: Path
+) -> None:
     await ensure_streams(conn, replicas=1)
-    outcome = await ensure_streams(conn, replicas=1, events_max_bytes=64 << 20)
-    assert [s.action for s in outcome] == ["updated", "unchanged"]
-    assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_bytes == 64 << 20
+    settings = Settings(data_dir=tmp_path, nats_url=nats.url, events_max_bytes=64 << 20)
+    async with open_streaming(settings):  # what the server does at start-up
+        assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_bytes == 64 << 20
+    await ensure_streams(conn, replicas=1)  # back to the defaults for the other tests
     await ensure_streams(conn, replicas=1)  # back to the defaults for the other tests
     assert (await conn.js.stream_info(EVENTS_STREAM)).config.max_bytes == 1 << 30
 
