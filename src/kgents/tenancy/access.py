@@ -67,7 +67,10 @@ class AccessWatch:
         one: streams do not all end at a database blip."""
         if self._lapse is not None:
             raise self._lapse
-        if self.seconds_until_due() > 0:
+        if self._expires_at is not None and self._expires_at <= utc_now():
+            self._lapse = AccessLapsed("API key expired", code="key_expired")
+            raise self._lapse
+        if self._clock() < self._next:
             return
         self._next = self._clock() + self._interval
         try:
