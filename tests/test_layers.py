@@ -36,7 +36,10 @@ DRIVERS = {
     "uvicorn",
     "alembic",
     "prometheus_client",
+    "sqlite3",
 }
+# Driver errors are translated in store/ (STYLE.md): the faces never see a database library.
+DATABASE_LIBRARIES = {"sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "alembic"}
 
 FORBIDDEN: dict[str, set[str]] = {
     **{leaf: SERVICES | ADAPTERS | TOP | BESIDE_TOP | {"flux"} for leaf in LEAVES},
@@ -45,6 +48,8 @@ FORBIDDEN: dict[str, set[str]] = {
     **dict.fromkeys(ADAPTERS, TOP | BESIDE_TOP),
     "client": SERVICES | ADAPTERS | TOP | OBSERVABILITY | DRIVERS | {"flux"},
     "observability": ADAPTERS | TOP | CLIENT,
+    "api": DATABASE_LIBRARIES,
+    "cli": DATABASE_LIBRARIES,
 }
 
 

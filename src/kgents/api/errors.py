@@ -13,8 +13,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kgents.api.problems import new_instance, problem_response, wants_problem
@@ -160,13 +158,6 @@ def install_error_handlers(app: FastAPI) -> None:
         code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         return _respond(request, exc.status_code, code, message, dict(exc.headers or {}))
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(PoolTimeout)  # no turn at the writer's connection in time (SQLite)
-    async def _database(request: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
-        # Locked or unreachable database: a temporary condition, not a server bug.
-        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return database_unavailable_response(request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -22,7 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
-from kgents.store.unavailable import translate_connection_errors
+from kgents.store.unavailable import (
+    UnavailableOnTimeoutPool,
+    translate_connection_errors,
+    translate_operational_errors,
+)
 
 _MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _WRITES = "kgents_writes"
@@ -92,6 +96,7 @@ def _sqlite_engine(url: URL, **options: Any) -> AsyncEngine:
     engine = create_async_engine(url, **options)
     event.listen(engine.sync_engine, "connect", _sqlite_connect)
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    translate_operational_errors(engine.sync_engine)
     return engine
 
 
@@ -102,6 +107,7 @@ def create_engine(url: URL) -> AsyncEngine:
         if url.database and url.database != ":memory:":
             writer = _sqlite_engine(
                 url,
+                poolclass=UnavailableOnTimeoutPool,
                 pool_size=1,
                 max_overflow=0,
                 pool_timeout=_WRITER_TIMEOUT_SECONDS,
@@ -116,7 +122,13 @@ def create_engine(url: URL) -> AsyncEngine:
             event.listen(engine.sync_engine, "engine_disposed", dispose_writer)
         return engine
     # asyncpg takes a Unix socket directory through ``host`` in the query string as libpq does.
-    engine = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(
+        url,
+        poolclass=UnavailableOnTimeoutPool,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+    )
     translate_connection_errors(engine)
     return engine
 

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -13,6 +14,7 @@ from kgents.records import UsageEvent
 from kgents.store.engine import for_writes
 from kgents.store.outbox_sql import OUTBOX, OutboxSql, stored_time_rfc3339
 from kgents.store.schema import OutboxRow
+from kgents.store.unavailable import database_unavailable
 
 
 def add_outbox_events(
@@ -54,9 +56,12 @@ class SqlOutboxStore:
         if not events:
             return
         pages = self._sql.insert_pages(events, at=at)
-        async with for_writes(self._engine).begin() as connection:
-            for rows, values in pages:
-                await connection.exec_driver_sql(self._sql.insert.sql(rows), values)
+        try:
+            async with for_writes(self._engine).begin() as connection:
+                for rows, values in pages:
+                    await connection.exec_driver_sql(self._sql.insert.sql(rows), values)
+        except SQLAlchemyError as exc:
+            raise database_unavailable(f"storing usage events: {type(exc).__name__}") from exc
 
     async def pending(self, *, limit: int) -> Sequence[UsageEvent]:
         """The oldest unsent events."""

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
+from kgents.store.unavailable import translate_operational_errors
+
 T = TypeVar("T")
 _SYNC_ENGINE = "kgents_sync_engine"  # key in the pooled connection's ``info``
 
@@ -86,6 +88,7 @@ def _sync_engine(raw: PoolProxiedConnection) -> Engine:
         engine = create_engine(
             "sqlite://", creator=lambda: connection, poolclass=StaticPool, pool_reset_on_return=None
         )
+        translate_operational_errors(engine)
         raw.info[_SYNC_ENGINE] = engine
     return cast(Engine, engine)
 

@@ -1,24 +1,30 @@
-"""A PostgreSQL server that cannot be reached, as the domain's ``Unavailable``
-(``database_unavailable``, 503) instead of a driver error.
+"""A database that cannot serve a statement, as the domain's ``Unavailable``
+(``database_unavailable``, 503) instead of a driver error: the translation every engine of
+``store.engine`` carries, so no caller (``api/`` least of all) ever handles a driver error.
 
-Two ways the server goes away, both translated on the engine so every adapter gets them:
-
-- Opening a connection fails (refused, no socket, starting up or shutting down, too many
-  connections): asyncpg raises ``OSError`` unwrapped, which SQLAlchemy passes through as it
+- Opening a PostgreSQL connection fails (refused, no socket, starting up or shutting down, too
+  many connections): asyncpg raises ``OSError`` unwrapped, which SQLAlchemy passes through as it
   is, or a server error that SQLAlchemy wraps. ``do_connect`` opens the connection itself and
   translates both.
 - A connection dies under a statement or a commit (the server restarted): SQLAlchemy marks it
   a disconnect and invalidates it; ``handle_error`` translates. A pre-ping's disconnect is left
   alone, since the pool then reconnects by itself.
+- Any other ``OperationalError`` (SQLite's "database is locked" after its busy timeout, an
+  operator cancelling a statement) is a database that cannot serve now: ``handle_error``.
+- No pooled connection comes free within the pool's timeout (SQLite's single writer
+  connection, PostgreSQL's pool under load): ``UnavailableOnTimeoutPool``.
 """
 
 import asyncio
 from typing import Any
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import Dialect, ExceptionContext
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
 from kgents.errors import Unavailable
 
@@ -28,7 +34,8 @@ _CONNECT_FAILURES = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, async
 
 def database_unavailable(reason: str) -> Unavailable:
     return Unavailable(
-        f"the database is unreachable ({reason}); try again shortly", code=DATABASE_UNAVAILABLE
+        f"the database is busy or unreachable ({reason}); try again shortly",
+        code=DATABASE_UNAVAILABLE,
     )
 
 
@@ -39,7 +46,22 @@ def is_database_unavailable(error: BaseException) -> bool:
 def translate_connection_errors(engine: AsyncEngine) -> None:
     """Make ``engine`` (PostgreSQL) raise ``Unavailable`` when its server cannot be reached."""
     event.listen(engine.sync_engine, "do_connect", _connect)
-    event.listen(engine.sync_engine, "handle_error", _disconnect)
+    translate_operational_errors(engine.sync_engine)
+
+
+def translate_operational_errors(engine: Engine) -> None:
+    """Make ``engine`` raise ``Unavailable`` for a lost connection or an ``OperationalError``."""
+    event.listen(engine, "handle_error", _translate)
+
+
+class UnavailableOnTimeoutPool(AsyncAdaptedQueuePool):
+    """The async engines' pool, whose wait for a free connection ends in ``Unavailable``."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        try:
+            return super()._do_get()
+        except PoolTimeout as exc:
+            raise database_unavailable("no connection free in time") from exc
 
 
 def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
@@ -50,12 +72,13 @@ def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
         raise database_unavailable(f"cannot connect: {type(exc).__name__}") from exc
 
 
-def _disconnect(context: ExceptionContext) -> BaseException | None:
-    if (
-        context.is_disconnect
-        and not context.is_pre_ping
-        # A cancelled task closes its connection: that stays a cancellation.
-        and isinstance(context.original_exception, Exception)
-    ):
-        return database_unavailable(f"connection lost: {type(context.original_exception).__name__}")
+def _translate(context: ExceptionContext) -> BaseException | None:
+    original = context.original_exception
+    # A cancelled task closes its connection: that stays a cancellation.
+    if context.is_pre_ping or not isinstance(original, Exception):
+        return None
+    if context.is_disconnect:
+        return database_unavailable(f"connection lost: {type(original).__name__}")
+    if isinstance(context.sqlalchemy_exception, OperationalError):
+        return database_unavailable(f"busy or unreachable: {type(original).__name__}")
     return None

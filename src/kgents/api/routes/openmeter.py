@@ -42,7 +42,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
-from sqlalchemy.exc import SQLAlchemyError
 
 from kgents.api.deps import ApiKeyHeaderDep, BearerDep, PlatformDep, get_principal
 from kgents.api.problems import problem_doc, problem_response
@@ -54,7 +53,7 @@ from kgents.api.schemas import (
     MeterQueryRowPublic,
 )
 from kgents.clock import utc_now
-from kgents.errors import Forbidden, InvalidInput, NotFound, Unavailable
+from kgents.errors import Forbidden, InvalidInput, NotFound
 from kgents.metering.cloudevents import (
     JSON_CONTENT_TYPE,
     MAX_BATCH,
@@ -63,8 +62,6 @@ from kgents.metering.cloudevents import (
 )
 from kgents.metering.meters import Meter, WindowSize
 from kgents.platform import Platform
-from kgents.records import UsageEvent
-from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.tenancy.keys import tokens_match
 from kgents.tenancy.service import Principal
 
@@ -187,23 +184,12 @@ async def ingest_events(request: Request, caller: CallerDep, platform: PlatformD
             code="invalid_event",
             extensions={"errors": [problem.wire() for problem in problems[:MAX_REPORTED_ERRORS]]},
         )
-    await _add_to_outbox(platform.outbox, events, at=now)
+    # One transaction; events stored before (duplicates) are skipped, so a retry is safe.
+    await platform.outbox.add(events, at=now)
     notify = getattr(getattr(request.app.state, "relay", None), "notify", None)
     if callable(notify):
         notify()  # relay now rather than at the relay's next poll
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-async def _add_to_outbox(outbox: SqlOutboxStore, events: list[UsageEvent], *, at: datetime) -> None:
-    """Store ``events`` in the outbox in one transaction; those stored before (duplicates)
-    are skipped by the outbox, so a client's retry is safe."""
-    try:
-        await outbox.add(events, at=at)
-    except SQLAlchemyError as exc:
-        raise Unavailable(
-            "could not store the events; retrying is safe (duplicates are ignored)",
-            code="store_unavailable",
-        ) from exc
 
 
 # -- meters --------------------------------------------------------------------------------
