@@ -222,6 +222,25 @@ class Settings(BaseSettings):
     meters_file: Path | None = Field(
         default=None, description="YAML file of meters in OpenMeter's format."
     )
+    prune_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="How often each process removes relayed outbox rows and ended rate-limit "
+        "windows from the database (in batches of KGENTS_PRUNE_BATCH_ROWS).",
+    )
+    prune_batch_rows: int = Field(
+        default=500,
+        ge=1,
+        le=100_000,
+        description="Rows removed per pruning transaction (small, so writers never wait long).",
+    )
+    outbox_sent_retention_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="How long a relayed usage event stays in the outbox (its own dedupe of a "
+        "client's retry; the meter store dedupes for good) before it is pruned.",
+    )
     metering_ack_wait_seconds: float = Field(
         default=30.0,
         ge=1,

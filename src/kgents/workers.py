@@ -1,5 +1,6 @@
 """Background work of a running server: cross-replica cancels, turn recovery, outbox relay,
-metering (the ``metering`` consumer, shared by all replicas, and forwarding to OpenMeter).
+metering (the ``metering`` consumer, shared by all replicas, and forwarding to OpenMeter),
+storage pruning.
 
 Each worker is a task that retries on its own; ``running_workers`` starts them all, yields
 them (``Workers``: the relay to ``notify``, the metering processor for its ``stats``) and
@@ -17,6 +18,7 @@ from kgents.metering.relay import OutboxRelay
 from kgents.platform import Generation, Platform
 from kgents.sessions.recovery import TurnRecovery
 from kgents.sinks.openmeter import configured_sink
+from kgents.store.pruning import StoragePruner
 from kgents.streaming.runtime import Streaming
 from kgents.streaming.usage_consumer import ConsumerSpec, UsageConsumer
 
@@ -48,6 +50,11 @@ async def running_workers(
         ),
     )
     metering = MeteringProcessor(source=usage, store=platform.meters, sink=sink)
+    pruner = StoragePruner(
+        platform.engine,
+        batch=settings.prune_batch_rows,
+        sent_retention=timedelta(seconds=settings.outbox_sent_retention_seconds),
+    )
 
     async def cancel_here(session_id: str) -> None:
         generation.supervisor.cancel(session_id)
@@ -59,6 +66,9 @@ async def running_workers(
         ),
         asyncio.create_task(relay.run(), name="outbox-relay"),
         asyncio.create_task(metering.run(), name="metering"),
+        asyncio.create_task(
+            pruner.run(interval_seconds=settings.prune_interval_seconds), name="storage-pruner"
+        ),
     ]
     try:
         yield Workers(relay=relay, metering=metering)

@@ -3,7 +3,6 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -35,8 +34,3 @@ class SqlRequestCounter:
         statement = request_count_statement(self._dialect, key_id, window_start)
         async with self._writes.begin() as db:
             return int(await db.scalar(statement) or 0)
-
-    async def forget_before(self, moment: datetime) -> None:
-        """Drop windows that ended before ``moment``."""
-        async with self._writes.begin() as db:
-            await db.execute(delete(RateWindowRow).where(RateWindowRow.window_start < moment))
