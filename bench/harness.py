@@ -462,7 +462,7 @@ _STAGES = (
     ("TurnRunner._close", "turn close: final SQL transaction + end event"),
     ("TurnRunner.open", "turn open: user_message publish + SQL"),
     ("TurnRunner._pump", "publish: chunk event encode + nats publish"),
-    ("FluxStream.merge", "provider buffer (FluxStream queue)"),
+    ("kgents/flux/", "provider buffer (FluxStream queue)"),
     ("Client._flusher", "nats-py flusher: socket writes"),
     ("Client._read_loop", "nats-py read loop: parse, acks, deliveries"),
     ("RequestResponseCycle.send", "SSE write: starlette/uvicorn send"),

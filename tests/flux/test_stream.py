@@ -1,11 +1,12 @@
-"""FluxStream: laziness, operators, bounded buffers, error propagation."""
+"""FluxStream: a bounded read-ahead handing on what arrived meanwhile, errors after the items
+before them, producers cancelled when the consumer leaves."""
 
 import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from kgents.flux import FluxEvent, FluxStream
+from kgents.flux import FluxStream
 
 pytestmark = pytest.mark.anyio
 
@@ -16,87 +17,6 @@ async def numbers(count: int, produced: list[int] | None = None) -> AsyncIterato
             produced.append(value)
         yield value
         await asyncio.sleep(0)
-
-
-async def test_operators_compose_lazily() -> None:
-    produced: list[int] = []
-    seen: list[int] = []
-    stream = (
-        FluxStream(numbers(100, produced))
-        .filter(lambda n: n % 2 == 0)
-        .map(lambda n: n * 10)
-        .tap(seen.append)
-        .take(3)
-    )
-    assert produced == []  # nothing runs before iteration
-    assert await stream.collect() == [0, 20, 40]
-    assert seen == [0, 20, 40]
-    assert produced == [0, 1, 2, 3, 4]  # take stopped the source early
-
-
-async def test_tap_awaits_coroutines() -> None:
-    seen: list[int] = []
-
-    async def record(value: int) -> None:
-        await asyncio.sleep(0)
-        seen.append(value)
-
-    assert await FluxStream(numbers(3)).tap(record).collect() == [0, 1, 2]
-    assert seen == [0, 1, 2]
-
-
-async def test_take_zero_and_negative() -> None:
-    assert await FluxStream(numbers(5)).take(0).collect() == []
-
-
-async def test_merge_interleaves_all_items() -> None:
-    merged = await FluxStream.merge(numbers(5), numbers(3), buffer_size=2).collect()
-    assert sorted(merged) == [0, 0, 1, 1, 2, 2, 3, 4]
-
-
-async def test_buffer_is_bounded() -> None:
-    produced: list[int] = []
-    stream = FluxStream(numbers(1000, produced)).buffer(8).__aiter__()
-    assert await stream.__anext__() == 0
-    await asyncio.sleep(0.05)  # the producer runs ahead, but only as far as the bound
-    assert len(produced) <= 8 + 3
-    await stream.aclose()  # type: ignore[attr-defined]
-
-
-async def test_errors_reach_the_consumer() -> None:
-    async def failing() -> AsyncIterator[int]:
-        yield 1
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        await FluxStream(failing()).buffer(4).collect()
-
-
-async def test_leaving_early_cancels_producers() -> None:
-    cancelled = asyncio.Event()
-
-    async def endless() -> AsyncIterator[int]:
-        try:
-            while True:
-                yield 1
-                await asyncio.sleep(0)
-        finally:
-            cancelled.set()
-
-    assert await FluxStream.merge(endless(), buffer_size=2).take(3).collect() == [1, 1, 1]
-    await asyncio.wait_for(cancelled.wait(), timeout=1)
-
-
-def test_buffer_size_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        FluxStream.merge(buffer_size=0)
-
-
-def test_flux_event_kinds() -> None:
-    data: FluxEvent[str, int] = FluxEvent.data("hello")
-    meta: FluxEvent[str, int] = FluxEvent.metadata(7)
-    assert data.is_data and not data.is_metadata and data.value == "hello"
-    assert meta.is_metadata and meta.meta == 7
 
 
 async def test_batches_take_what_arrived_meanwhile_and_stay_bounded() -> None:
@@ -123,3 +43,29 @@ async def test_batches_raise_an_error_after_the_items_before_it() -> None:
         async for batch in FluxStream(failing()).batches(4):
             seen.extend(batch)
     assert seen == [1, 2]
+
+
+async def test_leaving_early_cancels_the_producer() -> None:
+    cancelled = asyncio.Event()
+
+    async def endless() -> AsyncIterator[int]:
+        try:
+            while True:
+                yield 1
+                await asyncio.sleep(0)
+        finally:
+            cancelled.set()
+
+    batches = FluxStream(endless()).batches(2)
+    assert await anext(batches)
+    await batches.aclose()  # type: ignore[attr-defined]
+    assert cancelled.is_set()
+
+
+def test_the_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        FluxStream(endless_numbers()).batches(0)
+
+
+async def endless_numbers() -> AsyncIterator[int]:
+    yield 0

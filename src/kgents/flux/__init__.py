@@ -1,6 +1,5 @@
-"""Lazy, bounded async streams (pure code): ``FluxEvent`` and ``FluxStream``."""
+"""A bounded read-ahead of async streams (pure code): ``FluxStream``."""
 
-from kgents.flux.event import FluxEvent
 from kgents.flux.stream import FluxStream
 
-__all__ = ["FluxEvent", "FluxStream"]
+__all__ = ["FluxStream"]
