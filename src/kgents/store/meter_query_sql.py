@@ -9,8 +9,8 @@ in SQL with integer arithmetic on ``window_minute`` (semantics in ``kgents.meter
   range, by comparing the local minute ``m + offset`` with each month's first minute.
 
 ``offset`` is the zone's UTC offset at ``m``: a ``CASE`` over the offset changes in the range.
-Finding those changes (and the months) is CPU work that grows with the range: it runs in a
-worker thread, after the range was checked against the query limits.
+Finding those changes (and the months), and each window's bounds, is CPU work that grows with
+the range: it runs in a worker thread, after the range was checked against the query limits.
 """
 
 import asyncio
@@ -107,6 +107,17 @@ class QueryRun:
         distinct = None
         if query.meter.aggregation is MeterAggregation.UNIQUE_COUNT:
             distinct = await self._distinct(bucket)
+        # A window's bounds are time-zone arithmetic too (two conversions per window).
+        return await asyncio.to_thread(self._assemble, states, minutes, distinct)
+
+    def _assemble(
+        self,
+        states: dict[ResultKey, RollupState],
+        minutes: dict[ResultKey, tuple[int, int]],
+        distinct: dict[ResultKey, int] | None,
+    ) -> list[QueryRow]:
+        """The rows of the merged states, with their windows, in order."""
+        query = self.query
         rows = []
         aggregation = query.meter.aggregation
         for key, state in states.items():
