@@ -213,7 +213,8 @@ class Settings(BaseSettings):
         ge=0,
         le=300,
         description="How long a process trusts an API key lookup (0: never): a key revoked or "
-        "a tenant suspended by another process is refused here within this time.",
+        "a tenant suspended by another process is refused here within this time. Open streams "
+        "re-check their key this often (at least every second).",
     )
     plans: dict[str, PlanConfig] = Field(
         default_factory=lambda: dict(DEFAULT_PLANS),
