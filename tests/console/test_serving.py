@@ -2,12 +2,13 @@
 data, JSON errors left alone everywhere else, and the admin metering-health endpoint."""
 
 import re
-import time
+from typing import Any
 
 import httpx
 
 from kgents.console import STATIC_DIR
 from tests.console.conftest import ADMIN_HEADERS, Console
+from tests.support.waiting import until
 
 EXPECTED_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -75,14 +76,12 @@ def test_admin_metering_health(console: Console) -> None:
     # has fetched the last usage event, reports that none wait behind it.
     listed = httpx.get(console.api_url + "/v1/kgent/sessions", headers={"X-API-Key": key})
     assert listed.status_code == 200
-    deadline = time.monotonic() + 15
-    while True:
+
+    def health() -> dict[str, Any]:
         response = httpx.get(console.api_url + "/v1/admin/metering", headers=ADMIN_HEADERS)
         assert response.status_code == 200
-        health = response.json()
-        drained = health["outbox_backlog"] == 0 and health["consumer_lag"] == 0
-        if drained or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert set(health) == {"outbox_backlog", "consumer_lag", "dead_letters"}
-    assert health == {"outbox_backlog": 0, "consumer_lag": 0, "dead_letters": 0}
+        body: dict[str, Any] = response.json()
+        return body
+
+    until(lambda: health()["consumer_lag"] == 0 and health()["outbox_backlog"] == 0, seconds=15)
+    assert health() == {"outbox_backlog": 0, "consumer_lag": 0, "dead_letters": 0}

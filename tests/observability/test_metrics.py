@@ -1,8 +1,6 @@
 """``GET /metrics`` after real traffic on a real server: every series the operators need."""
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +13,7 @@ from kgents.metering.processor import ProcessorStats
 from kgents.observability.metrics import Metrics
 from tests.conftest import make_settings
 from tests.observability.conftest import ADMIN, Live
+from tests.support.waiting import until
 
 SSE_ROUTE = "/v1/kgent/sessions/{session_id}/messages"
 
@@ -48,13 +47,6 @@ def stream_turn(live: Live, session_id: str, message: str) -> list[str]:
     ) as response:
         assert response.status_code == 200
         return list(response.iter_lines())
-
-
-def wait_for(check: Callable[[], bool], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def test_metrics_need_the_admin_token(live: Live) -> None:
@@ -103,9 +95,9 @@ def test_series_after_real_traffic(live: Live) -> None:
     assert metrics.value("kgents_metering_dead_letters") == 0
     # The relay empties the outbox; the metering processor, once it has fetched the last of
     # these usage events, reports that none wait behind them.
-    wait_for(lambda: scrape(live).value("kgents_outbox_backlog") == 0, seconds=15)
+    until(lambda: scrape(live).value("kgents_outbox_backlog") == 0, seconds=15)
     lag = "kgents_metering_consumer_lag_messages"
-    wait_for(lambda: scrape(live).value(lag) == 0, seconds=15)
+    until(lambda: scrape(live).value(lag) == 0, seconds=15)
     metrics = scrape(live)
     assert metrics.value("kgents_metering_consumer_lag_seconds") is not None
     assert metrics.value("kgents_openmeter_forward_errors_total") == 0  # no OpenMeter here
@@ -120,7 +112,7 @@ def test_open_streams_and_cancelled_turns(live: Live) -> None:
             lines = response.iter_lines()  # kept: dropping the iterator closes the connection
             assert next(lines) == ": connected"
             assert scrape(live).value("kgents_sse_streams_active") == 1
-    wait_for(lambda: scrape(live).value("kgents_sse_streams_active") == 0)
+    until(lambda: scrape(live).value("kgents_sse_streams_active") == 0)
 
     with live.client.stream(
         "POST",
@@ -135,7 +127,7 @@ def test_open_streams_and_cancelled_turns(live: Live) -> None:
                 )
                 assert cancel.status_code == 200
                 break
-    wait_for(lambda: scrape(live).value("kgents_turns_finished_total", outcome="cancelled") == 1)
+    until(lambda: scrape(live).value("kgents_turns_finished_total", outcome="cancelled") == 1)
 
 
 def test_every_app_has_its_own_registry(tmp_path: Path) -> None:

@@ -4,10 +4,9 @@ Events ingested through the SDK take the whole production path (outbox, relay, J
 metering processor, the meter store) before the SDK's queries see them.
 """
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -21,10 +20,10 @@ from kgents.config import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.openmeter.conftest import T0
 from tests.support.servers import server_in_thread
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
-T = TypeVar("T")
 SOURCE = "openmeter-sdk-test"
 JSON = {"Accept": "application/json"}
 
@@ -41,18 +40,6 @@ async def tenant_with_key(base_url: str) -> tuple[str, str]:
         tenant = (await client.post("/v1/tenants", json={"name": "sdk"})).json()
         key = (await client.post(f"/v1/tenants/{tenant['id']}/keys", json={})).json()
     return tenant["id"], key["key"]
-
-
-async def poll(
-    read: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, seconds: float = 30.0
-) -> T:
-    """``read()`` until ``done`` holds (the processor is asynchronous), then the last value."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        value = await read()
-        if done(value) or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.1)
 
 
 def tokens(event_id: str, subject: str, tokens_in: int, model: str, minutes: int) -> Event:
@@ -103,16 +90,21 @@ async def test_sdk_ingests_and_queries(server: str) -> None:
         assert (await admin.meters.get(meter.id)).slug == "llm_tokens_in"
 
         window: dict[str, Any] = {"from_parameter": T0, "to": T0 + timedelta(days=2)}
-        result = await poll(
-            lambda: admin.meters.query_json(
+
+        async def by_day() -> Any:
+            return await admin.meters.query_json(
                 "llm_tokens_in",
                 **window,
                 window_size="DAY",
                 subject=[tenant_id],
                 group_by=["model"],
-            ),
-            lambda result: len(result.data) == 3,
-        )
+            )
+
+        async def three_rows() -> bool:  # the processor stores events asynchronously
+            return len((await by_day()).data) == 3
+
+        await eventually(three_rows, seconds=30)
+        result = await by_day()
         assert rows(result) == [
             (tenant_id, {"model": "demo"}, 5.0),
             (tenant_id, {"model": "gpt"}, 10.0),
@@ -125,10 +117,12 @@ async def test_sdk_ingests_and_queries(server: str) -> None:
         request = MeterQueryRequest(
             from_property=T0, to=T0 + timedelta(days=2), group_by=["subject"]
         )
-        posted = await poll(
-            lambda: admin.meters.query("llm_tokens_in", request),
-            lambda result: len(result.data) == 2,
-        )
+
+        async def two_rows() -> bool:
+            return len((await admin.meters.query("llm_tokens_in", request)).data) == 2
+
+        await eventually(two_rows, seconds=30)
+        posted = await admin.meters.query("llm_tokens_in", request)
         assert sorted(rows(posted)) == sorted([(tenant_id, {}, 22.0), ("someone-else", {}, 100.0)])
 
         # A bad event: the SDK raises with the problem details, naming the event and field.

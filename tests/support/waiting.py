@@ -1,6 +1,7 @@
 """Waiting in tests without sleeping blindly: poll a condition until it holds, bounded."""
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 
@@ -13,3 +14,12 @@ async def eventually(
             if await check():
                 return
             await asyncio.sleep(every)
+
+
+def until(check: Callable[[], bool], *, seconds: float = 5.0, every: float = 0.05) -> None:
+    """``eventually`` for tests without an event loop (a server in a thread, a browser)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not reached within {seconds} s")
+        time.sleep(every)
