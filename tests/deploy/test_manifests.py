@@ -177,6 +177,8 @@ def test_the_config_map_loads_as_settings(
     settings = Settings()
     assert settings.host == "0.0.0.0"
     assert settings.workers == 1
+    assert settings.nats_replicas == 3
+    assert settings.nats_failover_seconds == 30
     assert database_url(settings).drivername == "postgresql+asyncpg"
 
 
