@@ -180,3 +180,14 @@ def test_an_event_without_time_takes_the_default() -> None:
 def test_what_is_not_json_is_not_encoded(data: dict[str, Any]) -> None:
     with pytest.raises(InvalidInput):
         encode(replace(AN_EVENT, data=data))
+
+
+def test_nul_in_data_is_refused_but_an_escaped_backslash_is_not() -> None:
+    nul = event(0, data={"note": "a\u0000b"})
+    backslash = event(1, data={"note": "a\\u0000b"})  # a backslash, then "u0000"
+    events, problems = parse_events([nul, backslash], now=NOW)
+    assert events == []
+    assert [(p.field, p.message) for p in problems] == [
+        ("events[0].data", "must not contain NUL characters (\\u0000)")
+    ]
+    assert len(parse_events([backslash], now=NOW)[0]) == 1

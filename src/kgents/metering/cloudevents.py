@@ -17,7 +17,7 @@ CloudEvents shape:
 - ``time`` is RFC 3339 with an offset, within the meter store's years (missing: a default the
   caller gives: now, or the stream's publish time);
 - ``datacontenttype`` is JSON if given; ``data`` is an object (missing or null: ``{}``) of
-  plain JSON, valid Unicode, at most ``MAX_DATA_DEPTH`` levels deep.
+  plain JSON, valid Unicode without NUL, at most ``MAX_DATA_DEPTH`` levels deep.
 
 Extension attributes are accepted and not kept. A batch is all-or-nothing: ``parse_events``
 returns either every event or every problem found.
@@ -303,12 +303,32 @@ def _has_containers(data: dict[str, Any]) -> bool:
 
 def _serialisation_problem(value: Any) -> str | None:
     try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return "must not contain invalid Unicode (lone surrogates)"
     except (ValueError, RecursionError):
         return "must be plain JSON"
+    # PostgreSQL's JSON cannot hold NUL, so no database may: the same answer on each. The
+    # text test is cheap; the walk tells a real NUL from an escaped backslash before "u0000".
+    if "\\u0000" in text and _has_nul(value):
+        return "must not contain NUL characters (\\u0000)"
     return None
+
+
+def _has_nul(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            if "\x00" in current:
+                return True
+        elif isinstance(current, dict):
+            stack.extend(current.keys())
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return False
 
 
 def _depth(value: Any) -> int:
