@@ -6,13 +6,16 @@
 ``config`` is the text of a nats-server configuration file (authorization, TLS) given with
 ``-c``; the flags above still set the address, port and store. Whatever happens, the process is
 stopped by its PID when the block ends.
+
+``nats_cluster(base_dir)`` yields a ``NatsCluster``: three servers in one JetStream cluster
+(``--cluster``/``--routes``), each with its own store, for R3 streams and leader elections.
 """
 
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,11 +31,18 @@ class NatsServer:
     restarts."""
 
     def __init__(
-        self, store_dir: Path, *, port: int | None = None, config: str | None = None
+        self,
+        store_dir: Path,
+        *,
+        port: int | None = None,
+        config: str | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port(HOST)
         self.config = config
+        self.args = list(args)
+        """More command-line flags (a cluster's name and routes)."""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +80,7 @@ class NatsServer:
                     str(self.port),
                     "-sd",
                     str(self.store_dir),
+                    *self.args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -138,6 +149,50 @@ def running_nats_server(store_dir: Path) -> Iterator[str]:
     """The URL of a nats-server with JetStream that runs for the block."""
     with nats_server(store_dir) as server:
         yield server.url
+
+
+class NatsCluster:
+    """``size`` nats-servers with JetStream in one cluster on 127.0.0.1, named ``n0``, ``n1``…;
+    each node keeps its client port, cluster port and store across restarts."""
+
+    def __init__(self, base_dir: Path, *, size: int = 3) -> None:
+        routes = [free_port(HOST) for _ in range(size)]
+        self.nodes: list[NatsServer] = []
+        for i, route in enumerate(routes):
+            others = ",".join(f"nats://{HOST}:{p}" for j, p in enumerate(routes) if j != i)
+            args = ["--name", f"n{i}", "--cluster_name", "kgents-test"]
+            args += ["--cluster", f"nats://{HOST}:{route}", "--routes", others]
+            self.nodes.append(NatsServer(base_dir / f"n{i}", args=args))
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, comma separated (``KGENTS_NATS_URL`` takes this form)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServer:
+        """The node whose server name is ``name`` (``n0``…)."""
+        return self.nodes[int(name.removeprefix("n"))]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@contextmanager
+def nats_cluster(base_dir: Path, *, size: int = 3) -> Iterator[NatsCluster]:
+    """A started ``NatsCluster``, every node stopped by PID at the end of the block. JetStream
+    answers once the nodes have elected a meta leader (``wait_for_stream_replicas`` and the
+    streams' own set-up wait for that)."""
+    cluster = NatsCluster(base_dir, size=size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _answers_with_jetstream(port: int) -> bool:

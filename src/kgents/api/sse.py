@@ -61,7 +61,7 @@ async def sse_frames(
     request: Request,
     first_seq: int = 0,
     stop_when: Callable[[SessionEvent], bool] | None = None,
-    turn_end: "asyncio.Future[SessionEvent] | None" = None,
+    turn_end: "asyncio.Future[SessionEvent | None] | None" = None,
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
 ) -> AsyncGenerator[bytes, None]:
     """Frames for ``follower``'s events until ``stop_when`` says so or the client goes away.
@@ -72,23 +72,28 @@ async def sse_frames(
     is noticed then or at the next write, and the follower is then closed.
     Events below ``first_seq`` are skipped: a follower opened before the turn's first event
     was published may hold older ones (a previous turn's late end event).
-    ``turn_end`` resolves with the end event of the turn being streamed: if the stream cannot
-    deliver it (NATS went away) within ``END_GRACE_SECONDS``, it is sent from there, without id.
+    ``turn_end`` resolves when the turn being streamed ended: with its end event when that
+    could not be published (NATS went away), which is then sent from there, without id, if the
+    stream does not deliver it within ``END_GRACE_SECONDS``; with ``None`` when the stream holds
+    it (the follower delivers it).
     """
     loop = asyncio.get_running_loop()
     last_event_at = last_write_at = loop.time()
     ended_at: float | None = None
 
-    def turn_ended(_: "asyncio.Future[SessionEvent]") -> None:
+    def turn_ended(_: "asyncio.Future[SessionEvent | None]") -> None:
         follower.wake()  # the grace timer starts now
 
     if turn_end is not None:
         turn_end.add_done_callback(turn_ended)
     try:
         yield sse_comment("connected")
+        fallback = turn_end  # ``None`` once the end is known to be in the stream
         while True:
+            if fallback is not None and fallback.done() and fallback.result() is None:
+                fallback = None
             wait = max(0.0, last_write_at + heartbeat_seconds - loop.time())
-            if turn_end is not None and turn_end.done():
+            if fallback is not None and fallback.done():
                 ended_at = ended_at or loop.time()
                 # The grace runs from the later of the turn's end and the last event
                 # delivered: while events flow, the stream is catching up, not stuck.
@@ -121,11 +126,11 @@ async def sse_frames(
                         return
                 yield frames[0] if len(frames) == 1 else b"".join(frames)
                 continue
-            if turn_end is not None and turn_end.done():
+            if fallback is not None and fallback.done():
                 ended_at = ended_at or now
-                if now >= max(ended_at, last_event_at) + END_GRACE_SECONDS:
+                end = fallback.result()
+                if end is not None and now >= max(ended_at, last_event_at) + END_GRACE_SECONDS:
                     # The stream cannot deliver the end (NATS is gone): send it from here.
-                    end = turn_end.result()
                     yield sse_frame(event_id=None, event=end.type, data=end.data)
                     return
                 continue

@@ -58,6 +58,9 @@ class TurnOutcome:
     message: Message | None
     error: KgentsError | None
     chunks: int = 0
+    end_seq: int | None = None
+    """Stream sequence of the turn's ``complete`` or ``error`` event once acknowledged
+    (``None``: not published yet, retried in the background)."""
 
     def end_event(self) -> SessionEvent:
         """The ``complete`` or ``error`` event that ends this turn for its followers."""
@@ -278,10 +281,11 @@ class TurnRunner:
             turn=stored, message=bill.message, error=error, chunks=progress.chunks
         )
         if publish_end:
-            await self._publish_end(outcome, listener)
+            outcome = replace(outcome, end_seq=await self._publish_end(outcome, listener))
         return outcome
 
-    async def _publish_end(self, outcome: TurnOutcome, listener: AckListener | None) -> None:
+    async def _publish_end(self, outcome: TurnOutcome, listener: AckListener | None) -> int | None:
+        """Publish the turn's end event; its sequence, or ``None`` if left to the background."""
         end = outcome.end_event()
         if not isinstance(outcome.error, EventsUnavailable):
             try:
@@ -291,11 +295,12 @@ class TurnRunner:
             else:
                 if listener is not None:
                     listener(end, seq)
-                return
+                return seq
         # The stream failed for longer than a failover (now or while the turn ran): the turn
         # is stored; its followers learn its end once the stream is back.
         logger.warning("could not publish the end of turn %s; retrying", outcome.turn.id)
         self._in_background(self._publish_end_later(end), name=f"end:{outcome.turn.id}")
+        return None
 
     async def _publish_end_later(self, end: SessionEvent) -> None:
         """Publish a turn's end event once the stream is back (its message id makes a copy

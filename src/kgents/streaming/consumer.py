@@ -43,6 +43,7 @@ from kgents.streaming.connection import (
     events_unavailable,
 )
 from kgents.streaming.delivery import delivery_metadata
+from kgents.streaming.failover import retriable
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,10 @@ class OrderedConsumer:
         return self._resets
 
     async def start(self) -> "OrderedConsumer":
-        """Create the consumer; raises ``EventsUnavailable`` if NATS is unreachable."""
+        """Create the consumer; raises ``EventsUnavailable`` at once if NATS is unreachable.
+
+        While connected, a stream that cannot answer yet (its leader being elected) is asked
+        again for up to ``outage_seconds``: a failover is a pause here too."""
         self._conn.require_connected()
         start = self._start
         if start.after_seq is not None:
@@ -174,7 +178,7 @@ class OrderedConsumer:
             policy, opt_start = api.DeliverPolicy.NEW, None
         self._reconnects = self._conn.reconnects
         try:
-            info = await self._create(policy, opt_start)
+            info = await self._create_through_election(policy, opt_start)
         except BaseException:
             # Also when cancelled: the inbox may already be subscribed (the consumer, if the
             # server creates it, is deleted by ``_create``).
@@ -308,6 +312,22 @@ class OrderedConsumer:
             )
         self._owed = self._batch
         self._quiet_since = time.monotonic()
+
+    async def _create_through_election(
+        self, policy: api.DeliverPolicy, opt_start_seq: int | None
+    ) -> api.ConsumerInfo:
+        deadline = time.monotonic() + self._outage
+        while True:
+            try:
+                return await self._create(policy, opt_start_seq)
+            except EventsUnavailable as exc:
+                if (
+                    not self._conn.is_connected
+                    or not retriable(exc.__cause__)
+                    or time.monotonic() + _RETRY_SECONDS >= deadline
+                ):
+                    raise
+            await asyncio.sleep(_RETRY_SECONDS)
 
     async def _create(
         self, policy: api.DeliverPolicy, opt_start_seq: int | None

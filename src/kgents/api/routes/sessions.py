@@ -221,9 +221,12 @@ async def send_message(
     def turn_ended(event: SessionEvent) -> bool:
         return event.type in ("complete", "error") and event.data.get("turn_id") == turn_id
 
-    async def end_of_turn() -> SessionEvent:
+    async def end_of_turn() -> SessionEvent | None:
         try:
-            return (await asyncio.shield(task)).end_event()
+            outcome = await asyncio.shield(task)
+            # In the stream: the follower delivers it, after every chunk (however long a
+            # failover delays it); else it is sent from here.
+            return None if outcome.end_seq is not None else outcome.end_event()
         except Exception:
             # The turn could not be stored (database down): the lease recovery closes it later.
             return error_event(
