@@ -2,18 +2,25 @@
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from kgents.clock import utc_now
+from kgents.config import Settings
 from kgents.errors import EventsUnavailable, InvalidInput
 from kgents.ids import new_id
+from kgents.llm.base import GenerationRequest, StreamItem, TextDelta, Usage
+from kgents.platform import open_platform
+from kgents.sessions.generation import PlannedTurn, TurnRunner
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection, parse_servers
 from kgents.streaming.nats_process import free_port
 from kgents.streaming.topology import ensure_streams
 from tests.support.nats import NatsServer, nats_server
+from tests.support.turns import running_turn, store_running_turn
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -190,3 +197,72 @@ async def test_urls_are_logged_and_shown_without_their_password(
     messages = [record.getMessage() for record in caplog.records]
     assert any(m.startswith("nats: reconnected to nats://") for m in messages)
     assert not [m for m in messages if password in m]
+
+
+class BurstThatCrashesNats:
+    """An upstream that answers in a burst and SIGKILLs the nats-server after 300 tokens."""
+
+    name = "burst"
+    model = "burst-1"
+
+    def __init__(self, server: NatsServer, tokens: int) -> None:
+        self.server = server
+        self.tokens = tokens
+        self.killed = asyncio.Event()
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        for i in range(self.tokens):
+            if i == 300:
+                self.server.kill()
+                self.killed.set()
+            yield TextDelta(f" w{i}")
+            await asyncio.sleep(0)
+        yield Usage(tokens_in=5, tokens_out=self.tokens, model=self.model)
+
+    async def check(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_turn_rides_a_server_crash_and_stores_what_the_stream_holds(
+    own_nats: NatsServer, tmp_path: Path, database_url: str
+) -> None:
+    """The nats-server is SIGKILLed mid-burst and restarted: the turn pauses instead of
+    failing, and its stored reply is exactly the text of its chunks in the stream (it used to
+    end ``events_unavailable`` with text that had never reached the stream)."""
+    conn = await NatsConnection.connect(own_nats.url)
+    settings = Settings(data_dir=tmp_path, database_url=database_url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        log = JetStreamEventLog(conn, ack_timeout=1.0, failover_seconds=60.0)
+        async with open_platform(settings) as platform:
+            tenant = await platform.tenancy.create_tenant(name="acme", plan="pro")
+            session = await platform.sessions.create_session(
+                tenant_id=tenant.id, title=None, agent_type="kgent", mode="reflect"
+            )
+            turn, question = running_turn(session.id, tenant.id, started_at=utc_now())
+            await store_running_turn(platform.session_store, turn, question, lease_until=utc_now())
+            provider = BurstThatCrashesNats(own_nats, tokens=2000)
+            runner = TurnRunner(
+                store=platform.session_store, provider=provider, events=log, buffer_size=64
+            )
+            request = GenerationRequest(system="s", messages=(), temperature=0.5, max_tokens=9)
+            running = asyncio.create_task(runner.run(PlannedTurn(turn=turn, request=request)))
+            await provider.killed.wait()
+            await asyncio.to_thread(own_nats.start)  # same port, same store
+            outcome = await running
+            await runner.aclose()
+
+        assert (outcome.turn.status, outcome.error) == ("complete", None)
+        chunks = await log.read_turn_chunks(session.id, turn.id, first_seq=1)
+        tokens_before = 0
+        for chunk in chunks:
+            assert chunk.data["index"] == tokens_before
+            tokens_before += str(chunk.data["text"]).count(" w")
+        streamed = "".join(str(chunk.data["text"]) for chunk in chunks)
+        assert outcome.message is not None
+        assert outcome.message.content == streamed == "".join(f" w{i}" for i in range(2000))
+    finally:
+        await conn.close()
