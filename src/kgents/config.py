@@ -3,7 +3,6 @@
 Nothing reads the environment after this; tests build as many ``Settings`` as they like.
 """
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -81,7 +80,7 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         default=1,
         description="API processes sharing the host and port (``kgents serve --workers``); "
-        "``auto``: one per CPU the process may run on.",
+        "``auto``: one per CPU the process may run on, at most a container's CPU limit.",
     )
     database_url: str | None = Field(
         default=None,
@@ -273,17 +272,6 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
-
-    @property
-    def worker_processes(self) -> int:
-        """How many API processes ``kgents serve`` runs (``auto``: one per usable CPU)."""
-        if self.workers != "auto":
-            return self.workers
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
 
     @property
     def database_path(self) -> Path:

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kgents.cli.main import app
+from kgents.cli.processes import cpu_quota, worker_count
 from kgents.streaming.nats_process import process_alive
 from tests.conftest import ADMIN_TOKEN
 from tests.support.servers import ServerProcess
@@ -152,3 +153,12 @@ def test_workers_must_be_a_count_or_auto(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--workers" in result.output
+
+
+def test_auto_is_one_worker_per_usable_cpu_within_a_cpu_limit() -> None:
+    assert worker_count(3) == 3
+    assert 1 <= worker_count("auto") <= len(os.sched_getaffinity(0))
+    assert cpu_quota("max 100000\n") is None  # no limit
+    assert cpu_quota("150000 100000\n") == 2  # 1.5 CPUs: a second worker may use the half
+    assert cpu_quota("50000 100000") == 1
+    assert cpu_quota("") is None

@@ -94,7 +94,7 @@ def serve(
 ) -> None:
     """Run the API server (embedded SQLite and nats-server unless configured otherwise)."""
     from kgents.api.app import create_app
-    from kgents.cli.processes import serve_workers
+    from kgents.cli.processes import serve_workers, worker_count
     from kgents.observability.logging import LOG_FORMATS, configure_logging
 
     if log_format not in LOG_FORMATS:
@@ -138,7 +138,7 @@ def serve(
         )
     print_banner(console, settings)
     configure_logging(level=log_level, fmt=LOG_FORMATS[log_format])
-    if settings.worker_processes > 1:
+    if worker_count(settings.workers) > 1:
         try:
             serve_workers(settings, log_level=log_level, log_format=log_format)
         except KgentsError as exc:

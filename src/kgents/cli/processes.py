@@ -12,12 +12,15 @@ is a full replica: its own database pool, NATS connection and background work.
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from fastapi import FastAPI
@@ -36,6 +39,29 @@ LOG_FORMAT_ENV = "KGENTS_LOG_FORMAT"
 _NATS_START_SECONDS = 60.0
 _NATS_STOP_SECONDS = 30.0
 _PARENT_CHECK_SECONDS = 1.0
+_CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def worker_count(workers: int | Literal["auto"]) -> int:
+    """How many API processes to run: ``auto`` is one per CPU this process may use (its
+    affinity), capped by a cgroup v2 CPU quota (a container's CPU limit)."""
+    if workers != "auto":
+        return workers
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota = cpu_quota(Path(_CGROUP_CPU_MAX).read_text())
+    except OSError:
+        quota = None
+    return max(1, min(usable or 1, quota or usable or 1))
+
+
+def cpu_quota(cpu_max: str) -> int | None:
+    """The CPUs a cgroup v2 ``cpu.max`` (``<quota> <period>`` or ``max <period>``) allows,
+    rounded up; ``None`` when unlimited or unreadable."""
+    fields = cpu_max.split()
+    if len(fields) != 2 or not all(field.isdigit() for field in fields) or fields[1] == "0":
+        return None
+    return max(1, math.ceil(int(fields[0]) / int(fields[1])))
 
 
 def worker_app() -> FastAPI:
@@ -66,7 +92,7 @@ def _stop_when_orphaned() -> None:
 
 
 def serve_workers(settings: Settings, *, log_level: str, log_format: str) -> None:
-    """Run ``settings.worker_processes`` workers until SIGINT or SIGTERM, then stop them (each
+    """Run ``worker_count(settings.workers)`` workers until SIGINT or SIGTERM, then stop them (each
     finishes its turns, as a single process does) before the embedded nats-server."""
     upgrade_database(database_url(settings))
     with streams_ready(settings):
@@ -82,7 +108,7 @@ def serve_workers(settings: Settings, *, log_level: str, log_format: str) -> Non
         uvicorn.run(
             f"{__name__}:{worker_app.__name__}",
             factory=True,
-            workers=settings.worker_processes,
+            workers=worker_count(settings.workers),
             host=settings.host,
             port=settings.port,
             log_level=log_level.lower(),
