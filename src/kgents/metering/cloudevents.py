@@ -24,6 +24,7 @@ returns either every event or every problem found.
 """
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -136,16 +137,13 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
 def decode_event(item: Any, *, default_time: datetime) -> UsageEvent:
     """The event of one decoded CloudEvent (by the rules of ``parse_events``; ``default_time``
     when it has no ``time``); ``InvalidInput`` naming its problems when it is not one."""
-    events, problems = parse_events([item], now=default_time)
-    if problems:
-        raise InvalidInput(
-            "; ".join(
-                f"{problem.field.removeprefix('events[0]').lstrip('.') or 'event'}: "
-                f"{problem.message}"
-                for problem in problems
-            )
-        )
-    return events[0]
+    problems: list[tuple[str, str]] = []
+    event = _parse_event(item, now=default_time, problems=problems)
+    if event is not None:
+        problems += (("data", message) for _, message in _data_problems([(0, event.data)]))
+    if event is None or problems:
+        raise InvalidInput("; ".join(f"{name or 'event'}: {message}" for name, message in problems))
+    return event
 
 
 def parse_events(
@@ -251,6 +249,8 @@ def _is_event_type(value: str) -> bool:
 
 
 def _is_unicode(value: str) -> bool:
+    if value.isascii():
+        return True
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate, which JSON's \\ud800 can smuggle in
@@ -282,6 +282,9 @@ def _data_problems(datas: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, s
     The batch is serialised once (the usual case: all fine); only when that fails is each
     event's data tried alone, to name the culprits. Nesting is measured only for data that
     has nested values at all."""
+    datas = [(index, data) for index, data in datas if not _flat_and_plain(data)]
+    if not datas:
+        return []
     found = [
         (index, f"must not nest deeper than {MAX_DATA_DEPTH} levels")
         for index, data in datas
@@ -295,6 +298,25 @@ def _data_problems(datas: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, s
         if (message := _serialisation_problem(data)) is not None:
             found.append((index, message))
     return found
+
+
+def _flat_and_plain(data: dict[str, Any]) -> bool:
+    """Whether ``data`` passes every rule at a glance, as usage data mostly does: ASCII keys,
+    and values that are ASCII strings, finite numbers, booleans or null (nothing to nest,
+    escape wrongly or refuse). Anything else gets the full checks."""
+    for key, value in data.items():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() or "\x00" in value:
+                return False
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is not int and kind is not bool and value is not None:
+            return False
+    return True
 
 
 def _has_containers(data: dict[str, Any]) -> bool:
