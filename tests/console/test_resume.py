@@ -1,8 +1,11 @@
 """Resume where people are: a reload mid-reply, and a second tab, show the reply catching up
 and then streaming live to its end, with a cancel button that works from either tab."""
 
+import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from kgents.config import Settings
+from tests.conftest import make_settings
 from tests.console.conftest import (
     WIDE,
     Console,
@@ -16,6 +19,19 @@ from tests.console.conftest import (
 from tests.support.demo import message_with_reply
 
 LAST_REPLY = "article.msg-assistant >> nth=-1"
+TOKEN_DELAY_MS = 80  # a long reply lasts ~10 s: time to reload or open a tab mid-reply
+
+
+@pytest.fixture(scope="module")
+def console_settings(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Settings:
+    """This module's server: the console's, with slower replies."""
+    base = tmp_path_factory.mktemp("console-resume")
+    return make_settings(
+        base / "data",
+        f"sqlite:///{base / 'kgents.db'}",
+        nats_url,
+        demo_token_delay_ms=TOKEN_DELAY_MS,
+    )
 
 
 def words_shown(page: Page, at_least: int) -> None:
@@ -73,11 +89,11 @@ def test_a_second_tab_follows_the_reply_and_can_cancel_it(
         assert len({len(text) for text in recorded_reply_text(watcher)}) >= 10
 
         # Opened in a third tab mid-reply: it catches up; cancel there stops it everywhere.
-        record_reply_text(page)
-        send(page, message_with_reply("Second, a long one", words=range(110, 121)))
-        words_shown(page, 8)
         with browser_page(browser, WIDE) as late:
             sign_in(late, console, key)
+            record_reply_text(page)
+            send(page, message_with_reply("Second, a long one", words=range(110, 121)))
+            words_shown(page, 8)
             late.goto(f"{console.url}/#/chat/{session_id}")
             expect(late.locator(LAST_REPLY)).to_have_attribute("aria-busy", "true")
             expect(late.locator("article.msg-assistant")).to_have_count(2)

@@ -1,6 +1,7 @@
 """The demo provider: deterministic, word by word, exact usage, no network."""
 
 import asyncio
+import re
 
 import pytest
 
@@ -9,6 +10,8 @@ from kgents.llm.demo import MODEL_NAME, DemoProvider, compose_reply
 from tests.llm.streams import drain, sample_request
 
 pytestmark = pytest.mark.anyio
+
+MODES = {0.4: "reflect", 0.5: "advise", 0.6: "challenge", 0.8: "explore"}
 
 
 def ask(message: str, *, temperature: float = 0.4, max_tokens: int = 512) -> GenerationRequest:
@@ -67,11 +70,46 @@ async def test_usage_is_exact_word_counts() -> None:
     assert drained.usage.estimated is False
 
 
-async def test_max_tokens_caps_the_reply() -> None:
-    drained = await drain(DemoProvider(token_delay_ms=0), ask("Go on.", max_tokens=5))
+@pytest.mark.parametrize("max_tokens", [1, 3, 5, 12, 30, 60, 100])
+async def test_a_reply_cut_to_max_tokens_ends_on_a_whole_sentence(max_tokens: int) -> None:
+    for temperature in MODES:
+        for question in ("How should I plan my week?", "Is this worth it?", "hello"):
+            request = ask(question, temperature=temperature, max_tokens=max_tokens)
+            drained = await drain(DemoProvider(token_delay_ms=0), request)
 
-    assert len(drained.deltas) == 5
-    assert drained.usage.tokens_out == 5
+            assert 0 < len(drained.deltas) <= max_tokens
+            assert drained.usage.tokens_out == len(drained.deltas)
+            assert drained.text.endswith((".", "?", "!")), drained.text
+            whole = " ".join(compose_reply(question, temperature))
+            # Whole sentences of the full reply, or one short reply when none fits.
+            sentences = re.split(r"(?<=[.?!])\s+", drained.text)
+            assert all(s in whole for s in sentences) or len(sentences) == 1
+
+
+@pytest.mark.parametrize("temperature", list(MODES))
+def test_replies_read_as_the_mode_and_pick_up_the_question(temperature: float) -> None:
+    reply = " ".join(compose_reply("How do I keep my garden alive?", temperature))
+    assert "“garden”" in reply
+    assert reply.endswith("?")  # a closing question
+    sentences = re.split(r"(?<=[.?!])\s+", reply)
+    assert len(sentences) == len(set(sentences)) >= 3  # no sentence said twice
+    others = {" ".join(compose_reply("How do I keep my garden alive?", t)) for t in MODES}
+    assert len(others) == len(MODES)
+    opening = sentences[0].lower()
+    keywords = {
+        "reflect": ("hear", "mirror", "stands out", "mention"),
+        "advise": ("advice", "steps", "would do", "small"),
+        "challenge": ("push back", "not sure", "premise", "case against"),
+        "explore": ("explore", "angles", "doors", "wander"),
+    }[MODES[temperature]]
+    assert any(keyword in opening for keyword in keywords), opening
+
+
+def test_one_question_to_the_next_gets_another_reply() -> None:
+    questions = [f"Question number {n}: what now?" for n in range(50)]
+    replies = [" ".join(compose_reply(q, 0.5)) for q in questions]
+    assert len(set(replies)) >= 45
+    assert all(a != b for a, b in zip(replies, replies[1:], strict=False))
 
 
 async def test_the_delay_setting_spaces_the_words() -> None:
@@ -84,7 +122,7 @@ async def test_the_delay_setting_spaces_the_words() -> None:
 
     assert all(gap >= 0.02 for gap in slow.gaps), slow.gaps  # a sleep lasts at least that
     # Without a delay the whole reply comes before the slow one's second word: it never waits.
-    assert len(fast.deltas) == len(slow.deltas) == 6
+    assert len(fast.deltas) == len(slow.deltas) == 5  # the whole sentence that fits in 6
     assert fast.arrivals[-1] < slow.arrivals[1]
 
 
