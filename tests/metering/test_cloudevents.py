@@ -22,6 +22,7 @@ from kgents.metering.cloudevents import (
 )
 from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
+from kgents.store.outbox_sql import stored_time_rfc3339
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -142,9 +143,11 @@ def test_one_time_format() -> None:
     assert format_time(datetime(2026, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))) == (
         "2026-01-02T03:00:00.000000Z"
     )
-    assert format_time(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)) == (
-        "2026-01-02T03:04:05.000006Z"
-    )
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert format_time(at) == "2026-01-02T03:04:05.000006Z"
+    # An outbox row's time as SQLite and PostgreSQL return it becomes the same text.
+    assert stored_time_rfc3339("2026-01-02 03:04:05.000006") == format_time(at)
+    assert stored_time_rfc3339(at.astimezone(timezone(timedelta(hours=-5)))) == format_time(at)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ PostgreSQL spend on it (see ``driver_sql``).
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from kgents.clock import as_utc
+from kgents.metering.cloudevents import format_time
 from kgents.records import UsageEvent
 from kgents.store.driver_sql import ROWS_PER_INSERT, MultiRowInsert, bind_processor, compiled
 from kgents.store.schema import OutboxRow
@@ -130,15 +130,15 @@ _SQLITE_TIME_LENGTH = len("2026-01-02 03:04:05.123456")
 
 
 def stored_time_rfc3339(value: Any) -> str:
-    """A stored ``time`` as the driver returns it, as RFC 3339 UTC text (``…Z``).
+    """A stored ``time`` as the driver returns it, as the codec's time text
+    (``cloudevents.format_time``: RFC 3339 UTC with microseconds and ``Z``).
 
     SQLite holds SQLAlchemy's UTC text (``2026-01-02 03:04:05.123456``), which needs only a
-    ``T`` and a ``Z``; PostgreSQL's driver returns an aware datetime."""
+    ``T`` and a ``Z`` to be that text; PostgreSQL's driver returns an aware datetime."""
     if isinstance(value, str):
         if len(value) == _SQLITE_TIME_LENGTH and value[10] == " ":
             return f"{value[:10]}T{value[11:]}Z"
         value = datetime.fromisoformat(value)
     if not isinstance(value, datetime):
         raise TypeError(f"not a stored time: {value!r}")
-    utc = as_utc(value) if value.tzinfo is not UTC else value
-    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
+    return format_time(value)
