@@ -10,6 +10,7 @@ and data files cannot read anything and are not scanned.
 
 import ast
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +213,18 @@ def test_the_scan_passes_paths_inside_the_repository(tmp_path: Path) -> None:
         'URL = "/api/v1/meters"\n'
     )
     assert findings(tmp_path) == []
+
+
+def test_no_ignored_file_is_tracked() -> None:
+    """What .gitignore lists (build output such as ``src/kgents.egg-info``) is not in the
+    repository, so ``make run`` leaves ``git status`` clean."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--ignored", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert tracked.stdout.splitlines() == []
