@@ -1,7 +1,7 @@
 """Domain errors. Adapters raise these (``raise ... from exc``); api/errors.py maps them.
 
 KgentsError                      code              HTTP
-├── InvalidInput                 invalid_request   400/422
+├── InvalidInput                 validation_error  400/422
 │   ├── QueryTooLarge            query_too_large   400
 │   ├── InvalidResumePoint       invalid_resume_point  400
 │   └── BadRequest               bad_request       400 (a request that cannot be meant)
@@ -35,7 +35,7 @@ class KgentsError(Exception):
 
 
 class InvalidInput(KgentsError):
-    code = "invalid_request"
+    code = "validation_error"
 
 
 class QueryTooLarge(InvalidInput):

@@ -81,6 +81,14 @@ class Generation:
     supervisor: TurnSupervisor
 
 
+async def _warn_if_unusable(provider: LLMProvider) -> None:
+    """A warning at start-up when the provider cannot answer (no key it accepts, a base URL
+    that does not answer): the server starts anyway, and ``/health`` keeps saying why."""
+    reason = await provider.check()
+    if reason is not None:
+        logger.warning("the %s provider cannot answer yet: %s", provider.name, reason)
+
+
 @contextlib.asynccontextmanager
 async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIterator[Platform]:
     """Connect to the database (migrating it first) and build the services.
@@ -93,6 +101,8 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
         await upgrade_database_async(url)
     engine = create_engine(url)
     provider = build_provider(settings)
+    if settings.llm_provider != "demo":
+        await _warn_if_unusable(provider)
     session_store = SqlSessionStore(engine)
     request_counter = SqlRequestCounter(engine)
     quota = TokenQuota(session_store)

@@ -98,6 +98,7 @@ async def test_health(api: Api) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["components"] == {"database": "ok", "llm": "ok", "nats": "ok"}
+    assert body["reasons"] == {}
     assert response.headers["x-kgents-worker"] == str(os.getpid())
     ready = await api.client.get("/health/ready")
     assert ready.status_code == 200 and ready.json() == body
@@ -160,3 +161,78 @@ async def test_nul_and_lone_surrogates_are_422_and_store_nothing(api: Api) -> No
     )
     assert fine.status_code == 201
     assert fine.json()["title"] == "\U0001f600"
+
+
+async def test_invalid_input_has_one_code(api: Api) -> None:
+    """A domain check (``from``) and a schema check (``limit``) answer with the same code."""
+    _, key = await api.tenant_with_key()
+    headers = {"X-API-Key": key}
+    session = (await api.client.post("/v1/kgent/sessions", json={}, headers=headers)).json()
+    domain = await api.client.get(
+        f"/v1/kgent/sessions/{session['id']}/events", params={"from": "end"}, headers=headers
+    )
+    schema = await api.client.get("/v1/kgent/sessions?limit=0", headers=headers)
+    for response in (domain, schema):
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "validation_error"
+
+
+async def test_json_syntax_error_says_where(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    response = await api.client.post(
+        "/v1/kgent/sessions", content=b'{\n  "title": "x",\n  "mode" "advise"\n}', headers=headers
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert "line 3, column 10" in error["message"], error["message"]
+    assert "JSON decode error" not in error["message"]
+
+
+async def test_a_body_that_is_not_json_is_415(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        response = await api.client.post(
+            "/v1/kgent/sessions",
+            content=b'{"title": "x"}',
+            headers={"X-API-Key": key, "Content-Type": content_type},
+        )
+        assert response.status_code == 415, (content_type, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "unsupported_media_type"
+        assert "application/json" in error["message"] and content_type in error["message"]
+    listed = await api.client.get("/v1/kgent/sessions", headers={"X-API-Key": key})
+    assert listed.json()["total"] == 0
+
+
+async def test_creating_a_session_without_a_body_works_like_an_empty_object(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    response = await api.client.post("/v1/kgent/sessions", headers={"X-API-Key": key})
+    assert response.status_code == 201, response.text
+    assert response.json()["mode"] == "reflect" and response.json()["title"] is None
+
+
+async def test_an_unknown_query_parameter_is_422(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    for path, headers in (
+        ("/v1/kgent/sessions?limt=5", {"X-API-Key": key}),
+        ("/v1/tenants?ofset=1", api.admin),
+    ):
+        response = await api.client.get(path, headers=headers)
+        assert response.status_code == 422, (path, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "validation_error"
+        assert "limt" in error["message"] or "ofset" in error["message"]
+    known = await api.client.get("/v1/kgent/sessions?limit=5", headers={"X-API-Key": key})
+    assert known.status_code == 200
+
+
+async def test_a_tenant_key_on_an_admin_route_is_403_admin_only(api: Api) -> None:
+    _, key = await api.tenant_with_key()
+    for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+        response = await api.client.get("/v1/tenants", headers=headers)
+        assert response.status_code == 403, response.text
+        assert response.json()["error"]["code"] == "admin_only"
+    wrong = await api.client.get("/v1/tenants", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401

@@ -147,7 +147,10 @@ async def test_failure_mid_stream_bills_what_was_generated(
     assert reply["error_code"] is not None and reply["error_code"].startswith("provider_")
 
 
-async def test_connection_refused_is_503(tmp_path: Path, nats_url: str) -> None:
+async def test_connection_refused_is_503(
+    tmp_path: Path, nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unreachable base URL is a warning at start-up, and /health says why it is down."""
     import httpx
 
     from tests.support.servers import free_port
@@ -162,6 +165,8 @@ async def test_connection_refused_is_503(tmp_path: Path, nats_url: str) -> None:
         nats_url,
     )
     async with app.router.lifespan_context(app):
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert "the openai provider cannot answer yet: could not connect to openai" in warnings
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://kgents.test"
         ) as client:
@@ -172,6 +177,7 @@ async def test_connection_refused_is_503(tmp_path: Path, nats_url: str) -> None:
             assert response.json()["error"]["code"] == "provider_unreachable"
             health = await client.get("/health")
             assert health.status_code == 503 and health.json()["components"]["llm"] == "down"
+            assert health.json()["reasons"] == {"llm": "could not connect to openai"}
             # A provider outage is reported but never takes the replica out of rotation.
             ready = await client.get("/health/ready")
             assert ready.status_code == 200, ready.text

@@ -129,5 +129,5 @@ async def test_the_delay_setting_spaces_the_words() -> None:
 async def test_check_and_aclose() -> None:
     provider = DemoProvider()
 
-    assert await provider.check() is True
+    assert await provider.check() is None
     await provider.aclose()

@@ -86,7 +86,7 @@ async def test_openai_uses_key_base_url_model_and_timeout(fake_openai: FakeOpenA
         )
     )
     try:
-        assert await provider.check() is True
+        assert await provider.check() is None
         assert (await drain(provider)).error is None
         request = fake_openai.stream_requests[-1]
         assert request.credential == "sk-factory"
@@ -110,7 +110,7 @@ async def test_anthropic_uses_key_base_url_and_model(fake_anthropic: FakeAnthrop
         )
     )
     try:
-        assert await provider.check() is True
+        assert await provider.check() is None
         assert (await drain(provider)).error is None
         request = fake_anthropic.stream_requests[-1]
         assert request.credential == "sk-ant-factory"

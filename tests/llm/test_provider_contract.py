@@ -100,7 +100,7 @@ async def test_refused_connection_is_unreachable(case: ProviderCase) -> None:
     try:
         error = await failure(provider)
         assert (error.code, error.retryable) == ("provider_unreachable", True)
-        assert await provider.check() is False
+        assert await provider.check() == error.message  # why, in one line
     finally:
         await provider.aclose()
 
@@ -185,14 +185,21 @@ async def test_closing_the_stream_early_releases_the_connection(
 async def test_check_lists_models_without_generating(
     case: ProviderCase, provider: LLMProvider
 ) -> None:
-    assert await provider.check() is True
+    assert await provider.check() is None
     assert [(r.method, r.path) for r in case.fake.requests] == [("GET", "/v1/models")]
 
 
-@pytest.mark.parametrize("reply", [FakeReply(status=401), FakeReply(failure="hang")])
-async def test_check_is_false_when_the_server_refuses_or_hangs(
-    case: ProviderCase, impatient_provider: LLMProvider, reply: FakeReply
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (FakeReply(status=401), "rejected the credentials (HTTP 401)"),
+        (FakeReply(failure="hang"), "did not answer in time"),
+    ],
+)
+async def test_check_says_why_when_the_server_refuses_or_hangs(
+    case: ProviderCase, impatient_provider: LLMProvider, reply: FakeReply, reason: str
 ) -> None:
     case.fake.reply = reply
 
-    assert await impatient_provider.check() is False
+    said = await impatient_provider.check()
+    assert said is not None and reason in said and "\n" not in said

@@ -96,8 +96,8 @@ class FailingMidReply:
             yield TextDelta(text)
         raise ProviderError("upstream went away", code="provider_unavailable", retryable=True)
 
-    async def check(self) -> bool:
-        return True
+    async def check(self) -> str | None:
+        return None
 
     async def aclose(self) -> None:
         return None

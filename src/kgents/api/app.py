@@ -29,6 +29,7 @@ from kgents.api.routes import (
 from kgents.api.routes import metrics as metrics_routes
 from kgents.api.schemas import ErrorBody
 from kgents.api.security_headers import SecurityHeadersMiddleware
+from kgents.api.strict_requests import StrictRequest
 from kgents.api.usage_middleware import RequestUsageMiddleware
 from kgents.clock import utc_now
 from kgents.config import Settings
@@ -107,12 +108,13 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(tenants.router, responses=DATABASE_ERRORS)
-    app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS)
-    app.include_router(budgets.router, responses=API_KEY_ROUTE_ERRORS)
-    app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS)
+    strict = [StrictRequest]  # JSON bodies, known query parameters (not OpenMeter's routes)
+    app.include_router(tenants.router, responses=DATABASE_ERRORS, dependencies=strict)
+    app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
+    app.include_router(budgets.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
+    app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(openmeter.router)
-    app.include_router(admin_metering.router, responses=DATABASE_ERRORS)
+    app.include_router(admin_metering.router, responses=DATABASE_ERRORS, dependencies=strict)
     app.include_router(metrics_routes.router)
     console.install(app)
     docs.install(app)

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from kgents.errors import BadRequest, Unauthenticated
+from kgents.errors import BadRequest, Forbidden, KgentsError, Unauthenticated
 from kgents.platform import Generation, Platform
-from kgents.tenancy.keys import tokens_match
+from kgents.tenancy.keys import looks_like_api_key, tokens_match
 from kgents.tenancy.rate_limit import RateLimitExceeded
 from kgents.tenancy.service import Principal
 
@@ -34,11 +34,23 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ApiKeyHeaderDep = Annotated[str | None, Depends(_api_key_header)]
 
 
-async def require_admin(request: Request, bearer: BearerDep) -> None:
-    """The admin token, compared in constant time."""
+async def require_admin(
+    request: Request, platform: PlatformDep, bearer: BearerDep, api_key: ApiKeyHeaderDep
+) -> None:
+    """The admin token, compared in constant time. A tenant's live API key in its place is
+    403 ``admin_only`` (the caller is known, the route is not theirs); anything else is 401."""
     expected: str = request.app.state.admin_token
-    if bearer is None or not tokens_match(bearer.credentials, expected):
-        raise Unauthenticated("admin token required")
+    if bearer is not None and tokens_match(bearer.credentials, expected):
+        return
+    raw = bearer.credentials if bearer is not None else api_key
+    if raw and looks_like_api_key(raw):
+        try:
+            await platform.tenancy.authenticate(raw)
+        except KgentsError:
+            pass
+        else:
+            raise Forbidden("this route needs the admin token, not an API key", code="admin_only")
+    raise Unauthenticated("admin token required")
 
 
 async def get_uncounted_principal(

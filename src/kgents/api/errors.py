@@ -9,6 +9,7 @@ input is 400 rather than 422 (OpenMeter's spec has no 422).
 """
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -97,9 +98,22 @@ def status_for(error: KgentsError) -> int:
     return 500
 
 
+def _json_syntax_message(doc: object, error: Any) -> str:
+    """Where the body stops being JSON, as line and column (counted as ``json`` counts them)."""
+    position = error.get("loc", ("body", 0))[-1]
+    reason = error.get("ctx", {}).get("error", "invalid JSON")
+    if not isinstance(doc, str) or not isinstance(position, int):
+        return f"the body is not valid JSON: {reason}"
+    line = doc.count("\n", 0, position) + 1
+    column = position - doc.rfind("\n", 0, position)
+    return f"the body is not valid JSON: {reason} at line {line}, column {column}"
+
+
 def _validation_message(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
+        if error.get("type") == "json_invalid":
+            return _json_syntax_message(exc.body, error)
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"

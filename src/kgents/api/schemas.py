@@ -234,6 +234,9 @@ class HealthPublic(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
     components: dict[str, str]
+    """``ok`` or ``down`` per component (database, llm, nats)."""
+    reasons: dict[str, str] = {}
+    """Why each component that is down is down, in one line."""
 
 
 class LivePublic(BaseModel):

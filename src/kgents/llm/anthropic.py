@@ -109,16 +109,16 @@ class AnthropicProvider:
             tokens_out=tokens_out,
         )
 
-    async def check(self) -> bool:
-        """Ready when ``GET /v1/models`` answers within a few seconds.
+    async def check(self) -> str | None:
+        """Ready when ``GET /v1/models`` answers within a few seconds; else the failure's message.
 
         Listing models spends no tokens, yet proves the API is reachable and accepts the key.
         """
         try:
             await self._client.models.list(limit=1, timeout=self._check_timeout)
-        except Exception:
-            return False
-        return True
+        except Exception as exc:
+            return self._translate(exc, started=False).message
+        return None
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -59,8 +59,9 @@ class LLMProvider(Protocol):
         """
         ...
 
-    async def check(self) -> bool:
-        """Cheap readiness check for ``/health`` (no tokens spent)."""
+    async def check(self) -> str | None:
+        """Cheap readiness check for ``/health`` (no tokens spent): ``None`` when the provider
+        answers, else why not in one line (redacted, as a ``ProviderError`` message is)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -245,8 +245,8 @@ class DemoProvider:
             yield TextDelta(word if position == 0 else f" {word}")
         yield Usage(tokens_in=tokens_in, tokens_out=len(words), model=MODEL_NAME)
 
-    async def check(self) -> bool:
-        return True
+    async def check(self) -> str | None:
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -118,17 +118,17 @@ class OpenAIProvider:
             tokens_out=tokens_out,
         )
 
-    async def check(self) -> bool:
-        """Ready when ``GET /models`` answers within a few seconds.
+    async def check(self) -> str | None:
+        """Ready when ``GET /models`` answers within a few seconds; else the failure's message.
 
         Listing models spends no tokens, yet proves the server is reachable and accepts the key;
         every OpenAI-compatible server (vLLM, Ollama, llama.cpp) serves it.
         """
         try:
             await self._client.models.list(timeout=self._check_timeout)
-        except Exception:
-            return False
-        return True
+        except Exception as exc:
+            return self._translate(exc, started=False).message
+        return None
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -86,8 +86,10 @@ _SSE: dict[str, Any] = {
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
 async def create_session(
-    body: SessionCreate, principal: SessionsDep, platform: PlatformDep
+    principal: SessionsDep, platform: PlatformDep, body: SessionCreate | None = None
 ) -> SessionPublic:
+    """Create a session; no body at all is the same as ``{}``."""
+    body = body or SessionCreate()
     session = await platform.sessions.create_session(
         tenant_id=principal.tenant.id, title=body.title, agent_type=body.agent_type, mode=body.mode
     )
