@@ -128,6 +128,14 @@ def complete_event(turn: Turn, *, message: Message, chunks: int) -> SessionEvent
     )
 
 
+def _tell(listener: AckListener, event: SessionEvent, seq: int) -> None:
+    """Hand an acknowledged event to ``listener``; its failure never stops the turn."""
+    try:
+        listener(event, seq)
+    except Exception:
+        logger.exception("a listener of turn events failed on %s", event.msg_id)
+
+
 async def _dormant_stream(turn: Turn) -> AsyncIterator[StreamItem]:
     """The fixed reply of a dormant turn, billed for its stored message (no model call)."""
     yield TextDelta(DORMANT_REPLY)
@@ -232,7 +240,7 @@ class TurnRunner:
             progress.tokens += len(texts)
             progress.chunks += 1
             if listener is not None:
-                listener(event, seq)
+                _tell(listener, event, seq)
 
     def _final_turn(self, planned: PlannedTurn, progress: _Progress, status: TurnStatus) -> Turn:
         usage = progress.usage
@@ -294,7 +302,7 @@ class TurnRunner:
                 pass
             else:
                 if listener is not None:
-                    listener(end, seq)
+                    _tell(listener, end, seq)
                 return seq
         # The stream failed for longer than a failover (now or while the turn ran): the turn
         # is stored; its followers learn its end once the stream is back.
