@@ -87,6 +87,9 @@ async def test_refused_at_once_while_down_publish_pauses_then_recovers(
         with pytest.raises(EventsUnavailable):  # only a longer outage fails it
             await JetStreamEventLog(conn, failover_seconds=0.3).publish(event(session_id, 9))
         assert not pausing.done()
+        # A new turn waits briefly for a reconnect before it is refused.
+        assert not await log.wait_connected(0.1)
+        reconnecting = asyncio.create_task(log.wait_connected(3600.0))
 
         own_nats.start()  # same port, same store
 
@@ -95,6 +98,7 @@ async def test_refused_at_once_while_down_publish_pauses_then_recovers(
 
         await eventually(up)
         assert conn.reconnects == 1
+        assert await reconnecting
         assert await pausing == 2  # the store survived the crash
         assert await log.publish(event(session_id, 1)) == 2  # a repeat is a duplicate
         assert await log.publish(event(session_id, 2)) == 3

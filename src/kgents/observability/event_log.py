@@ -29,6 +29,9 @@ class MeasuredEventLog:
     def is_connected(self) -> bool:
         return self._inner.is_connected()
 
+    async def wait_connected(self, wait_seconds: float) -> bool:
+        return await self._inner.wait_connected(wait_seconds)
+
     async def publish(self, event: SessionEvent) -> int:
         metrics = self._metrics
         began = time.perf_counter()

@@ -136,6 +136,11 @@ class SessionEventLog(Protocol):
         """False while the event stream is unreachable: new turns are then refused."""
         ...
 
+    async def wait_connected(self, wait_seconds: float) -> bool:
+        """True at once when connected, else once a reconnect happens within ``wait_seconds``
+        (a client moving to another server); False when it stays unreachable."""
+        ...
+
     async def publish(self, event: SessionEvent) -> int:
         """Publish and wait for the ack; return the event's stream sequence. Through a leader
         election or a reconnect the same message is sent again (for a bounded time) before

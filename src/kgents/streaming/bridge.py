@@ -152,6 +152,12 @@ class JetStreamEventLog:
         """True while NATS is reachable (for ``/health``)."""
         return self._conn.is_connected
 
+    async def wait_connected(self, wait_seconds: float) -> bool:
+        """True at once when connected, else once a reconnect happens within ``wait_seconds``."""
+        if not self._conn.is_connected:
+            await self._conn.wait_reconnected(wait_seconds)
+        return self._conn.is_connected
+
     async def publish(self, event: SessionEvent) -> int:
         """Publish and wait for the ack; return the event's stream sequence.
 

@@ -62,6 +62,9 @@ _EVENTS_DOWN: dict[int | str, dict[str, Any]] = {
 MAX_RESUME_POINT = 2**63 - 1
 """The largest stream sequence a client may resume after (JetStream's are unsigned 64-bit,
 and ``after + 1`` must be one)."""
+RECONNECT_GRACE_SECONDS = 2.0
+"""How long a new turn waits for NATS when the connection is down (a reconnect takes well
+under a second) before it is refused with 503."""
 _SEQUENCE = re.compile(r"[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -165,8 +168,9 @@ async def send_message(
 ) -> Response:
     """Send a message. ``stream=true`` answers with SSE events (``user_message``, ``chunk``…,
     then ``complete`` or ``error``); ``stream=false`` waits and answers the assistant message."""
-    if not generation.events.is_connected():
-        # Refuse before storing anything: a turn must be able to publish its events.
+    if not await generation.events.wait_connected(RECONNECT_GRACE_SECONDS):
+        # Refuse before storing anything: a turn must be able to publish its events. A client
+        # moving to another NATS server (a rolling upgrade) is waited for, briefly.
         raise EventsUnavailable("the event stream is unavailable; try again shortly")
     # The request is counted against the key's rate limit in the turn's own transaction, and
     # a streamed reply's api.request (200 once the turn is stored) is stored in it too.
