@@ -115,6 +115,32 @@ async def test_late_followers_replay_then_join(
             await follower.aclose()
 
 
+async def test_a_replay_is_read_on_its_own_consumer_even_when_it_comes_first(
+    event_log: JetStreamEventLog, conn: NatsConnection, session_id: str
+) -> None:
+    """The shared feed starts at the live end whatever its first follower asked for, so a
+    replay (however long, however slowly read) never holds back the live followers."""
+    seqs = await publish(event_log, session_id, range(300))
+    replay = await event_log.open_follower(session_id, after_seq=None, from_start=True)
+    assert not replay.attached  # it replays on a consumer of its own
+    ahead = await event_log.open_follower(session_id, after_seq=seqs[-1] + 10**9)
+    live = await event_log.open_follower(session_id, after_seq=None)
+    try:
+        assert live.attached and ahead.attached
+        more = await publish(event_log, session_id, range(300, 305))
+        assert await read(live, 5) == more
+        assert await read(ahead, 5) == more  # past the end: from the end
+        assert await read(replay, 305) == seqs + more
+
+        async def joined() -> bool:
+            return replay.attached and await consumers(conn, session_id) == 1
+
+        await eventually(joined)
+    finally:
+        for follower in (replay, ahead, live):
+            await follower.aclose()
+
+
 async def test_a_follower_that_reads_nothing_does_not_hold_up_the_others(
     conn: NatsConnection, session_id: str
 ) -> None:

@@ -415,33 +415,42 @@ class SessionHub:
     ) -> SessionFollower:
         """A follower of ``session_id`` from the given position (see ``StartPosition``).
 
-        A position past the session's last event follows from there (new events only): the
-        feed never waits for sequences the stream has not reached, which would hold back
-        every other follower of the session. Raises ``EventsUnavailable`` here when NATS
+        A session's feed starts at the live end, whatever its first follower asked for: a
+        follower replaying older events catches up on a consumer of its own, so a long replay
+        never holds back the live followers, and a position past the session's last event
+        follows from there (new events only). Raises ``EventsUnavailable`` here when NATS
         cannot serve it."""
         while True:
             feed = self._feeds.get(session_id)
             if feed is None:
-                if after_seq is not None and after_seq > 0:
-                    after_seq = min(after_seq, await self._last_or_zero(session_id))
-                    if session_id in self._feeds:
-                        continue  # another follower started the feed meanwhile: join it
+                live = after_seq is None and not from_start
+                end = None if live else await self._last_or_zero(session_id)
+                if session_id in self._feeds:
+                    continue  # another follower started the feed meanwhile: join it
                 feed = self._feeds[session_id] = _Feed(self, session_id, ring=self._ring)
                 try:
-                    await feed.start(StartPosition(after_seq=after_seq, from_start=from_start))
+                    await feed.start(StartPosition(after_seq=end))
                 except BaseException:
                     self.forget(feed)
                     raise
-                first = self._follower(session_id, feed.position)
-                feed.join(first)
-                return first
-            if not feed.started.done():
+                if live:
+                    first = self._follower(session_id, feed.position)
+                    feed.join(first)
+                    return first
+            elif not feed.started.done():
                 await asyncio.shield(feed.started)
                 continue
-            if feed.dead:
+            elif feed.dead:
                 self.forget(feed)
                 continue
-            joined = await self._join(feed, session_id, after_seq=after_seq, from_start=from_start)
+            try:
+                joined = await self._join(
+                    feed, session_id, after_seq=after_seq, from_start=from_start
+                )
+            except BaseException:
+                if not feed.attached and not feed.catching_up:
+                    await feed.stop()  # nobody follows it (it may have been started for us)
+                raise
             if joined is not None:
                 return joined
 
@@ -477,8 +486,6 @@ class SessionHub:
         except BaseException:
             feed.catching_up.discard(follower)
             follower._feed = None
-            if not feed.attached and not feed.catching_up:
-                await feed.stop()
             raise
         follower._catch_up(consumer)
         return follower
