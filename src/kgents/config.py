@@ -207,6 +207,13 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long running turns may go on once open requests have "
         "closed (or had 15 s); a turn still running then is stored as cancelled.",
     )
+    ws_send_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="How long a WebSocket frame may wait for a client that does not read "
+        "(the connection's send buffer full) before the connection is closed (1008).",
+    )
     api_key_cache_seconds: float = Field(
         default=5.0,
         ge=0,

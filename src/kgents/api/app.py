@@ -22,6 +22,7 @@ from kgents.api.routes import (
     docs,
     health,
     openmeter,
+    session_socket,
     sessions,
     tenants,
     usage,
@@ -113,6 +114,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(budgets.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
+    app.include_router(session_socket.router)
     app.include_router(openmeter.router)
     app.include_router(admin_metering.router, responses=DATABASE_ERRORS, dependencies=strict)
     app.include_router(metrics_routes.router)

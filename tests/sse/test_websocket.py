@@ -1,0 +1,123 @@
+"""The WebSocket gateway to sessions, with a real WebSocket client against real servers."""
+
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from kgents.config import Settings
+from tests.conftest import ADMIN_TOKEN
+from tests.sse.conftest import Live
+from tests.support.servers import server_in_thread
+
+pytestmark = pytest.mark.anyio
+
+
+def socket_url(base_url: str, session_id: str, query: str = "") -> str:
+    return f"ws{base_url.removeprefix('http')}/v1/kgent/sessions/{session_id}/ws{query}"
+
+
+async def frames_until(
+    socket: ClientConnection, stop: str = "complete", after_chunks: int | None = None
+) -> list[dict[str, Any]]:
+    """Frames up to the first ``stop`` event (or ``after_chunks`` chunks)."""
+    frames: list[dict[str, Any]] = []
+    chunks = 0
+    async for text in socket:
+        frame = json.loads(text)
+        frames.append(frame)
+        chunks += frame["event"] == "chunk"
+        if frame["event"] == stop or frames[-1]["event"] == "error" or chunks == after_chunks:
+            break
+    return frames
+
+
+async def closed_with(socket: ClientConnection) -> tuple[dict[str, Any], int | None]:
+    """The error frame the server sent before closing, and the close code."""
+    frames = []
+    with pytest.raises(ConnectionClosed):
+        async for text in socket:
+            frames.append(json.loads(text))
+    assert len(frames) == 1, frames
+    return frames[0], socket.close_code
+
+
+@pytest.fixture
+async def session(live: Live) -> str:
+    return await live.new_session()
+
+
+async def test_a_turn_streams_over_the_socket(live: Live, session: str) -> None:
+    async with connect(socket_url(live.base_url, session)) as socket:
+        await socket.send(json.dumps({"type": "auth", "key": live.key}))
+        await socket.send(json.dumps({"type": "message", "message": "hello over a socket"}))
+        frames = await frames_until(socket)
+    events = [frame["event"] for frame in frames]
+    assert events[0] == "user_message" and events[-1] == "complete"
+    assert set(events[1:-1]) == {"chunk"}
+    ids = [frame["id"] for frame in frames]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert frames[0]["data"]["content"] == "hello over a socket"
+    history = await live.client.get(f"/v1/kgent/sessions/{session}/messages", headers=live.headers)
+    reply = history.json()["messages"][-1]
+    assert reply["content"] == "".join(f["data"]["text"] for f in frames if f["event"] == "chunk")
+
+
+async def test_resume_after_a_dropped_connection_on_another_server(
+    live: Live, live_settings: Settings, session: str
+) -> None:
+    """Two servers on one database and one NATS: the reply started on A ends on B."""
+    with server_in_thread(live_settings) as other_url:
+        headers = {"X-API-Key": live.key}
+        async with connect(socket_url(live.base_url, session), additional_headers=headers) as a:
+            await a.send(json.dumps({"type": "message", "message": "start on A"}))
+            started = await frames_until(a, after_chunks=3)
+        resume = f"?after={started[-1]['id']}"
+        async with connect(socket_url(other_url, session, resume), additional_headers=headers) as b:
+            resumed = await frames_until(b)
+    assert resumed[-1]["event"] == "complete"
+    chunks = [f for f in started + resumed if f["event"] == "chunk"]
+    assert [chunk["data"]["index"] for chunk in chunks] == list(range(len(chunks)))
+
+
+async def test_cancel_over_the_socket(live: Live, session: str) -> None:
+    headers = {"Authorization": f"Bearer {live.key}"}
+    async with connect(socket_url(live.base_url, session), additional_headers=headers) as socket:
+        await socket.send(json.dumps({"type": "message", "message": "cancel me"}))
+        await frames_until(socket, after_chunks=1)
+        await socket.send(json.dumps({"type": "cancel"}))
+        frames = await frames_until(socket)
+        assert frames[-1]["event"] == "error" and "id" in frames[-1]
+        assert frames[-1]["data"]["error"]["code"] == "cancelled"
+        # The connection stays open: the next turn streams on it.
+        await socket.send(json.dumps({"type": "message", "message": "and now finish"}))
+        assert (await frames_until(socket))[-1]["event"] == "complete"
+
+
+async def test_a_bad_key_is_an_error_frame_and_a_close(live: Live, session: str) -> None:
+    async with connect(socket_url(live.base_url, session)) as socket:
+        await socket.send(json.dumps({"type": "auth", "key": "kg_live_" + "x" * 32}))
+        frame, code = await closed_with(socket)
+    assert frame == {
+        "event": "error",
+        "data": {"error": {"code": "unauthorized", "message": "invalid API key"}},
+    }
+    assert code == 4401
+    async with connect(socket_url(live.base_url, session)) as socket:
+        await socket.send(json.dumps({"type": "message", "message": "no auth first"}))
+        frame, code = await closed_with(socket)
+    assert frame["data"]["error"]["code"] == "unauthorized" and code == 4401
+
+
+async def test_another_tenants_session_is_not_found(live: Live, session: str) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    tenant = await live.client.post("/v1/tenants", json={"name": "other"}, headers=admin)
+    key = await live.client.post(f"/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin)
+    headers = {"X-API-Key": key.json()["key"]}
+    async with connect(socket_url(live.base_url, session), additional_headers=headers) as socket:
+        frame, code = await closed_with(socket)
+    assert frame["data"]["error"]["code"] == "not_found" and code == 4404
+    missing = await live.client.get(f"/v1/kgent/sessions/{session}", headers=headers)
+    assert missing.status_code == 404
