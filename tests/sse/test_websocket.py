@@ -121,3 +121,9 @@ async def test_another_tenants_session_is_not_found(live: Live, session: str) ->
     assert frame["data"]["error"]["code"] == "not_found" and code == 4404
     missing = await live.client.get(f"/v1/kgent/sessions/{session}", headers=headers)
     assert missing.status_code == 404
+
+
+async def test_the_openapi_document_describes_the_socket(live: Live) -> None:
+    document = (await live.client.get("/openapi.json")).json()
+    [sessions] = [tag for tag in document["tags"] if tag["name"] == "sessions"]
+    assert "/v1/kgent/sessions/{id}/ws" in sessions["description"]

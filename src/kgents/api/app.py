@@ -105,6 +105,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by routes/docs.py from the package, not from a CDN
         redoc_url=None,
+        openapi_tags=[session_socket.OPENAPI_TAG],
     )
     app.state.metrics = metrics
     install_error_handlers(app)

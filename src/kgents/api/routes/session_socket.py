@@ -44,6 +44,22 @@ CLOSE_NOT_READING = 1008
 CLOSE_INTERNAL = 1011
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
+OPENAPI_TAG = {
+    "name": "sessions",
+    "description": (
+        "Sessions, messages, streamed replies (SSE), resume and cancel. The same over one "
+        "WebSocket (OpenAPI cannot describe it as an operation): `GET "
+        '/v1/kgent/sessions/{id}/ws[?after=<seq>]`. First frame `{"type": "auth", '
+        '"key": "<api key>"}` within 5 s unless an `Authorization` or `X-API-Key` header '
+        'was sent; then `{"type": "message", ...}` (the body of POST .../messages) and '
+        '`{"type": "cancel"}`. The server sends each session event as `{"id": <stream '
+        'sequence>, "event": ..., "data": ...}`; an error is `{"event": "error", '
+        '"data": {"error": {"code", "message"}}}` and a close with code 4000 + '
+        "its HTTP status (4401, 4403, 4404, 4429, 4503...), 1008 for a client that does not read."
+    ),
+}
+"""The ``sessions`` tag of the OpenAPI document, which describes this route."""
+
 
 class _ClientGone(Exception):
     """The client closed the connection or stopped reading: nothing more can be said to it."""
