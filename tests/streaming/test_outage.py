@@ -63,7 +63,8 @@ async def test_refused_at_once_while_down_publish_pauses_then_recovers(
     conn = await NatsConnection.connect(own_nats.url)
     try:
         await ensure_streams(conn, replicas=1)
-        # Timeouts of an hour: only refusing at once, not timing out, ends the calls below.
+        # Timeouts of an hour: only refusing (after a 2 s wait for a reconnect), not timing
+        # out, ends the calls below.
         log = JetStreamEventLog(conn, ack_timeout=3600.0, outage_seconds=3600.0)
         session_id = new_id("ses")
         assert await log.publish(event(session_id, 0)) == 1

@@ -33,7 +33,7 @@ from kgents.streaming.consumer import (
     OrderedConsumer,
     StartPosition,
 )
-from kgents.streaming.failover import publish_with_failover
+from kgents.streaming.failover import RECONNECT_GRACE_SECONDS, publish_with_failover
 from kgents.streaming.fanout import SessionFollower, SessionHub
 from kgents.streaming.pipeline import AckRouter, PipelinedBatch
 from kgents.streaming.subjects import NO_PREFIX, Namespace, session_subject, session_wildcard
@@ -186,8 +186,10 @@ class JetStreamEventLog:
     async def open_follower(
         self, session_id: str, *, after_seq: int | None, from_start: bool = False
     ) -> SessionFollower:
-        """Start following a session now (``EventsUnavailable`` raised here, not later)."""
-        self._conn.require_connected()
+        """Start following a session now (``EventsUnavailable`` raised here, not later, once
+        a reconnect did not come within ``RECONNECT_GRACE_SECONDS``)."""
+        if not await self.wait_connected(RECONNECT_GRACE_SECONDS):
+            raise EventsUnavailable("event stream unavailable: NATS is disconnected")
         return await self._hub.open(session_id, after_seq=after_seq, from_start=from_start)
 
     @property

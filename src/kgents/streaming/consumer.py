@@ -43,7 +43,7 @@ from kgents.streaming.connection import (
     events_unavailable,
 )
 from kgents.streaming.delivery import delivery_metadata
-from kgents.streaming.failover import retriable
+from kgents.streaming.failover import RECONNECT_GRACE_SECONDS, retriable
 
 logger = logging.getLogger(__name__)
 
@@ -162,11 +162,11 @@ class OrderedConsumer:
         return self._resets
 
     async def start(self) -> "OrderedConsumer":
-        """Create the consumer; raises ``EventsUnavailable`` at once if NATS is unreachable.
+        """Create the consumer; raises ``EventsUnavailable`` if NATS stays unreachable for
+        ``RECONNECT_GRACE_SECONDS``.
 
         While connected, a stream that cannot answer yet (its leader being elected) is asked
         again for up to ``outage_seconds``: a failover is a pause here too."""
-        self._conn.require_connected()
         start = self._start
         if start.after_seq is not None:
             after = max(start.after_seq, 0)
@@ -316,17 +316,22 @@ class OrderedConsumer:
     async def _create_through_election(
         self, policy: api.DeliverPolicy, opt_start_seq: int | None
     ) -> api.ConsumerInfo:
-        deadline = time.monotonic() + self._outage
+        now = time.monotonic()
+        deadline, reconnect_deadline = now + self._outage, now + RECONNECT_GRACE_SECONDS
         while True:
+            if not self._conn.is_connected:
+                # A reconnect (to another server of a cluster) is waited for, briefly.
+                left = reconnect_deadline - time.monotonic()
+                if left <= 0 or not await self._conn.wait_reconnected(left):
+                    self._conn.require_connected()
+                continue
             try:
                 return await self._create(policy, opt_start_seq)
             except EventsUnavailable as exc:
-                if (
-                    not self._conn.is_connected
-                    or not retriable(exc.__cause__)
-                    or time.monotonic() + _RETRY_SECONDS >= deadline
-                ):
+                if not retriable(exc.__cause__) or time.monotonic() + _RETRY_SECONDS >= deadline:
                     raise
+                if not self._conn.is_connected:
+                    continue
             await asyncio.sleep(_RETRY_SECONDS)
 
     async def _create(

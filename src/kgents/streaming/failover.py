@@ -21,9 +21,12 @@ from kgents.streaming.wire import WireMessage
 
 logger = logging.getLogger(__name__)
 
+RECONNECT_GRACE_SECONDS = 2.0
+"""How long a new follower waits for a reconnect (a client moving to another server of the
+cluster takes well under a second) before it is refused."""
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 1.0
-_SERVICE_UNAVAILABLE = 503
+_SERVER_ERRORS = 500
 
 
 def retriable(exc: BaseException | None) -> bool:
@@ -33,7 +36,8 @@ def retriable(exc: BaseException | None) -> bool:
     if isinstance(exc, nats.errors.ConnectionClosedError):
         return False  # closed for good (shutting down): nothing will come back
     if isinstance(exc, nats.js.errors.APIError):
-        return exc.code is None or exc.code == _SERVICE_UNAVAILABLE
+        # 5xx: the server cannot answer now (no leader, shutting down); 4xx: it never will.
+        return exc.code is None or exc.code >= _SERVER_ERRORS
     return isinstance(exc, NATS_ERRORS)
 
 
