@@ -60,7 +60,6 @@ from harness import Proc, log, ratio, summary_ms
 SYSTEM = "You are K-gent, a thoughtful agent who helps people think clearly."
 MESSAGE = "How should I plan my week?"
 STREAM_TIMEOUT = 120.0
-DEADLINE_SECONDS = 240.0
 
 
 @dataclass
@@ -197,7 +196,11 @@ _CHUNK_TEXT = re.compile(rb'"text":"([^"]*)"')
 
 
 async def direct_stream(
-    client: httpx.AsyncClient, url: str, tokens: int, model: str = "gpt-4o-mini"
+    client: httpx.AsyncClient,
+    url: str,
+    tokens: int,
+    model: str = "gpt-4o-mini",
+    api_key: str = "x",
 ) -> StreamResult:
     """An OpenAI-compatible streamed completion (the upstream itself, or LiteLLM before it)."""
     body = {
@@ -212,7 +215,7 @@ async def direct_stream(
     buffer = bytearray()
     try:
         async with client.stream(
-            "POST", url, json=body, headers={"Authorization": "Bearer x"}
+            "POST", url, json=body, headers={"Authorization": f"Bearer {api_key}"}
         ) as response:
             headers_at = time.perf_counter() - clock.started
             if response.status_code != 200:
@@ -314,7 +317,7 @@ class Bench:
         return snapshot
 
     def over_deadline(self) -> bool:
-        return time.monotonic() - self.started > DEADLINE_SECONDS
+        return time.monotonic() - self.started > self.args.deadline
 
     async def round(
         self,
@@ -406,7 +409,7 @@ async def run_delay(
             assert litellm is not None and litellm_client is not None
             url = f"{litellm.url}/v1/chat/completions"
             streams = [
-                partial(direct_stream, litellm_client, url, tokens, LITELLM_MODEL)
+                partial(direct_stream, litellm_client, url, tokens, LITELLM_MODEL, LITELLM_KEY)
                 for _ in range(concurrency)
             ]
             await bench.round(stats, streams, ("upstream", "litellm", "client"))
@@ -439,7 +442,7 @@ async def run_delay(
                     await sides[name](stats[name], concurrency)
                 order = order[1:] + order[:1]
                 done += 1
-            if not rounds:
+            if not done:
                 continue
             scenario = compare(delay_ms, concurrency, done, stats)
             log(f"delay {delay_ms:g} ms, concurrency {concurrency}: {json.dumps(scenario)}")
@@ -621,6 +624,7 @@ def targets(scenarios: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 LITELLM_MODEL = "bench-upstream"
+LITELLM_KEY = f"sk-{secrets.token_hex(32)}"
 LITELLM_CONFIG = """model_list:
   - model_name: {model}
     litellm_params:
@@ -637,7 +641,9 @@ def start_litellm(registry: harness.Processes, binary: Path, upstream: Proc, wor
     port = harness.free_port()
     argv = [str(binary), "--config", str(config), "--host", harness.HOST, "--port", str(port)]
     argv += ["--num_workers", "1"]
-    proc = registry.spawn(f"litellm-{port}", argv, env={"LITELLM_LOG": "ERROR"})
+    proc = registry.spawn(
+        f"litellm-{port}", argv, env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY}
+    )
     proc.url = f"http://{harness.HOST}:{port}"
     deadline = time.monotonic() + 120.0
     while True:
@@ -659,6 +665,7 @@ if __name__ == "__main__":
     parser.add_argument("--probe-delay", type=float, default=5.0, help="request path probe")
     parser.add_argument("--rounds-16", type=int, default=3)
     parser.add_argument("--rounds-64", type=int, default=3)
+    parser.add_argument("--deadline", type=float, default=240.0, help="no new round after (s)")
     parser.add_argument("--profile-seconds", type=float, default=0, help="py-spy at 64 streams")
     parser.add_argument("--profile-out", default="", help="directory for the raw py-spy stacks")
     parser.add_argument("--keep-logs", default="", help="copy the servers' logs to this dir")

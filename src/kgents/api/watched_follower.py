@@ -8,7 +8,7 @@ turns that into its final ``error`` event.
 
 from collections.abc import AsyncIterator, Sequence
 
-from kgents.sessions.ports import FollowedEvent, Follower
+from kgents.sessions.ports import FollowedEvent, Follower, each_event
 from kgents.tenancy.access import AccessWatch
 
 
@@ -19,14 +19,8 @@ class WatchedFollower:
         self._follower = follower
         self._watch = watch
 
-    async def __aiter__(self) -> AsyncIterator[FollowedEvent]:
-        while True:
-            try:
-                batch = await self.next_batch()
-            except StopAsyncIteration:
-                return
-            for followed in batch:
-                yield followed
+    def __aiter__(self) -> AsyncIterator[FollowedEvent]:
+        return each_event(self)
 
     async def next_batch(self, wait_seconds: float | None = None) -> Sequence[FollowedEvent]:
         await self._watch.check_if_due()

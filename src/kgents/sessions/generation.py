@@ -41,7 +41,8 @@ END_RETRY_SECONDS = 600.0
 
 AckListener = Callable[[SessionEvent, int], None]
 """Told of each event of a turn that JetStream acknowledged, with its stream sequence, in
-stream order, as soon as the ack is in (the chunks, then ``complete`` or ``error``)."""
+stream order, as soon as the ack is in (``user_message``, the chunks, then ``complete`` or
+``error``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +160,11 @@ class TurnRunner:
         self._buffer_size = buffer_size
         self._background: set[asyncio.Task[None]] = set()  # strong references until done
 
-    async def open(self, planned: PlannedTurn, user_message: Message) -> int:
-        """Publish the turn's ``user_message`` event and return its stream sequence.
+    async def open(
+        self, planned: PlannedTurn, user_message: Message, listener: AckListener | None = None
+    ) -> int:
+        """Publish the turn's ``user_message`` event and return its stream sequence (and tell
+        ``listener`` of it).
 
         If the event stream is unavailable the turn is closed as ``failed`` (nothing was
         generated, nothing is billed) and ``EventsUnavailable`` propagates.
@@ -168,13 +172,16 @@ class TurnRunner:
         The sequence is stored on the turn in the background, not before the reply starts:
         only the recovery of a turn whose process died reads it (to find its chunks).
         """
+        event = user_message_event(planned.turn, user_message)
         try:
-            seq = await self._events.publish(user_message_event(planned.turn, user_message))
+            seq = await self._events.publish(event)
         except EventsUnavailable as exc:
             await self._close(
                 planned, _Progress(text=[]), None, status="failed", error=exc, publish_end=False
             )
             raise
+        if listener is not None:
+            listener(event, seq)
         self._in_background(
             self._store_first_seq(planned.turn.id, seq), name=f"first-seq:{planned.turn.id}"
         )

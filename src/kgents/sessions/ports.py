@@ -129,6 +129,17 @@ class Follower(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def each_event(follower: Follower) -> AsyncIterator[FollowedEvent]:
+    """``follower``'s events one at a time (its ``__aiter__``), read in batches until closed."""
+    while True:
+        try:
+            batch = await follower.next_batch()
+        except StopAsyncIteration:
+            return
+        for followed in batch:
+            yield followed
+
+
 class SessionEventLog(Protocol):
     """The durable, ordered event stream of sessions (JetStream in production and in tests)."""
 

@@ -20,8 +20,8 @@ class TurnSupervisor:
         self, planned: PlannedTurn, user_message: Message, listener: AckListener | None = None
     ) -> "tuple[int, asyncio.Task[TurnOutcome]]":
         """Publish the turn's first event, then generate detached; return (first seq, task).
-        ``listener`` is told of each later event of the turn once JetStream acknowledged it."""
-        first_seq = await self._runner.open(planned, user_message)
+        ``listener`` is told of each event of the turn once JetStream acknowledged it."""
+        first_seq = await self._runner.open(planned, user_message, listener)
         return first_seq, self.spawn(planned, listener)
 
     def spawn(

@@ -27,7 +27,8 @@ from kgents.api.usage_middleware import mark_usage_recorded, request_usage_event
 from kgents.api.watched_follower import WatchedFollower
 from kgents.errors import Conflict, EventsUnavailable, InvalidInput, InvalidResumePoint
 from kgents.sessions.generation import error_event
-from kgents.sessions.ports import Follower, SessionEvent
+from kgents.sessions.origin import OriginFollower
+from kgents.sessions.ports import SessionEvent
 from kgents.sessions.service import TurnRequest
 from kgents.tenancy.rate_limit import RateCharge
 from kgents.tenancy.streams import StreamSlot
@@ -176,18 +177,20 @@ async def send_message(
     # a streamed reply's api.request (200 once the turn is stored) is stored in it too.
     rate = RateCharge(key_id=principal.key.id, limit=principal.plan.requests_per_minute)
     request_events = []
-    opening: asyncio.Task[Follower] | None = None
+    origin: OriginFollower | None = None
     # A streamed reply holds one of the key's stream slots (429 before anything is stored).
     slot = platform.streams.acquire(principal) if body.stream else None
     if body.stream:
         request_events.append(
             request_usage_event(request.scope, tenant_id=principal.tenant.id, status_code=200)
         )
-        # The follower (a NATS round trip) opens while the turn is stored. It follows only
-        # new events and is open before the turn's first event is published, so it misses
-        # none of the turn's; older ones it may see (a previous turn's late end) are skipped
-        # by sequence below.
-        opening = asyncio.create_task(generation.events.open_follower(session_id, after_seq=None))
+        # The reply is served in process: the generation task hands each event to it as soon
+        # as JetStream acknowledged it (a client that falls behind reads JetStream instead).
+        origin = OriginFollower(
+            events=generation.events,
+            session_id=session_id,
+            limit=platform.settings.stream_buffer_size,
+        )
     try:
         planned, user_message = await platform.sessions.start_turn(
             principal=principal,
@@ -198,18 +201,15 @@ async def send_message(
         )
         if request_events:
             mark_usage_recorded(request.scope)
-        if opening is not None:
-            await asyncio.wait([opening])  # open (or failed) before the first event
-        first_seq, task = await generation.supervisor.launch(planned, user_message)
+        listener = origin.offer if origin is not None else None
+        first_seq, task = await generation.supervisor.launch(planned, user_message, listener)
     except BaseException:
         if slot is not None:
             slot.release()
-        if opening is not None:
-            await _discard(opening)
         raise
     finally:
         request.state.rate_status = rate.status
-    if opening is None or slot is None:  # not streamed (the two go together)
+    if origin is None or slot is None:  # not streamed (the two go together)
         # Shielded: a client that goes away does not stop the generation; it is still stored.
         outcome = await asyncio.shield(task)
         if outcome.error is not None:
@@ -239,16 +239,14 @@ async def send_message(
                 planned.turn, code="turn_failed", message="the turn could not be stored"
             )
 
-    with _released_on_error(slot):
-        follower = opening.result()  # a failure to open is raised here, the turn running on
     frames = sse_frames(
-        WatchedFollower(follower, platform.tenancy.watch(principal)),
+        WatchedFollower(origin, platform.tenancy.watch(principal)),
         request=request,
         first_seq=first_seq,
         stop_when=turn_ended,
         turn_end=asyncio.ensure_future(end_of_turn()),
     )
-    return sse_response(follower, frames, slot=slot)
+    return sse_response(origin, frames, slot=slot)
 
 
 @contextlib.contextmanager
@@ -259,16 +257,6 @@ def _released_on_error(slot: StreamSlot) -> Iterator[None]:
     except BaseException:
         slot.release()
         raise
-
-
-async def _discard(opening: "asyncio.Task[Follower]") -> None:
-    """Close a follower opened for a reply that will not be streamed (waiting for it to open
-    rather than cancelling it halfway, which could leave its consumer behind)."""
-    try:
-        follower = await asyncio.shield(opening)
-    except Exception:
-        return
-    await follower.aclose()
 
 
 @router.get(
