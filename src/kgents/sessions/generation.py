@@ -181,7 +181,7 @@ class TurnRunner:
             )
             raise
         if listener is not None:
-            listener(event, seq)
+            _tell(listener, event, seq)
         self._in_background(
             self._store_first_seq(planned.turn.id, seq), name=f"first-seq:{planned.turn.id}"
         )
