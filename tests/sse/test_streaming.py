@@ -43,13 +43,17 @@ async def test_reply_streams_token_by_token(live: Live) -> None:
     kinds = [event.event for _, event in arrivals]
     assert kinds[0] == "user_message" and kinds[-1] == "complete"
     chunks = [event for _, event in arrivals if event.event == "chunk"]
-    assert 40 <= len(chunks) <= 120
-    assert [c.data["index"] for c in chunks] == list(range(len(chunks)))
+    complete = arrivals[-1][1].data
+    assert 40 <= complete["tokens_out"] <= 120
+    # Usually one token per chunk; tokens that came while a publish awaited its ack (a loaded
+    # machine) share the next chunk, whose index is the number of tokens before it.
+    indexes = [c.data["index"] for c in chunks]
+    assert indexes[0] == 0 and indexes == sorted(set(indexes))
+    assert indexes[-1] < complete["tokens_out"]
     ids = [event.id for _, event in arrivals]
     assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
-    complete = arrivals[-1][1].data
     assert complete["text"] == "".join(c.data["text"] for c in chunks)
-    assert complete["chunks"] == len(chunks) and complete["tokens_out"] == len(chunks)
+    assert complete["chunks"] == len(chunks)
     first_chunk_at = next(t for t, e in arrivals if e.event == "chunk")
     # With 40 ms between tokens the reply takes 1.6 s or more: the first chunk must come
     # long before the last, or the server re-chunked a finished text.
