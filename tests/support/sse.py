@@ -33,3 +33,14 @@ async def read_events(response: httpx.Response) -> AsyncIterator[SseEvent]:
             event = line[7:]
         elif line.startswith("data: "):
             data.append(line[6:])
+
+
+def assert_every_token_once(indices: list[int], texts: list[str], reply: str) -> None:
+    """Chunks carry the reply whole, each token once and in order.
+
+    A chunk's ``index`` is its first token's; tokens that arrived while the previous chunk was
+    unacknowledged share one chunk, so indices rise from 0 but may skip.
+    """
+    assert indices and indices[0] == 0, indices
+    assert all(a < b for a, b in zip(indices, indices[1:], strict=False)), indices
+    assert "".join(texts) == reply
