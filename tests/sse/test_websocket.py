@@ -1,17 +1,21 @@
 """The WebSocket gateway to sessions, with a real WebSocket client against real servers."""
 
 import json
+import socket
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from kgents.config import Settings
 from tests.conftest import ADMIN_TOKEN
-from tests.sse.conftest import Live
+from tests.sse.conftest import Live, settings_for_live
 from tests.support.servers import server_in_thread
 from tests.support.sse import assert_every_token_once
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +136,67 @@ async def test_the_openapi_document_describes_the_socket(live: Live) -> None:
     document = (await live.client.get("/openapi.json")).json()
     [sessions] = [tag for tag in document["tags"] if tag["name"] == "sessions"]
     assert "/v1/kgent/sessions/{id}/ws" in sessions["description"]
+
+
+def unread_socket(base_url: str, path: str, key: str) -> socket.socket:
+    """A WebSocket client that opens the connection and then never reads (a small receive
+    window, so the server's buffers fill soon)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(30)
+    raw.connect(("127.0.0.1", int(base_url.rsplit(":", 1)[1])))
+    handshake = (
+        f"GET {path} HTTP/1.1\r\nHost: kgents.test\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\nX-API-Key: {key}\r\n\r\n"
+    )
+    raw.sendall(handshake.encode())
+    return raw
+
+
+async def test_a_client_that_does_not_read_is_let_go(
+    tmp_path: Path, nats_url: str, live_database: str
+) -> None:
+    """The server stops sending to a client that does not read and lets the connection go
+    (its follower closed), instead of buffering the session's replay for it."""
+    settings = settings_for_live(
+        tmp_path, nats_url, live_database, demo_token_delay_ms=0, ws_send_timeout_seconds=1
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with server_in_thread(settings, send_buffer_bytes=4096) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            tenant = await client.post("/v1/tenants", json={"name": "slow"}, headers=admin)
+            created = await client.post(
+                f"/v1/tenants/{tenant.json()['id']}/keys", json={}, headers=admin
+            )
+            key = created.json()["key"]
+            session = (await client.post("/v1/kgent/sessions", headers={"X-API-Key": key})).json()
+            replay = 0
+            for _ in range(8):  # 256 KB of user messages: more than the buffers hold
+                sent = await client.post(
+                    f"/v1/kgent/sessions/{session['id']}/messages",
+                    json={"message": "x" * 32_000, "stream": False},
+                    headers={"X-API-Key": key},
+                )
+                assert sent.status_code == 201, sent.text
+                replay += 32_000
+
+            async def followers_open() -> int:
+                metrics = (await client.get("/metrics", headers=admin)).text
+                [line] = [x for x in metrics.splitlines() if x.startswith("kgents_followers_open ")]
+                return int(float(line.split()[1]))
+
+            async def following() -> bool:
+                return await followers_open() == 1
+
+            async def let_go() -> bool:
+                return await followers_open() == 0
+
+            path = f"/v1/kgent/sessions/{session['id']}/ws?after=0"
+            with unread_socket(base_url, path, key) as raw:
+                await eventually(following, seconds=20)
+                await eventually(let_go, seconds=30)  # the client has read nothing yet
+                received = b""
+                while chunk := raw.recv(65536):  # what was buffered, then the end
+                    received += chunk
+    assert 0 < len(received) < replay

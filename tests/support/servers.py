@@ -43,9 +43,16 @@ def wait_healthy(base_url: str, *, seconds: float = 90.0) -> None:
 
 
 @contextmanager
-def server_in_thread(settings: Settings) -> Iterator[str]:
-    """Run the app under uvicorn in a background thread; yield its base URL."""
-    port = free_port()
+def server_in_thread(settings: Settings, *, send_buffer_bytes: int | None = None) -> Iterator[str]:
+    """Run the app under uvicorn in a background thread; yield its base URL.
+
+    ``send_buffer_bytes`` shrinks the kernel's send buffer of every connection (``SO_SNDBUF``
+    on the listening socket), so that a client that stops reading fills it soon."""
+    listener = socket.socket()
+    if send_buffer_bytes is not None:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer_bytes)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -55,7 +62,9 @@ def server_in_thread(settings: Settings) -> Iterator[str]:
         **uvicorn_limits(settings),  # the connection limits of ``kgents serve``
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [listener]}, name="uvicorn", daemon=True
+    )
     thread.start()
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -64,6 +73,7 @@ def server_in_thread(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        listener.close()
 
 
 class ServerProcess:
