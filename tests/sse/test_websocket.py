@@ -2,6 +2,7 @@
 
 import json
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ async def test_a_turn_streams_over_the_socket(live: Live, session: str) -> None:
     ids = [frame["id"] for frame in frames]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert frames[0]["data"]["content"] == "hello over a socket"
+    with sqlite3.connect(live.settings.database_url.removeprefix("sqlite:///")) as database:
+        metered = database.execute(
+            "SELECT data FROM usage_outbox WHERE type = 'api.request' AND data LIKE '%/ws%'"
+        ).fetchall()
+    assert [json.loads(data) for (data,) in metered] == [
+        {"endpoint": "/v1/kgent/sessions/{session_id}/ws", "method": "WS", "status_code": 200}
+    ]
     history = await live.client.get(f"/v1/kgent/sessions/{session}/messages", headers=live.headers)
     reply = history.json()["messages"][-1]
     assert reply["content"] == "".join(f["data"]["text"] for f in frames if f["event"] == "chunk")

@@ -22,12 +22,14 @@ from kgents.api.routes.sessions import resume_point
 from kgents.api.schemas import MessageCreate
 from kgents.api.sse import error_body_of
 from kgents.api.watched_follower import WatchedFollower
+from kgents.clock import utc_now
 from kgents.errors import (
     EventsUnavailable,
     InvalidInput,
     KgentsError,
     Unauthenticated,
 )
+from kgents.metering import events as usage_events
 from kgents.platform import Generation, Platform
 from kgents.sessions.service import TurnRequest
 from kgents.tenancy.rate_limit import RateCharge
@@ -36,6 +38,8 @@ from kgents.tenancy.service import Principal
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/kgent/sessions", tags=["sessions"])
+SOCKET_PATH = "/v1/kgent/sessions/{session_id}/ws"
+"""The route, and the ``endpoint`` of the ``api.request`` usage event of each message sent."""
 
 AUTH_SECONDS = 5.0
 """How long a client without a key header has to send its ``auth`` frame."""
@@ -71,7 +75,7 @@ def close_code(error: KgentsError) -> int:
     return 4000 + status if 400 <= status < 600 and status != 500 else CLOSE_INTERNAL
 
 
-@router.websocket("/{session_id}/ws", name="session_socket")
+@router.websocket(SOCKET_PATH.removeprefix(router.prefix), name="session_socket")
 async def session_socket(websocket: WebSocket, session_id: str) -> None:
     """Follow the session's events live (``?after=<seq>`` replays from there) and start or
     cancel its turns. The key comes in an ``Authorization`` or ``X-API-Key`` header, or in a
@@ -242,12 +246,20 @@ async def _start_turn(
     if not generation.events.is_connected():
         raise EventsUnavailable("the event stream is unavailable; try again shortly")
     rate = RateCharge(key_id=principal.key.id, limit=principal.plan.requests_per_minute)
+    # Metered as one api.request, like the POST it stands for, in the turn's transaction.
+    request = usage_events.api_request(
+        tenant_id=principal.tenant.id,
+        endpoint=SOCKET_PATH,
+        method="WS",
+        status_code=200,
+        at=utc_now(),
+    )
     planned, user_message = await platform.sessions.start_turn(
         principal=principal,
         session_id=session_id,
         request=TurnRequest(message=body.message, mode=body.mode, budget=body.budget),
         rate=rate,
-        request_events=[],
+        request_events=[request],
     )
     await generation.supervisor.launch(planned, user_message)
 
