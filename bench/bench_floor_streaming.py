@@ -395,7 +395,7 @@ def side_report(stats: SideStats, cpu_names: tuple[str, ...]) -> dict[str, Any]:
     report = stats.report()
     wall = sum(stats.walls)
     if stats.chunks:
-        report["cpu_us_per_chunk"] = {
+        report["cpu_us_per_token"] = {
             name: round(1e6 * stats.cpu.get(name, 0.0) / stats.chunks, 1) for name in cpu_names
         }
     if wall:
@@ -448,7 +448,7 @@ async def run(args: argparse.Namespace, procs: dict[str, Proc]) -> list[dict[str
                 "rounds": args.rounds,
                 "direct": d,
                 "pass_through": f,
-                "chunks_per_s_ratio": ratio(f["chunks_per_s"], d["chunks_per_s"]),
+                "tokens_per_s_ratio": ratio(f["tokens_per_s"], d["tokens_per_s"]),
             }
             log(f"concurrency {concurrency}: {json.dumps(scenario)}")
             scenarios.append(scenario)

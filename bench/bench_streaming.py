@@ -192,7 +192,7 @@ def _frames(buffer: bytearray, data: bytes) -> list[bytes]:
 
 
 _CONTENT = re.compile(rb'"content":\s*"([^"]*)"')
-_CHUNK_TEXT = re.compile(rb'"text":"([^"]*)"')
+_CHUNK_TEXT = re.compile(rb'"text":\s*"([^"]*)"')
 
 
 async def direct_stream(
