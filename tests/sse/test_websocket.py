@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from kgents.config import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.sse.conftest import Live, settings_for_live
+from tests.sse.test_access import new_key, tenant_id_of
 from tests.support.servers import server_in_thread
 from tests.support.sse import assert_every_token_once
 from tests.support.waiting import eventually
@@ -208,3 +209,20 @@ async def test_a_client_that_does_not_read_is_let_go(
                 while chunk := raw.recv(65536):  # what was buffered, then the end
                     received += chunk
     assert 0 < len(received) < replay
+
+
+async def test_a_revoked_key_ends_the_socket(live: Live, session: str) -> None:
+    """The key is re-checked on a long connection, as on an SSE stream."""
+    key_id, key = await new_key(live)
+    tenant_id = await tenant_id_of(live)
+    headers = {"X-API-Key": key}
+    async with connect(socket_url(live.base_url, session), additional_headers=headers) as socket:
+        await socket.send(json.dumps({"type": "message", "message": "hi", "budget": "dormant"}))
+        await frames_until(socket)  # following, with the key accepted
+        revoked = await live.client.delete(
+            f"/v1/tenants/{tenant_id}/keys/{key_id}",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )
+        assert revoked.status_code == 200, revoked.text
+        frame, code = await closed_with(socket)
+    assert frame["data"]["error"]["code"] == "key_revoked" and code == 4403
