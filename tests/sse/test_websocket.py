@@ -15,7 +15,8 @@ from kgents.config import Settings
 from tests.conftest import ADMIN_TOKEN
 from tests.sse.conftest import Live, settings_for_live
 from tests.sse.test_access import new_key, tenant_id_of
-from tests.support.servers import server_in_thread
+from tests.sse.test_failures import server_env
+from tests.support.servers import ServerProcess, server_in_thread
 from tests.support.sse import assert_every_token_once
 from tests.support.waiting import eventually
 
@@ -79,17 +80,21 @@ async def test_a_turn_streams_over_the_socket(live: Live, session: str) -> None:
     assert reply["content"] == "".join(f["data"]["text"] for f in frames if f["event"] == "chunk")
 
 
-async def test_resume_after_a_dropped_connection_on_another_server(
-    live: Live, live_settings: Settings, session: str
+async def test_resume_after_a_dropped_connection_on_another_process(
+    live: Live, live_settings: Settings, session: str, tmp_path: Path
 ) -> None:
-    """Two servers on one database and one NATS: the reply started on A ends on B."""
-    with server_in_thread(live_settings) as other_url:
+    """Two servers on one database and one NATS, the second one ``kgents serve`` in a process
+    of its own: the reply started on A ends on B."""
+    assert live_settings.database_url and live_settings.nats_url
+    env = server_env(live_settings.database_url, live_settings.nats_url)
+    with ServerProcess(tmp_path / "other", env) as other:
         headers = {"X-API-Key": live.key}
         async with connect(socket_url(live.base_url, session), additional_headers=headers) as a:
             await a.send(json.dumps({"type": "message", "message": "start on A"}))
             started = await frames_until(a, after_chunks=3)
         resume = f"?after={started[-1]['id']}"
-        async with connect(socket_url(other_url, session, resume), additional_headers=headers) as b:
+        url = socket_url(other.base_url, session, resume)
+        async with connect(url, additional_headers=headers) as b:
             resumed = await frames_until(b)
     assert resumed[-1]["event"] == "complete"
     chunks = [f for f in started + resumed if f["event"] == "chunk"]
