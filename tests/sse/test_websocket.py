@@ -231,3 +231,14 @@ async def test_a_revoked_key_ends_the_socket(live: Live, session: str) -> None:
         assert revoked.status_code == 200, revoked.text
         frame, code = await closed_with(socket)
     assert frame["data"]["error"]["code"] == "key_revoked" and code == 4403
+
+
+async def test_a_frame_over_the_body_limit_closes_the_socket(live: Live, session: str) -> None:
+    headers = {"X-API-Key": live.key}
+    async with connect(
+        socket_url(live.base_url, session), additional_headers=headers, max_size=None
+    ) as socket:
+        await socket.send(json.dumps({"type": "message", "message": "x" * 1_100_000}))
+        with pytest.raises(ConnectionClosed):
+            await socket.recv()
+    assert socket.close_code == 1009

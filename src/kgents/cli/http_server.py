@@ -6,6 +6,7 @@
   connecting or from the end of the previous response (idle keep-alive connections are closed
   after as long); a slower client gets 408 and is disconnected. The body's own deadline is in
   ``kgents.api.body_limit``.
+- A WebSocket message is at most ``KGENTS_MAX_BODY_BYTES`` (uvicorn closes with 1009 above).
 - At most ``KGENTS_MAX_CONNECTIONS`` connections (and requests) at once per process; uvicorn
   answers 503 beyond.
 
@@ -78,4 +79,5 @@ def uvicorn_limits(settings: Settings) -> dict[str, Any]:
         "h11_max_incomplete_event_size": settings.max_header_bytes,
         "timeout_keep_alive": settings.request_head_timeout_seconds,
         "limit_concurrency": settings.max_connections,
+        "ws_max_size": settings.max_body_bytes,  # a WebSocket frame is held to a body's limit
     }
