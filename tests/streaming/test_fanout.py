@@ -9,7 +9,7 @@ from kgents.streaming.bridge import JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
 from kgents.streaming.fanout import SessionFollower
 from kgents.streaming.subjects import session_wildcard
-from kgents.streaming.topology import EVENTS_STREAM
+from kgents.streaming.topology import EVENTS_STREAM, ensure_streams
 from kgents.streaming.wire import ReceivedEvent
 from tests.streaming.test_bridge import chunk
 from tests.support.waiting import eventually
@@ -139,6 +139,32 @@ async def test_a_replay_is_read_on_its_own_consumer_even_when_it_comes_first(
     finally:
         for follower in (replay, ahead, live):
             await follower.aclose()
+
+
+async def test_a_close_cut_short_by_a_cancellation_still_leaves_the_feed(
+    conn: NatsConnection, session_id: str
+) -> None:
+    """An SSE response's follower is closed by a task being cancelled (its client left): the
+    close completes all the same, or the follower would stay on its feed for good."""
+    await ensure_streams(conn, replicas=1)
+    log = JetStreamEventLog(conn, follow_batch=8, heartbeat_seconds=1.0)
+    await publish(log, session_id, range(100))
+    live = await log.open_follower(session_id, after_seq=None)
+    behind = await log.open_follower(session_id, after_seq=0)  # its mailbox fills: it waits
+    try:
+        assert not behind.attached
+        closing = asyncio.create_task(behind.aclose())
+        await asyncio.sleep(0)  # the close is under way, waiting for the reader to end
+        closing.cancel()
+        await asyncio.gather(closing, return_exceptions=True)
+
+        async def left() -> bool:
+            return log.hub.followers == 1 and await consumers(conn, session_id) == 1
+
+        await eventually(left)
+    finally:
+        await live.aclose()
+        await behind.aclose()
 
 
 async def test_a_follower_that_reads_nothing_does_not_hold_up_the_others(

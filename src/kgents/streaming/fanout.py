@@ -239,10 +239,18 @@ class SessionFollower:
         self._closed = True
         self.wake()
         reader, self._reader = self._reader, None
+        feed, self._feed = self._feed, None  # the reader cannot attach to it any more
         if reader is not None:
             reader.cancel()
+        # Shielded: a close is often awaited by a task being cancelled (a response whose
+        # client left); cut short, it would leave this follower on its feed for good.
+        await asyncio.shield(self._finish_closing(reader, feed))
+
+    async def _finish_closing(
+        self, reader: "asyncio.Task[None] | None", feed: "_Feed | None"
+    ) -> None:
+        if reader is not None:
             await asyncio.gather(reader, return_exceptions=True)
-        feed, self._feed = self._feed, None
         if feed is not None:
             await feed.leave(self)
 
