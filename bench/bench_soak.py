@@ -296,9 +296,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "burst_seconds": args.burst_seconds,
         "window_seconds": args.window_seconds,
     }
+    keep = Path(args.keep_logs) if args.keep_logs else None
     with (
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
-        harness.processes(Path(tmp)) as registry,
+        harness.processes(Path(tmp), keep_logs=keep) as registry,
     ):
         workdir = Path(tmp)
         nats = harness.start_nats(registry, workdir / "nats")
@@ -369,6 +370,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=10, help="followers dropped per burst")
     parser.add_argument("--burst-seconds", type=float, default=2.0, help="time between bursts")
     parser.add_argument("--window-seconds", type=float, default=60.0, help="throughput windows")
+    parser.add_argument("--keep-logs", help="copy the servers' logs to this directory")
     return parser.parse_args(argv)
 
 
