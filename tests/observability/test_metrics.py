@@ -53,7 +53,7 @@ def test_metrics_need_the_admin_token(live: Live) -> None:
     response = live.client.get("/metrics")
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
     response = live.client.get("/metrics", headers={"Authorization": f"Bearer {live.key}"})
-    assert response.status_code == 401
+    assert response.status_code == 403 and response.json()["error"]["code"] == "admin_only"
 
 
 def test_series_after_real_traffic(live: Live) -> None:

@@ -50,6 +50,11 @@ logger = logging.getLogger(__name__)
 DATABASE_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Database busy or unreachable; retry shortly"},
 }
+# What any admin route can also answer, for the OpenAPI document.
+ADMIN_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorBody, "description": "A tenant's API key instead of the admin token"},
+    **DATABASE_ERRORS,
+}
 # What any route taking a tenant's API key can also answer, for the OpenAPI document.
 API_KEY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
     403: {"model": ErrorBody, "description": "Tenant suspended"},
@@ -111,13 +116,13 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     strict = [StrictRequest]  # JSON bodies, known query parameters (not OpenMeter's routes)
-    app.include_router(tenants.router, responses=DATABASE_ERRORS, dependencies=strict)
+    app.include_router(tenants.router, responses=ADMIN_ROUTE_ERRORS, dependencies=strict)
     app.include_router(sessions.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(budgets.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(usage.router, responses=API_KEY_ROUTE_ERRORS, dependencies=strict)
     app.include_router(session_socket.router)
     app.include_router(openmeter.router)
-    app.include_router(admin_metering.router, responses=DATABASE_ERRORS, dependencies=strict)
+    app.include_router(admin_metering.router, responses=ADMIN_ROUTE_ERRORS, dependencies=strict)
     app.include_router(metrics_routes.router)
     console.install(app)
     docs.install(app)

@@ -34,15 +34,14 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ApiKeyHeaderDep = Annotated[str | None, Depends(_api_key_header)]
 
 
-async def require_admin(
-    request: Request, platform: PlatformDep, bearer: BearerDep, api_key: ApiKeyHeaderDep
-) -> None:
+async def require_admin(request: Request, platform: PlatformDep, bearer: BearerDep) -> None:
     """The admin token, compared in constant time. A tenant's live API key in its place is
     403 ``admin_only`` (the caller is known, the route is not theirs); anything else is 401."""
     expected: str = request.app.state.admin_token
     if bearer is not None and tokens_match(bearer.credentials, expected):
         return
-    raw = bearer.credentials if bearer is not None else api_key
+    # X-API-Key is read, not declared: the admin routes' only scheme is the bearer token.
+    raw = bearer.credentials if bearer is not None else request.headers.get("x-api-key")
     if raw and looks_like_api_key(raw):
         try:
             await platform.tenancy.authenticate(raw)
