@@ -183,7 +183,7 @@ def test_no_file_reads_outside_the_repository() -> None:
         'SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "x.yaml"',
         'SPEC = Path(__file__).parent.parent.parent.parent / "contracts" / "x.yaml"',
         "SPEC = dirname(dirname(dirname(os.path.dirname(__file__))))",
-        'open("../shared/contracts/openmeter-openapi.yaml")',
+        'open("../elsewhere/contracts/openmeter.yaml")',
         'Path("/work/shared/DESIGN.md").read_text()',
         'Path("..") / "shared"',
         'Path.home() / ".config"',
@@ -201,8 +201,8 @@ def test_the_scan_finds_each_way_out(tmp_path: Path, source: str) -> None:
 
 def test_the_scan_reads_shell_scripts(tmp_path: Path) -> None:
     (tmp_path / "bench").mkdir()
-    (tmp_path / "bench" / "run").write_text("#!/bin/sh\nexec python ../shared/tool.py\n")
-    assert findings(tmp_path) == ["bench/run:2: exec python ../shared/tool.py"]
+    (tmp_path / "bench" / "run").write_text("#!/bin/sh\nexec python ../elsewhere/tool.py\n")
+    assert findings(tmp_path) == ["bench/run:2: exec python ../elsewhere/tool.py"]
 
 
 def test_the_scan_passes_paths_inside_the_repository(tmp_path: Path) -> None:
