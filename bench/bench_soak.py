@@ -5,7 +5,11 @@ nats-server with JetStream and ``kgents serve`` (demo provider, ``--delay-ms`` b
 SQLite in a temp dir, a tenant on plan ``custom``).
 
 - **Load**: ``--streams`` loops, each posting turns (budget ``whisper``, stream=true) in a
-  session of its own for ``--minutes``; tokens are counted from each turn's ``complete``.
+  session of its own for ``--minutes``, moving to a new session every ``--turns-per-session``
+  turns; tokens are counted from each turn's ``complete``. Sessions stay short so that the load
+  is the same at the end as at the start: a follower replaying a session from its start (or
+  from a sequence in it) costs what the session holds, and one session growing for 12 minutes
+  would make every late replay dearer than the early ones.
 - **Dropped followers**: every ``--burst-seconds`` a burst of ``--burst`` ``GET .../events`` on
   the loops' sessions, each resuming from one of: live, ``?from=start``, ``?after=<a sequence
   in the session>``, ``Last-Event-ID`` past the end; each dropped at one stage of its start:
@@ -61,19 +65,41 @@ class Load:
     tokens: Counter[int] = field(default_factory=Counter)
     cpu_at_window: dict[int, float] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
+    first_seq: dict[str, int] = field(default_factory=dict)
     last_seq: dict[str, int] = field(default_factory=dict)
 
     def window(self) -> int:
         return int((time.monotonic() - self.started) // self.window_seconds)
 
 
+async def new_session(api: httpx.AsyncClient, key: str, title: str) -> str:
+    response = await api.post(
+        "/v1/kgent/sessions", json={"title": title}, headers={"X-API-Key": key}
+    )
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
 async def stream_loop(
-    api: httpx.AsyncClient, key: str, session_id: str, load: Load, until: float
+    api: httpx.AsyncClient,
+    key: str,
+    sessions: list[str],
+    slot: int,
+    load: Load,
+    until: float,
+    turns_per_session: int,
 ) -> None:
+    """Turns in ``sessions[slot]``, replaced by a new session every ``turns_per_session``."""
     headers = {"X-API-Key": key}
-    path = f"/v1/kgent/sessions/{session_id}/messages"
     body = {"message": "What should I think about next?", "budget": "whisper"}
+    turns = 0
     while time.monotonic() < until:
+        if turns == turns_per_session:
+            sessions[slot] = await new_session(api, key, f"soak {slot}")
+            turns = 0
+        session_id = sessions[slot]
+        path = f"/v1/kgent/sessions/{session_id}/messages"
+        turns += 1
         try:
             async with api.stream("POST", path, json=body, headers=headers) as response:
                 if response.status_code != 200:
@@ -85,6 +111,7 @@ async def stream_loop(
                 async for line in response.aiter_lines():
                     if line.startswith("id: "):
                         event_id = int(line[4:])
+                        load.first_seq.setdefault(session_id, event_id)
                     elif line.startswith("event: "):
                         event = line[7:]
                     elif line.startswith("data: ") and event == "complete":
@@ -109,7 +136,8 @@ async def dropped_follower(
     if resume == "from_start":
         query = "?from=start"
     elif resume == "after":
-        query = f"?after={random.randint(0, load.last_seq.get(session_id, 0))}"
+        first = load.first_seq.get(session_id, 0)
+        query = f"?after={random.randint(first, max(first, load.last_seq.get(session_id, 0)))}"
     elif resume == "past_end":
         extra = "Last-Event-ID: 99999999999\r\n"
     request = (
@@ -132,8 +160,13 @@ async def dropped_follower(
             await asyncio.sleep(random.uniform(1, 3))
             return "stalled"
         if stage == "first_event":
-            while b"data: " not in await asyncio.wait_for(reader.readline(), 30):
-                pass
+            # A live follower of a session its loop has left sees keep-alives only: give up.
+            try:
+                async with asyncio.timeout(30):
+                    while b"data: " not in await reader.readline():
+                        pass
+            except TimeoutError:
+                return "first_event (none came)"
             return "first_event"
         deadline = time.monotonic() + random.uniform(0.05, 0.3)
         while time.monotonic() < deadline:
@@ -242,7 +275,10 @@ async def run_load(
 
     sampler = asyncio.create_task(sample_cpu())
     host, port = kgents.url.removeprefix("http://").split(":")
-    loops = [stream_loop(api, key, session, load, until) for session in sessions]
+    loops = [
+        stream_loop(api, key, sessions, slot, load, until, args.turns_per_session)
+        for slot in range(len(sessions))
+    ]
     seen: Counter[str] = Counter()
     if drop:
         dropping = asyncio.create_task(
@@ -292,6 +328,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "minutes": args.minutes,
         "streams": args.streams,
         "token_delay_ms": args.delay_ms,
+        "turns_per_session": args.turns_per_session,
         "burst": args.burst,
         "burst_seconds": args.burst_seconds,
         "window_seconds": args.window_seconds,
@@ -317,13 +354,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         key = harness.provision_key(kgents.url, admin_token)
         limits = httpx.Limits(max_connections=args.streams + 8)
         async with httpx.AsyncClient(base_url=kgents.url, limits=limits, timeout=60.0) as api:
-            sessions = []
-            for n in range(args.streams):
-                response = await api.post(
-                    "/v1/kgent/sessions", json={"title": f"soak {n}"}, headers={"X-API-Key": key}
-                )
-                response.raise_for_status()
-                sessions.append(response.json()["id"])
+            sessions = [await new_session(api, key, f"soak {n}") for n in range(args.streams)]
             log("warm-up")
             await run_load(api, kgents, key, sessions, args, minutes=args.warmup_minutes, drop=True)
             result["baseline"], _ = await wait_quiet(api, admin, nats.url, kgents)
@@ -367,7 +398,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup-minutes", type=float, default=0.5)
     parser.add_argument("--streams", type=int, default=16, help="concurrent turn loops")
     parser.add_argument("--delay-ms", type=int, default=0, help="demo provider token delay")
-    parser.add_argument("--burst", type=int, default=10, help="followers dropped per burst")
+    parser.add_argument("--turns-per-session", type=int, default=50, help="then a new session")
+    parser.add_argument(
+        "--burst", type=int, default=10, help="followers dropped per burst (0: none)"
+    )
     parser.add_argument("--burst-seconds", type=float, default=2.0, help="time between bursts")
     parser.add_argument("--window-seconds", type=float, default=60.0, help="throughput windows")
     parser.add_argument("--keep-logs", help="copy the servers' logs to this directory")
