@@ -62,6 +62,39 @@ async def test_leaving_early_cancels_the_producer() -> None:
     assert cancelled.is_set()
 
 
+async def test_the_first_item_of_a_burst_goes_before_the_rest_is_read() -> None:
+    produced: list[int] = []
+
+    async def burst() -> AsyncIterator[int]:  # a whole reply in one read: no await between
+        for value in range(100):
+            produced.append(value)
+            yield value
+
+    batches = FluxStream(burst()).batches(64)
+    assert await anext(batches) == [0]
+    assert len(produced) == 1
+    rest = [n async for batch in batches for n in batch]
+    assert rest == list(range(1, 100))
+
+
+async def test_a_source_is_closed_when_the_consumer_leaves_while_the_buffer_is_full() -> None:
+    closed = asyncio.Event()
+
+    async def flood() -> AsyncIterator[int]:
+        try:
+            while True:
+                yield 1
+        finally:
+            closed.set()
+
+    batches = FluxStream(flood()).batches(2)
+    assert await anext(batches)
+    for _ in range(5):
+        await asyncio.sleep(0)  # the pump fills the buffer and waits for room
+    await batches.aclose()  # type: ignore[attr-defined]
+    assert closed.is_set()
+
+
 def test_the_bound_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FluxStream(endless_numbers()).batches(0)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ import uvicorn
 from kgents.api.app import create_app
 from kgents.cli.http_server import uvicorn_limits
 from kgents.config import Settings
+from tests.support.waiting import until
 
 
 def free_port() -> int:
@@ -31,15 +31,13 @@ def free_port() -> int:
 
 
 def wait_healthy(base_url: str, *, seconds: float = 90.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200:
-                return
+            return httpx.get(f"{base_url}/health", timeout=1.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{base_url} did not become healthy in {seconds}s")
+            return False
+
+    until(healthy, seconds=seconds)
 
 
 @contextmanager

@@ -57,13 +57,26 @@ class FluxStream(Generic[T]):
 
 
 async def _pump(stream: AsyncIterable[T], queue: "asyncio.Queue[object]") -> None:
-    """Put the items of ``stream`` in ``queue`` (waiting for room), then ``_DONE`` or the error."""
+    """Put the items of ``stream`` in ``queue`` (waiting for room), then ``_DONE`` or the error;
+    the source is closed however the pump ends (a cancelled pump included).
+
+    An item that finds the queue empty is handed over at once: the pump lets the waiting
+    consumer run before it reads on. A source that bursts (a whole reply in one read) would
+    otherwise be parsed up to the queue's bound before its first item went anywhere.
+    """
+    items = aiter(stream)
     try:
-        async for item in stream:
+        async for item in items:
             await queue.put(item)
+            if queue.qsize() == 1:
+                await asyncio.sleep(0)
     except Exception as exc:  # handed to the consumer, who raises it
         await queue.put(_Failure(exc))
         return
+    finally:
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()
     await queue.put(_DONE)
 
 
