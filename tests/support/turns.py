@@ -64,5 +64,5 @@ async def store_running_turn(
             tokens_since=None,
             history_limit=0,
         )
-        assert reads.session is not None and not reads.turn_running
+        assert reads.session is not None
         start.add_turn(turn, user_message=question, events=events, lease_until=lease_until)

@@ -27,7 +27,6 @@ class TurnStartReads:
 
     request_count: int | None  # the key's requests in the window, this one included
     session: Session | None  # the tenant's live session (locked until the end)
-    turn_running: bool  # the session runs a turn already
     tokens_used: int | None  # the tenant's tokens in the month from ``tokens_since``
     history: list[Message]  # the session's last messages, oldest first
 
@@ -35,7 +34,11 @@ class TurnStartReads:
 class TurnStart(Protocol):
     """One write transaction that starts a turn: what ``read`` counts and what ``add_turn``
     stages commit together when the ``begin_turn`` block ends normally, and nothing does
-    otherwise. Two steps, so a store can do each in one trip to the database."""
+    otherwise. Two steps, so a store can do each in one trip to the database.
+
+    Whether the session runs a turn already is not read: the store finds out when it writes
+    the turn, and the block then ends in ``TurnInProgress``, with only the request's count
+    committed (as for any other refusal)."""
 
     async def read(
         self,
@@ -48,9 +51,8 @@ class TurnStart(Protocol):
         history_limit: int,
     ) -> TurnStartReads:
         """Count a request of ``count_key`` in the rate-limit window ``window_start`` (when
-        given), read and lock the session (``None``: none), whether it runs a turn, the
-        tenant's tokens in the month ``tokens_since`` begins (when given) and the last
-        ``history_limit`` messages."""
+        given), read and lock the session (``None``: none), the tenant's tokens in the month
+        ``tokens_since`` begins (when given) and the last ``history_limit`` messages."""
         ...
 
     def add_turn(
@@ -77,7 +79,7 @@ class SessionStore(Protocol):
     async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool: ...
 
     def begin_turn(self) -> AbstractAsyncContextManager[TurnStart]:
-        """A ``TurnStart`` transaction (``TurnInProgress`` if a concurrent turn won the race)."""
+        """A ``TurnStart`` transaction (``TurnInProgress`` if the session runs a turn)."""
         ...
 
     async def finish_turn(

@@ -12,7 +12,6 @@ from kgents.errors import (
     InvalidInput,
     KgentsError,
     NotFound,
-    TurnInProgress,
 )
 from kgents.ids import is_valid_id, new_id
 from kgents.llm.base import GenerationRequest, estimate_request_tokens, estimate_tokens
@@ -146,9 +145,10 @@ class SessionService:
         """Store the user message and a running turn; return what the generation must do.
 
         One transaction (DESIGN, flow step 2) counts the request against its key's rate limit
-        (``rate``, when the caller has not counted it yet), checks the session, the token
-        quota and that no turn is running, and stores the user message, the turn and the usage
-        events: ``session.message`` and ``request_events`` (the request's ``api.request``).
+        (``rate``, when the caller has not counted it yet), checks the session and the token
+        quota, and stores the user message, the turn and the usage events: ``session.message``
+        and ``request_events`` (the request's ``api.request``); the store refuses the turn
+        when one is running (the last check).
 
         Raises ``RateLimitExceeded``, ``InvalidInput``, ``BudgetNotAllowed``, ``NotFound``,
         ``QuotaExceeded`` or ``TurnInProgress``; a refused turn stores nothing but the
@@ -222,8 +222,6 @@ class SessionService:
             require_tokens_left(quota_status(plan=principal.plan, used=reads.tokens_used, at=now))
         mode = request.mode or session.mode
         _check_mode(mode)
-        if reads.turn_running:
-            raise TurnInProgress("a turn is already running in this session")
 
         turn_id = new_id("turn")
         user_message = Message(

@@ -1,5 +1,5 @@
-"""Statements compiled once and sent at driver level, for the write hot paths (the usage outbox
-and the meter store's ingest).
+"""Statements compiled once and sent at driver level, for the write hot paths (the usage outbox,
+the meter store's ingest and the turn start).
 
 At batches of hundreds of rows, SQLAlchemy's per-row statement processing (bind processors
 looked up per row, ``insertmanyvalues`` batching, ORM state) costs more than the database's
@@ -9,10 +9,10 @@ parameter tuples.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 
 ROWS_PER_INSERT = 1000
 """Rows per multi-row INSERT: at most 8 columns gives 8,000 parameters, under both backends'
@@ -23,6 +23,12 @@ def bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any]:
     """What SQLAlchemy does to a value of column type ``type_`` before handing it over."""
     processor = type_.dialect_impl(dialect).bind_processor(dialect)
     return processor if processor is not None else (lambda value: value)
+
+
+def result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """What SQLAlchemy does to a value of column type ``type_`` that the driver returned."""
+    processor = type_.dialect_impl(dialect).result_processor(dialect, None)
+    return cast(Callable[[Any], Any] | None, processor)
 
 
 def compiled(statement: Any, dialect: Dialect, fields: Sequence[str]) -> str:
@@ -64,3 +70,54 @@ class MultiRowInsert:
             head = f"INSERT INTO {self._table} ({', '.join(self._columns)}) VALUES "  # noqa: S608
             text = self._texts[rows] = head + ", ".join(groups) + self._suffix
         return text
+
+
+class DriverStatement:
+    """A Core statement compiled once for one dialect and sent with ``exec_driver_sql``.
+
+    Its parameters are the statement's ``bindparam`` names, given positionally in ``fields``
+    order and converted by their column types' bind processors; values fixed in the statement
+    (``count + 1``) are bound once here. Rows come back converted by the result columns' types
+    (aware UTC datetimes, booleans), as Core would return them."""
+
+    def __init__(self, statement: Any, dialect: Dialect, fields: Sequence[str]) -> None:
+        text = statement.compile(dialect=dialect)
+        binds = {name: bind for bind, name in text.bind_names.items()}
+        given = [name for name in text.positiontup or () if binds[name].required]
+        if given != list(fields):
+            raise RuntimeError(f"unexpected parameter order {given} != {list(fields)}")
+        self.sql = str(text.string)
+        # Per position: the index of its value in ``fields`` and the processor, or a constant.
+        self._slots: list[tuple[int | None, Callable[[Any], Any], Any]] = []
+        for name in text.positiontup or ():
+            bind = binds[name]
+            process = bind_processor(bind.type, dialect)
+            if bind.required:
+                self._slots.append((fields.index(name), process, None))
+            else:
+                self._slots.append((None, process, process(bind.effective_value)))
+        self._results = [
+            result_processor(column.type, dialect) for column in statement.exported_columns
+        ]
+
+    def params(self, *values: Any) -> tuple[Any, ...]:
+        return tuple(
+            constant if index is None else process(values[index])
+            for index, process, constant in self._slots
+        )
+
+    def rows(self, connection: Connection, *values: Any) -> list[tuple[Any, ...]]:
+        """Execute with ``values`` (in ``fields`` order); the result rows, converted."""
+        result = connection.exec_driver_sql(self.sql, self.params(*values))
+        processors = self._results
+        return [
+            tuple(
+                value if process is None else process(value)
+                for process, value in zip(processors, row, strict=True)
+            )
+            for row in result.fetchall()
+        ]
+
+    def execute(self, connection: Connection, *values: Any) -> None:
+        """Execute with ``values`` (in ``fields`` order), ignoring any rows."""
+        connection.exec_driver_sql(self.sql, self.params(*values))

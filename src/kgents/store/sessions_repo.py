@@ -4,20 +4,19 @@ Each method is one transaction. Usage events are staged in the same transaction 
 they bill, so a crash can never store one without the other.
 """
 
-import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, cast, get_args
 
 from sqlalchemy import Select, func, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session as OrmSession
 
 from kgents.clock import as_utc
 from kgents.errors import NotFound, TurnInProgress, Unavailable
@@ -34,9 +33,9 @@ from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
 from kgents.store.quota_sql import add_month_tokens_statement, month_tokens_query
-from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
-from kgents.store.sqlite_thread import ThreadTransaction, thread_transaction
+from kgents.store.sqlite_thread import thread_transaction
+from kgents.store.turn_start_sql import TurnStartSql
 from kgents.store.unavailable import is_database_unavailable
 
 logger = logging.getLogger(__name__)
@@ -135,10 +134,9 @@ def recent_messages_query(session_id: str, *, limit: int) -> Select[MessageRow]:
     )
 
 
-# How SQLite and PostgreSQL name the unique indexes a concurrent turn start runs into.
+# How SQLite and PostgreSQL name the unique index a concurrent turn start would run into (the
+# one of running turns is the turn insert's ``ON CONFLICT`` target, so it never raises).
 _CONCURRENT_TURN = (
-    "ux_turns_one_running",
-    "turns.session_id",
     "ux_messages_session_position",
     "messages.session_id, messages.position",
 )
@@ -152,6 +150,7 @@ class SqlSessionStore:
         self._dialect = engine.dialect.name
         # A SQLite file has a writer of its own (``for_writes``): turns start on its thread.
         self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
+        self._turn_sql = TurnStartSql(engine.dialect)
 
     async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
         async with self._writes.begin() as db:
@@ -213,22 +212,28 @@ class SqlSessionStore:
         """One write transaction to start a turn in (see ``kgents.sessions.ports.TurnStart``).
 
         Commits when the block ends normally, else rolls everything back; ``TurnInProgress``
-        when the unique indexes on running turns or message positions refuse the turn (a
-        concurrent start won). On a SQLite file, each of its two steps is one trip to the
-        connection's thread (``sqlite_thread``)."""
+        when the session runs a turn already (the request's count is committed, nothing else)
+        or when a unique index refuses the turn (a concurrent start won; nothing is). Its two
+        steps are statements at driver level (``turn_start_sql``); on a SQLite file, each
+        step is one trip to the connection's thread (``sqlite_thread``)."""
         try:
             if self._thread_writes:
                 async with thread_transaction(self._writer) as transaction:
-                    on_thread = _ThreadTurnStart(transaction)
-                    yield on_thread
-                    await transaction.commit(on_thread.staged)
+                    start = _DriverTurnStart(self._turn_sql, transaction.run)
+                    yield start
+                    stored = await transaction.commit(start.staged)
             else:
-                async with self._writes.begin() as db:
-                    yield _OrmTurnStart(db)
+                async with self._writer.begin() as connection:
+                    start = _DriverTurnStart(self._turn_sql, connection.run_sync)
+                    yield start
+                    staged = start.staged
+                    stored = None if staged is None else await connection.run_sync(staged)
         except IntegrityError as exc:
             if not any(name in str(exc) for name in _CONCURRENT_TURN):
                 raise
             raise TurnInProgress("a turn is already running in this session") from exc
+        if stored is False:
+            raise TurnInProgress("a turn is already running in this session")
 
     async def finish_turn(
         self,
@@ -415,88 +420,25 @@ class SqlSessionStore:
             return history, total or 0
 
 
-def _read_turn_start(
-    db: OrmSession,
-    *,
-    tenant_id: str,
-    session_id: str | None,
-    count_key: str | None,
-    window_start: datetime | None,
-    tokens_since: datetime | None,
-    history_limit: int,
-) -> tuple[TurnStartReads, SessionRow | None]:
-    """``TurnStart.read`` on a synchronous session (which keeps the session row for staging)."""
-    count = None
-    if count_key is not None and window_start is not None:
-        statement = request_count_statement(db.get_bind().dialect.name, count_key, window_start)
-        count = int(db.scalar(statement) or 0)
-    row = db.get(SessionRow, session_id, with_for_update=True) if session_id else None
-    if row is not None and (row.tenant_id != tenant_id or row.deleted_at is not None):
-        row = None
-    running = False
-    history: list[Message] = []
-    tokens = None
-    if row is not None:
-        running = (
-            db.scalar(
-                select(TurnRow.id)
-                .where(TurnRow.session_id == row.id, TurnRow.status == "running")
-                .limit(1)
-            )
-            is not None
-        )
-        if tokens_since is not None:
-            tokens = int(db.scalar(month_tokens_query(tenant_id, month_start=tokens_since)) or 0)
-        if history_limit:
-            rows = db.scalars(recent_messages_query(row.id, limit=history_limit)).all()
-            history = [message_record(message) for message in reversed(rows)]
-    session = session_record(row) if row is not None else None
-    return TurnStartReads(count, session, running, tokens, history), row
+ReadStep = Callable[[Connection], TurnStartReads]
 
 
-def _stage_turn(
-    db: OrmSession,
-    session: SessionRow,
-    turn: Turn,
-    *,
-    user_message: Message,
-    events: Sequence[UsageEvent],
-    lease_until: datetime,
-) -> None:
-    """``TurnStart.add_turn`` on a synchronous session: the rows, written at the flush."""
-    db.add(_message_row(user_message, session.message_count))
-    session.message_count += 1
-    session.last_message_at = user_message.created_at
-    db.add(
-        TurnRow(
-            id=turn.id,
-            session_id=turn.session_id,
-            tenant_id=turn.tenant_id,
-            status="running",
-            mode=turn.mode,
-            budget=turn.budget,
-            user_message_id=user_message.id,
-            assistant_message_id=None,
-            tokens_in=turn.tokens_in,
-            tokens_out=0,
-            model=None,
-            estimated=False,
-            error_code=None,
-            first_seq=turn.first_seq,
-            started_at=turn.started_at,
-            finished_at=None,
-            lease_expires_at=lease_until,
-        )
-    )
-    add_outbox_events(db, events, at=turn.started_at)
+class _DriverTurnStart:
+    """``TurnStart`` over ``TurnStartSql``: ``read`` is one step, run at once by ``run``; what
+    ``add_turn`` stages is the last step, run with the commit (``staged``)."""
 
+    def __init__(
+        self, sql: TurnStartSql, run: Callable[[ReadStep], Awaitable[TurnStartReads]]
+    ) -> None:
+        self._sql = sql
+        self._run = run
+        self._session: Session | None = None
+        self.staged: Callable[[Connection], bool] | None = None
 
-class _StagedTurn(abc.ABC):
-    """``TurnStart``'s ``add_turn``: what it was given, checked against what ``read`` found,
-    becomes one step over a synchronous session, which the subclass runs (``_take``)."""
-
-    def __init__(self) -> None:
-        self.row: SessionRow | None = None
+    async def read(self, **query: Any) -> TurnStartReads:
+        reads = await self._run(partial(self._sql.read, **query))
+        self._session = reads.session
+        return reads
 
     def add_turn(
         self,
@@ -506,53 +448,14 @@ class _StagedTurn(abc.ABC):
         events: Sequence[UsageEvent],
         lease_until: datetime,
     ) -> None:
-        row = self.row
-        if row is None or row.id != turn.session_id:
+        session = self._session
+        if session is None or session.id != turn.session_id:
             raise RuntimeError("add_turn needs the turn's session, found by read() first")
-        self._take(
-            partial(
-                _stage_turn,
-                session=row,
-                turn=turn,
-                user_message=user_message,
-                events=events,
-                lease_until=lease_until,
-            )
+        self.staged = partial(
+            self._sql.add_turn,
+            session=session,
+            turn=turn,
+            user_message=user_message,
+            events=events,
+            lease_until=lease_until,
         )
-
-    @abc.abstractmethod
-    def _take(self, step: Callable[[OrmSession], None]) -> None:
-        """Run ``step`` now, or keep it for the commit (each subclass's transaction decides)."""
-
-
-class _OrmTurnStart(_StagedTurn):
-    """``TurnStart`` on an ``AsyncSession`` transaction (PostgreSQL; SQLite in memory)."""
-
-    def __init__(self, db: AsyncSession) -> None:
-        super().__init__()
-        self._db = db
-
-    async def read(self, **query: Any) -> TurnStartReads:
-        reads, self.row = await self._db.run_sync(partial(_read_turn_start, **query))
-        return reads
-
-    def _take(self, step: Callable[[OrmSession], None]) -> None:
-        # Only adds objects to the session (no I/O): the commit flushes them.
-        step(self._db.sync_session)
-
-
-class _ThreadTurnStart(_StagedTurn):
-    """``TurnStart`` on a SQLite ``ThreadTransaction``: ``read`` is one trip, and what
-    ``add_turn`` stages is written with the commit, in a second one."""
-
-    def __init__(self, transaction: ThreadTransaction) -> None:
-        super().__init__()
-        self._transaction = transaction
-        self.staged: Callable[[OrmSession], None] | None = None
-
-    async def read(self, **query: Any) -> TurnStartReads:
-        reads, self.row = await self._transaction.run(partial(_read_turn_start, **query))
-        return reads
-
-    def _take(self, step: Callable[[OrmSession], None]) -> None:
-        self.staged = step

@@ -4,8 +4,8 @@ aiosqlite runs every DBAPI call (cursor, execute, fetch, close, commit) as a sep
 the connection's thread and wakes the event loop for each result; through SQLAlchemy a
 statement costs three or four such trips, each ~0.1-0.5 ms of latency on a busy 2-core machine,
 so a turn start of a dozen statements took 10-15 ms. Here a *step* (a function over a
-synchronous SQLAlchemy ``Session``) is one job on that thread: a transaction of two steps costs
-two trips, whatever it executes. The synchronous engine wraps the very same ``sqlite3``
+synchronous SQLAlchemy ``Connection``) is one job on that thread: a transaction of two steps
+costs two trips, whatever it executes. The synchronous engine wraps the very same ``sqlite3``
 connection, with the same dialect (pysqlite, which aiosqlite's dialect extends), so column types
 read and write exactly as through the async engine, and driver errors arrive as SQLAlchemy's
 (``OperationalError``, ``IntegrityError``).
@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from kgents.store.unavailable import translate_operational_errors
@@ -32,21 +31,22 @@ _SYNC_ENGINE = "kgents_sync_engine"  # key in the pooled connection's ``info``
 
 class ThreadTransaction:
     """One ``BEGIN IMMEDIATE`` transaction on an aiosqlite connection, run step by step on
-    its thread (``run``); ``commit`` runs a last step and commits in the same trip."""
+    its thread (``run``); ``commit`` runs a last step (returning what it returns), commits and
+    closes in the same trip."""
 
     def __init__(self, driver: Any, engine: Engine) -> None:
         self._driver = driver  # the aiosqlite.Connection
         self._engine = engine
-        self._session: Session | None = None
+        self._connection: Connection | None = None
 
-    async def run(self, step: Callable[[Session], T]) -> T:
+    async def run(self, step: Callable[[Connection], T]) -> T:
         return cast(T, await self._on_thread(self._run, step))
 
-    async def commit(self, step: Callable[[Session], None] | None = None) -> None:
-        await self._on_thread(self._commit, step)
+    async def commit(self, step: Callable[[Connection], T] | None = None) -> T | None:
+        return cast(T | None, await self._on_thread(self._commit, step))
 
     async def close(self) -> None:
-        if self._session is not None:
+        if self._connection is not None:
             await self._on_thread(self._close)
 
     async def _on_thread(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -56,26 +56,27 @@ class ThreadTransaction:
 
     # The methods below run on the connection's thread.
 
-    def _begun(self) -> Session:
-        if self._session is None:
-            session = Session(self._engine, expire_on_commit=False, autoflush=False)
-            self._session = session
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        return self._session
+    def _begun(self) -> Connection:
+        if self._connection is None:
+            connection = self._engine.connect()
+            self._connection = connection
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        return self._connection
 
-    def _run(self, step: Callable[[Session], T]) -> T:
+    def _run(self, step: Callable[[Connection], T]) -> T:
         return step(self._begun())
 
-    def _commit(self, step: Callable[[Session], None] | None) -> None:
-        session = self._begun()
-        if step is not None:
-            step(session)
-        session.commit()
+    def _commit(self, step: Callable[[Connection], T] | None) -> T | None:
+        connection = self._begun()
+        result = None if step is None else step(connection)
+        connection.commit()
+        self._close()  # in the same trip: ``close`` then has nothing left to do
+        return result
 
     def _close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            session.close()  # rolls back what was not committed
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()  # rolls back what was not committed
 
 
 def _sync_engine(raw: PoolProxiedConnection) -> Engine:

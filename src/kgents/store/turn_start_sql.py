@@ -1,0 +1,248 @@
+"""The turn start's two steps at driver level (``driver_sql``): statements compiled once per
+dialect, no ORM, over a synchronous ``Connection``, so the same steps run whole on the SQLite
+writer's thread (``sqlite_thread``) and in ``AsyncConnection.run_sync`` (PostgreSQL).
+
+Whether the session runs a turn is not read: the turn's own insert answers it (the partial
+unique index on running turns, ``ON CONFLICT ... DO NOTHING``), and a first turn, whose session
+holds no message yet, reads no history.
+"""
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect
+
+from kgents.records import Message, Session, Turn, UsageEvent
+from kgents.sessions.ports import TurnStartReads
+from kgents.store.driver_sql import DriverStatement, MultiRowInsert
+from kgents.store.outbox_sql import OUTBOX, OutboxSql
+from kgents.store.quota_sql import month_tokens_statement, require_month_start
+from kgents.store.rate_limit_repo import request_count_statement
+from kgents.store.schema import MessageRow, SessionRow, TurnRow
+
+SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
+MESSAGES: Table = MessageRow.__table__  # type: ignore[assignment]
+TURNS: Table = TurnRow.__table__  # type: ignore[assignment]
+
+_SESSION_COLUMNS = [
+    "id",
+    "tenant_id",
+    "title",
+    "agent_type",
+    "mode",
+    "status",
+    "message_count",
+    "tokens_used",
+    "created_at",
+    "last_message_at",
+    "deleted_at",
+]
+_MESSAGE_COLUMNS = [
+    "id",
+    "session_id",
+    "tenant_id",
+    "turn_id",
+    "role",
+    "content",
+    "tokens_in",
+    "tokens_out",
+    "model",
+    "created_at",
+]
+
+
+class _Insert:
+    """``INSERT`` of one row of ``table`` (and ``suffix``), its values given by column name."""
+
+    def __init__(
+        self, table: Table, dialect: Dialect, suffix: Callable[[Any], Any] | None = None
+    ) -> None:
+        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        self._columns = [column.name for column in table.columns]
+        fields = [f"new_{name}" for name in self._columns]
+        statement = insert(table).values(
+            {name: bindparam(field) for name, field in zip(self._columns, fields, strict=True)}
+        )
+        if suffix is not None:
+            statement = suffix(statement)
+        self._statement = DriverStatement(statement, dialect, fields)
+
+    def rows(self, connection: Connection, **row: Any) -> list[tuple[Any, ...]]:
+        """Insert ``row``; what the statement returns."""
+        return self._statement.rows(connection, *(row[name] for name in self._columns))
+
+    def execute(self, connection: Connection, **row: Any) -> None:
+        self._statement.execute(connection, *(row[name] for name in self._columns))
+
+
+class TurnStartSql:
+    """The statements of ``TurnStart.read`` and ``add_turn`` for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._count = DriverStatement(
+            request_count_statement(dialect.name), dialect, ["count_key", "window"]
+        )
+        s = SESSIONS.c
+        self._lock_session = DriverStatement(
+            select(*(s[name] for name in _SESSION_COLUMNS))
+            .where(s.id == bindparam("session_id"))
+            .with_for_update(),
+            dialect,
+            ["session_id"],
+        )
+        self._month_tokens = DriverStatement(
+            month_tokens_statement(), dialect, ["tenant", "month_start"]
+        )
+        m = MESSAGES.c
+        self._history = DriverStatement(
+            select(*(m[name] for name in _MESSAGE_COLUMNS))
+            .where(m.session_id == bindparam("session_id"))
+            .order_by(m.position.desc())
+            .limit(bindparam("limit")),
+            dialect,
+            ["session_id", "limit"],
+        )
+        # At most one running turn per session: a second one is not inserted (no error, so
+        # the transaction goes on to commit the request's count).
+        self._insert_turn = _Insert(
+            TURNS,
+            dialect,
+            lambda insert: insert.on_conflict_do_nothing(
+                index_elements=["session_id"], index_where=text("status = 'running'")
+            ).returning(TURNS.c.id),
+        )
+        self._insert_message = _Insert(MESSAGES, dialect)
+        self._count_message = DriverStatement(
+            update(SESSIONS)
+            .where(s.id == bindparam("session_id"))
+            .values(message_count=bindparam("count"), last_message_at=bindparam("at")),
+            dialect,
+            ["count", "at", "session_id"],
+        )
+        # As ``SqlOutboxStore.add`` binds them, but a duplicate event fails the turn.
+        self._outbox = OutboxSql(dialect)
+        self._insert_events = MultiRowInsert(OUTBOX, dialect)
+
+    def read(
+        self,
+        connection: Connection,
+        *,
+        tenant_id: str,
+        session_id: str | None,
+        count_key: str | None,
+        window_start: datetime | None,
+        tokens_since: datetime | None,
+        history_limit: int,
+    ) -> TurnStartReads:
+        """``TurnStart.read``: the session row stays locked (``FOR UPDATE``) until the end."""
+        count = None
+        if count_key is not None and window_start is not None:
+            [(count,)] = self._count.rows(connection, count_key, window_start)
+        session = None
+        if session_id:
+            found = self._lock_session.rows(connection, session_id)
+            if found and found[0][1] == tenant_id and found[0][-1] is None:  # not deleted
+                session = _session(found[0])
+        tokens = None
+        history: list[Message] = []
+        if session is not None:
+            if tokens_since is not None:
+                require_month_start(tokens_since)
+                used = self._month_tokens.rows(connection, tenant_id, tokens_since)
+                tokens = int(used[0][0]) if used else 0
+            if history_limit and session.message_count:
+                rows = self._history.rows(connection, session.id, history_limit)
+                history = [_message(row) for row in reversed(rows)]
+        return TurnStartReads(count, session, tokens, history)
+
+    def add_turn(
+        self,
+        connection: Connection,
+        *,
+        session: Session,
+        turn: Turn,
+        user_message: Message,
+        events: Sequence[UsageEvent],
+        lease_until: datetime,
+    ) -> bool:
+        """``TurnStart.add_turn``'s rows, the turn's first: ``False`` (and nothing written)
+        when the session runs a turn already."""
+        stored = self._insert_turn.rows(
+            connection,
+            id=turn.id,
+            session_id=turn.session_id,
+            tenant_id=turn.tenant_id,
+            status="running",
+            mode=turn.mode,
+            budget=turn.budget,
+            user_message_id=user_message.id,
+            assistant_message_id=None,
+            tokens_in=turn.tokens_in,
+            tokens_out=0,
+            model=None,
+            estimated=False,  # stored by ``finish_turn``
+            error_code=None,
+            first_seq=turn.first_seq,
+            started_at=turn.started_at,
+            finished_at=None,
+            lease_expires_at=lease_until,
+        )
+        if not stored:
+            return False
+        self._insert_message.execute(
+            connection,
+            id=user_message.id,
+            session_id=user_message.session_id,
+            tenant_id=user_message.tenant_id,
+            turn_id=user_message.turn_id,
+            position=session.message_count,
+            role=user_message.role,
+            content=user_message.content,
+            tokens_in=user_message.tokens_in,
+            tokens_out=user_message.tokens_out,
+            model=user_message.model,
+            created_at=user_message.created_at,
+        )
+        self._count_message.execute(
+            connection, session.message_count + 1, user_message.created_at, session.id
+        )
+        for rows, values in self._outbox.insert_pages(events, at=turn.started_at):
+            connection.exec_driver_sql(self._insert_events.sql(rows), values)
+        return True
+
+
+def _session(row: Sequence[Any]) -> Session:
+    """A row of ``_SESSION_COLUMNS`` as the ``Session`` it holds."""
+    id_, tenant_id, title, agent_type, mode, status, messages, tokens, created, last, _ = row
+    return Session(
+        id=id_,
+        tenant_id=tenant_id,
+        title=title,
+        agent_type=agent_type,
+        mode=mode,
+        status=status,
+        message_count=messages,
+        tokens_used=tokens,
+        created_at=created,
+        last_message_at=last,
+    )
+
+
+def _message(row: Sequence[Any]) -> Message:
+    """A row of ``_MESSAGE_COLUMNS`` as the ``Message`` it holds."""
+    id_, session_id, tenant_id, turn_id, role, content, tokens_in, tokens_out, model, at = row
+    return Message(
+        id=id_,
+        session_id=session_id,
+        tenant_id=tenant_id,
+        turn_id=turn_id,
+        role="assistant" if role == "assistant" else "user",
+        content=content,
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        model=model,
+        created_at=at,
+    )
