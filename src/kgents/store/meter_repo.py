@@ -153,12 +153,16 @@ class SqlMeterStore:
     async def sync_meters(self, *, at: datetime | None = None) -> list[str]:
         """Rebuild from the stored events the rollups of meters that are new or whose
         definition changed since the last sync, and drop those of meters no longer configured.
-        Call at start-up, before ingesting; returns the slugs rebuilt."""
+        Call at start-up, before ingesting; returns the slugs rebuilt. Syncs run one at a
+        time, so replicas that start together find the meters in sync after the first."""
         synced_at = at or self._clock()
         async with self._database("syncing meters", write=True) as connection:
             if self._postgresql:
-                # Holds off concurrent ingest so no event slips between the scan and commit.
-                await connection.execute(text("LOCK TABLE meter_events IN SHARE MODE"))
+                # Holds off concurrent ingest, so no event slips between the scan and commit,
+                # and (unlike SHARE) another sync, which would insert the same definitions.
+                await connection.execute(
+                    text("LOCK TABLE meter_events IN SHARE ROW EXCLUSIVE MODE")
+                )
             definitions = select(DEFINITIONS.c.slug, DEFINITIONS.c.fingerprint)
             known: dict[str, str] = dict((await connection.execute(definitions)).all())
             fingerprints = {meter.slug: meter_fingerprint(meter) for meter in self._meters}
