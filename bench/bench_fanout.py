@@ -357,18 +357,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
         harness.processes(Path(tmp), keep_logs=keep) as registry,
     ):
-        workdir = Path(tmp)
-        nats_proc = harness.start_nats(registry, workdir / "nats")
-        kgents = harness.start_kgents(
+        nats_proc, kgents = harness.start_demo_stack(
             registry,
+            Path(tmp),
             name="kgents-fanout",
-            data_dir=workdir / "kgents",
-            env={
-                "KGENTS_LLM_PROVIDER": "demo",
-                "KGENTS_DEMO_TOKEN_DELAY_MS": str(args.delay_ms),
-                "KGENTS_NATS_URL": nats_proc.url,
-                "KGENTS_ADMIN_TOKEN": admin_token,
-            },
+            delay_ms=args.delay_ms,
+            admin_token=admin_token,
         )
         key = harness.provision_key(kgents.url, admin_token)
         procs = {"kgents": kgents, "nats": nats_proc}
@@ -395,7 +389,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{count} followers: {json.dumps(measured)}")
                 result["phases"].append(measured)
             if args.profile_seconds:
-                result["profile"] = await profiled_phase(api, args, kgents, common, workdir)
+                result["profile"] = await profiled_phase(api, args, kgents, common, Path(tmp))
         result["kgents_log"] = harness.log_errors(kgents)
     result["vs_baseline"], result["targets"] = judge(result["phases"])
     result["wall_s"] = round(time.monotonic() - started, 1)

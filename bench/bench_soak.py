@@ -338,18 +338,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
         harness.processes(Path(tmp), keep_logs=keep) as registry,
     ):
-        workdir = Path(tmp)
-        nats = harness.start_nats(registry, workdir / "nats")
-        kgents = harness.start_kgents(
-            registry,
-            name="kgents-soak",
-            data_dir=workdir / "kgents",
-            env={
-                "KGENTS_LLM_PROVIDER": "demo",
-                "KGENTS_DEMO_TOKEN_DELAY_MS": str(args.delay_ms),
-                "KGENTS_NATS_URL": nats.url,
-                "KGENTS_ADMIN_TOKEN": admin_token,
-            },
+        nats, kgents = harness.start_demo_stack(
+            registry, Path(tmp), name="kgents-soak", delay_ms=args.delay_ms, admin_token=admin_token
         )
         key = harness.provision_key(kgents.url, admin_token)
         limits = httpx.Limits(max_connections=args.streams + 8)

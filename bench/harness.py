@@ -257,6 +257,26 @@ def start_kgents(
         time.sleep(0.05)
 
 
+def start_demo_stack(
+    registry: Processes, workdir: Path, *, name: str, delay_ms: int, admin_token: str
+) -> tuple[Proc, Proc]:
+    """A nats-server and ``kgents serve`` on it with the demo provider (``delay_ms`` between
+    tokens) and ``admin_token``: ``(nats, kgents)``."""
+    nats_proc = start_nats(registry, workdir / "nats")
+    kgents = start_kgents(
+        registry,
+        name=name,
+        data_dir=workdir / "kgents",
+        env={
+            "KGENTS_LLM_PROVIDER": "demo",
+            "KGENTS_DEMO_TOKEN_DELAY_MS": str(delay_ms),
+            "KGENTS_NATS_URL": nats_proc.url,
+            "KGENTS_ADMIN_TOKEN": admin_token,
+        },
+    )
+    return nats_proc, kgents
+
+
 def log_errors(proc: Proc) -> dict[str, Any]:
     """Unhandled errors in a kgents log: how many, and the final line of each traceback.
 

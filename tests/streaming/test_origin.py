@@ -27,16 +27,21 @@ async def read_all(follower: OriginFollower, n: int) -> list[tuple[int, int]]:
     return got
 
 
+async def offered(
+    event_log: JetStreamEventLog, follower: OriginFollower, session_id: str, index: int
+) -> tuple[int, int]:
+    """Publish chunk ``index`` and offer it as the turn would; (sequence, index)."""
+    event = chunk(session_id, index)
+    seq = await event_log.publish(event)
+    follower.offer(event, seq)
+    return seq, index
+
+
 async def test_acknowledged_events_reach_the_client_without_a_consumer(
     event_log: JetStreamEventLog, conn: NatsConnection, session_id: str
 ) -> None:
     follower = OriginFollower(events=event_log, session_id=session_id, limit=64)
-    published = []
-    for index in range(5):
-        event = chunk(session_id, index)
-        seq = await event_log.publish(event)
-        follower.offer(event, seq)
-        published.append((seq, index))
+    published = [await offered(event_log, follower, session_id, index) for index in range(5)]
     assert await read_all(follower, 5) == published
     assert follower.in_process
     assert await consumers(conn, session_id) == 0
@@ -52,10 +57,7 @@ async def test_a_client_that_falls_behind_reads_the_rest_from_jetstream(
     follower = OriginFollower(events=event_log, session_id=session_id, limit=3)
     published = []
     for index in range(10):
-        event = chunk(session_id, index)
-        seq = await event_log.publish(event)
-        follower.offer(event, seq)
-        published.append((seq, index))
+        published.append(await offered(event_log, follower, session_id, index))
         if index == 1:
             assert await read_all(follower, 2) == published  # read a little, then not
     assert not follower.in_process

@@ -179,25 +179,20 @@ async def _next_frame(websocket: WebSocket) -> dict[str, Any]:
 async def _forward(websocket: WebSocket, follower: WatchedFollower, send_timeout: float) -> None:
     """Send every event the follower delivers, one frame each. A frame the client does not
     take within ``send_timeout`` (uvicorn's buffer for it is full) ends the connection."""
-    while True:
+    async for followed in follower:
+        event = followed.event
+        text = _JSON.encode({"id": followed.seq, "event": event.type, "data": event.data})
         try:
-            batch = await follower.next_batch()
-        except StopAsyncIteration:
-            return
-        for followed in batch:
-            event = followed.event
-            text = _JSON.encode({"id": followed.seq, "event": event.type, "data": event.data})
-            try:
+            async with asyncio.timeout(send_timeout):
+                await websocket.send_text(text)
+        except TimeoutError:
+            logger.info("closing a WebSocket client that stopped reading")
+            with contextlib.suppress(Exception):
                 async with asyncio.timeout(send_timeout):
-                    await websocket.send_text(text)
-            except TimeoutError:
-                logger.info("closing a WebSocket client that stopped reading")
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(send_timeout):
-                        await websocket.close(CLOSE_NOT_READING, "not reading")
-                raise _ClientGone from None
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                raise _ClientGone from None
+                    await websocket.close(CLOSE_NOT_READING, "not reading")
+            raise _ClientGone from None
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            raise _ClientGone from None
 
 
 async def _obey(
