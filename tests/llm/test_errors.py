@@ -1,5 +1,6 @@
 """The provider error table: stable codes, retryable flags, no secrets in messages."""
 
+import aiohttp
 import pytest
 
 from kgents.llm import errors
@@ -123,3 +124,22 @@ def test_sdk_exception_details_are_redacted() -> None:
 
     assert "sk-secret" not in error.message
     assert "[redacted]" in error.message
+
+
+def _caused_by(exc: Exception, cause: BaseException) -> Exception:
+    exc.__cause__ = cause
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "started", "code"),
+    [
+        # The openai SDK's aiohttp transport wraps every lost connection as a connect timeout.
+        (_caused_by(_Timeout(), aiohttp.ServerDisconnectedError()), False, "provider_unreachable"),
+        (_caused_by(_Timeout(), aiohttp.ServerDisconnectedError()), True, "provider_error"),
+        (_caused_by(_Timeout(), aiohttp.SocketTimeoutError()), True, "provider_timeout"),
+        (aiohttp.ClientPayloadError("cut"), True, "provider_error"),
+    ],
+)
+def test_the_aiohttp_error_under_the_sdk_decides(exc: Exception, started: bool, code: str) -> None:
+    assert errors.from_exception("p", exc, started=started, secret="k", sdk=_SDK).code == code

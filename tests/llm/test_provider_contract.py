@@ -4,6 +4,7 @@ Each test runs once for the openai and once for the anthropic provider (the ``ca
 what only one of them does is tested in ``test_<provider>_provider.py``.
 """
 
+import asyncio
 import socket
 from collections.abc import AsyncGenerator
 
@@ -103,6 +104,27 @@ async def test_refused_connection_is_unreachable(case: ProviderCase) -> None:
         assert await provider.check() == error.message  # why, in one line
     finally:
         await provider.aclose()
+
+
+async def test_a_server_that_hangs_up_without_answering_is_unreachable(
+    case: ProviderCase,
+) -> None:
+    # aiohttp reports this as ServerDisconnectedError, which the openai SDK's transport wraps
+    # as a connect timeout; it is a lost connection.
+    async def hang_up(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = case.build(f"http://127.0.0.1:{port}/v1", timeout_seconds=5.0)
+    try:
+        error = await failure(provider)
+        assert (error.code, error.retryable) == ("provider_unreachable", True)
+        assert await provider.check() == error.message
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_server_that_never_answers_times_out(

@@ -1,5 +1,6 @@
 """A provider request logs nothing at info level: the HTTP client libraries' per-request lines
-(httpx's "HTTP Request: POST ...", the SDKs' own) are debug detail on the hot path."""
+(httpx2's "HTTP Request: POST ...", the SDKs' own, aiohttp's under them) are debug detail on the
+hot path, and even at debug no line carries the API key."""
 
 import io
 import logging
@@ -9,6 +10,8 @@ import pytest
 
 from kgents.llm.base import LLMProvider
 from kgents.observability.logging import configure_logging
+from tests.fakes import FakeReply
+from tests.llm.conftest import ProviderCase
 from tests.llm.streams import drain
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +47,8 @@ async def test_a_provider_request_logs_nothing_at_info(
     logging.getLogger("kgents.llm").info("our own info lines stay")
     text = info_logs.getvalue()
     assert "HTTP Request:" not in text and "our own info lines stay" in text
+    # Every line's logger is ours or the fake server's (uvicorn): no HTTP client library's.
+    assert {line.split()[2] for line in text.splitlines()} <= {"kgents.llm", "uvicorn.access"}
 
 
 async def test_at_debug_the_request_lines_are_there_as_debug(
@@ -52,6 +57,19 @@ async def test_at_debug_the_request_lines_are_there_as_debug(
     await drain(provider)
     lines = [line for line in debug_logs.getvalue().splitlines() if "HTTP Request:" in line]
     assert lines and all("DEBUG" in line and "INFO" not in line for line in lines)
+
+
+async def test_no_line_carries_the_api_key_even_at_debug(
+    case: ProviderCase, provider: LLMProvider, debug_logs: io.StringIO
+) -> None:
+    await drain(provider)
+    case.fake.reply = FakeReply(status=401)  # the fake echoes the key in its error body
+    await drain(provider)
+    await provider.check()
+
+    text = debug_logs.getvalue()
+    assert "HTTP Request:" in text
+    assert case.key not in text
 
 
 def test_their_warnings_pass_unchanged(info_logs: io.StringIO) -> None:

@@ -7,7 +7,8 @@ cache writes and reads, which Anthropic counts separately), output tokens from t
 ``temperature`` is not sent: the API version this SDK speaks (2026-10-21) rejects sampling
 parameters with HTTP 400, so the mode reaches the model through the system prompt alone.
 
-The SDK's own retries are off (``max_retries=0``) for the reason given in ``kgents.llm.openai``.
+The SDK's own retries are off (``max_retries=0``) and its transport is aiohttp
+(``anthropic.DefaultAioHttpClient``), both for the reasons given in ``kgents.llm.openai``.
 """
 
 from collections.abc import AsyncGenerator
@@ -54,6 +55,7 @@ class AnthropicProvider:
             base_url=base_url or DEFAULT_BASE_URL,
             timeout=timeout_seconds,
             max_retries=0,
+            http_client=anthropic.DefaultAioHttpClient(timeout=timeout_seconds),
         )
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:

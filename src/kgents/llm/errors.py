@@ -16,14 +16,17 @@ cut short, and auth failures carry no provider text at all (providers echo parts
 
 ``from_exception`` applies the table to what the official SDKs (and the transport under them)
 raise; the SDKs are not imported here, each provider names its own exception classes
-(``SDKErrors``), so choosing one provider never imports the other's SDK.
+(``SDKErrors``), so choosing one provider never imports the other's SDK. The transport is aiohttp
+under the SDKs' httpx2 client: its errors reach us wrapped in httpx2's and the SDK's, and the
+openai SDK's wrapping calls every lost connection a connect timeout, so when an aiohttp error is
+the root cause, it decides.
 """
 
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import anyio
+import aiohttp
 import httpx2
 
 from kgents.errors import ProviderError
@@ -52,8 +55,9 @@ _TYPE_CODES = {
 }
 
 _MAX_DETAIL_CHARS = 300
+_MAX_CAUSES = 8
 
-TRANSPORT_ERRORS = (httpx2.TransportError, anyio.EndOfStream, ssl.SSLError)
+TRANSPORT_ERRORS = (httpx2.TransportError, aiohttp.ClientError, ssl.SSLError)
 """What the transport raises when a connection fails or drops."""
 
 
@@ -138,6 +142,11 @@ def from_exception(
     started (``started=False``) or while it was read."""
     if isinstance(exc, ProviderError):
         return exc
+    cause = _aiohttp_cause(exc)
+    if isinstance(cause, aiohttp.ServerTimeoutError):
+        return timed_out(provider)
+    if cause is not None:
+        return connection_lost(provider) if started else unreachable(provider)
     if isinstance(exc, (sdk.timeout, httpx2.TimeoutException)):
         return timed_out(provider)
     # The SDKs wrap transport errors while they make the request; read from the body, they
@@ -152,6 +161,16 @@ def from_exception(
             return from_status(provider, status, detail)
         return from_error_event(provider, error_type, detail)
     return unexpected(provider, exc, started=started)
+
+
+def _aiohttp_cause(exc: BaseException) -> aiohttp.ClientError | None:
+    """The aiohttp error in ``exc``'s chain of causes, if there is one."""
+    current: BaseException | None = exc
+    for _ in range(_MAX_CAUSES):
+        if current is None or isinstance(current, aiohttp.ClientError):
+            return current
+        current = current.__cause__
+    return None
 
 
 def error_fields(body: object) -> tuple[str | None, str | None]:
