@@ -183,20 +183,31 @@ class NatsConnection:
 
     async def guard(self, operation: Awaitable[T], *, action: str) -> T:
         """Await a request; ``EventsUnavailable`` as soon as the connection drops, on a driver
-        error, or when the request times out."""
+        error, or when the request times out.
+
+        The request runs in the caller's task, under a timeout scope with no deadline that the
+        connection's loss expires at once: no task of its own and no ``asyncio.wait`` per call
+        (every chunk of a reply passes through here).
+        """
         self.require_connected()
-        task = asyncio.ensure_future(operation)
+        lost = self._lost
         try:
-            racers: list[asyncio.Future[Any]] = [task, self._lost]
-            await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if task.cancelled():
-            raise EventsUnavailable(f"event stream unavailable: connection lost while {action}")
-        with events_unavailable(action):
-            return task.result()
+            async with asyncio.timeout(None) as scope:
+                loop = asyncio.get_running_loop()
+
+                def expire(_: object) -> None:
+                    scope.reschedule(loop.time())
+
+                lost.add_done_callback(expire)
+                try:
+                    with events_unavailable(action):
+                        return await operation
+                finally:
+                    lost.remove_done_callback(expire)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+        raise EventsUnavailable(f"event stream unavailable: connection lost while {action}")
 
     async def wait_reconnected(self, wait_seconds: float) -> bool:
         """Wait until the next reconnect (at most ``wait_seconds``); True if one happened."""
@@ -236,7 +247,10 @@ class NatsConnection:
             logger.debug("closing the NATS connection: %s", _describe(exc))
 
     async def _on_error(self, exc: Exception) -> None:
-        self._last_error = exc
+        # The server's own refusal (an authorization violation) says more than the reset of
+        # the socket it closes next: a transport error never replaces it.
+        if not (isinstance(exc, OSError) and isinstance(self._last_error, nats.errors.Error)):
+            self._last_error = exc
         if isinstance(exc, nats.errors.SlowConsumerError):
             logger.debug("nats: slow consumer on %s (gap is recovered)", exc.subject)
             return
