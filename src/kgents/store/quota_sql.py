@@ -13,18 +13,18 @@ from kgents.store.limits_schema import TenantMonthTokensRow
 from kgents.tenancy.quota import month_bounds
 
 
-def add_month_tokens_statement(
-    dialect: str, tenant_id: str, *, started_at: datetime, tokens: int
-) -> Any:
-    """Add ``tokens`` of a turn started at ``started_at`` to its tenant's month (an upsert)."""
+def add_month_tokens_statement(dialect: str) -> Any:
+    """Add ``:tokens`` to the row of tenant ``:tenant`` and month ``:month_start`` (an upsert;
+    the month is the one a turn started in: ``month_bounds(started_at)[0]``)."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return (
-        insert(TenantMonthTokensRow)
-        .values(tenant_id=tenant_id, month_start=month_bounds(started_at)[0], tokens=tokens)
-        .on_conflict_do_update(
-            index_elements=["tenant_id", "month_start"],
-            set_={"tokens": TenantMonthTokensRow.tokens + tokens},
-        )
+    statement = insert(TenantMonthTokensRow).values(
+        tenant_id=bindparam("tenant"),
+        month_start=bindparam("month_start"),
+        tokens=bindparam("tokens"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=["tenant_id", "month_start"],
+        set_={"tokens": TenantMonthTokensRow.tokens + statement.excluded.tokens},
     )
 
 

@@ -11,15 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Any, cast, get_args
+from typing import Any, TypeVar, cast, get_args
 
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from kgents.clock import as_utc
-from kgents.errors import NotFound, TurnInProgress, Unavailable
+from kgents.errors import TurnInProgress, Unavailable
 from kgents.records import (
     HistoryMessage,
     Message,
@@ -32,9 +31,10 @@ from kgents.records import (
 from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
 from kgents.store.outbox_repo import add_outbox_events
-from kgents.store.quota_sql import add_month_tokens_statement, month_tokens_query
+from kgents.store.quota_sql import month_tokens_query
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
 from kgents.store.sqlite_thread import thread_transaction
+from kgents.store.turn_end_sql import TurnEndSql
 from kgents.store.turn_start_sql import TurnStartSql
 from kgents.store.unavailable import is_database_unavailable
 
@@ -46,6 +46,7 @@ _FINISH_RETRY_FIRST_SECONDS = 0.1
 _FINISH_RETRY_MAX_SECONDS = 1.0
 
 _TURN_STATUSES = frozenset(get_args(TurnStatus))
+T = TypeVar("T")
 
 
 def session_record(row: SessionRow) -> Session:
@@ -108,22 +109,6 @@ def turn_record(row: TurnRow) -> Turn:
     )
 
 
-def _message_row(message: Message, position: int) -> MessageRow:
-    return MessageRow(
-        id=message.id,
-        session_id=message.session_id,
-        tenant_id=message.tenant_id,
-        turn_id=message.turn_id,
-        position=position,
-        role=message.role,
-        content=message.content,
-        tokens_in=message.tokens_in,
-        tokens_out=message.tokens_out,
-        model=message.model,
-        created_at=message.created_at,
-    )
-
-
 def recent_messages_query(session_id: str, *, limit: int) -> Select[MessageRow]:
     """The last ``limit`` messages of a session, newest first."""
     return (
@@ -147,10 +132,11 @@ class SqlSessionStore:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
         self._writer = for_writes(engine)
         self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
-        self._dialect = engine.dialect.name
-        # A SQLite file has a writer of its own (``for_writes``): turns start on its thread.
+        # A SQLite file has a writer of its own (``for_writes``): turns start and end on its
+        # thread.
         self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
         self._turn_sql = TurnStartSql(engine.dialect)
+        self._end_sql = TurnEndSql(engine.dialect)
 
     async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
         async with self._writes.begin() as db:
@@ -280,56 +266,26 @@ class SqlSessionStore:
         stored = replace(
             turn, assistant_message_id=assistant_message.id if assistant_message else None
         )
-        async with self._writes.begin() as db:
-            result = await db.execute(
-                update(TurnRow)
-                .where(TurnRow.id == turn.id, TurnRow.status == "running")
-                .values(
-                    status=turn.status,
-                    tokens_in=turn.tokens_in,
-                    tokens_out=turn.tokens_out,
-                    model=turn.model,
-                    estimated=turn.estimated,
-                    error_code=turn.error_code,
-                    assistant_message_id=stored.assistant_message_id,
-                    finished_at=turn.finished_at,
-                )
-            )
-            if not getattr(result, "rowcount", 0):
-                if retried and await self._finished_as(db, turn):
-                    return stored  # the commit of an attempt that "failed" did land
-                return None
-            session = await db.get(SessionRow, turn.session_id, with_for_update=True)
-            if session is None:  # sessions are only soft-deleted, so this means corruption
-                raise NotFound("session of the turn not found")
-            tokens = turn.tokens_in + turn.tokens_out
-            session.tokens_used += tokens
-            if tokens:
-                await db.execute(
-                    add_month_tokens_statement(
-                        self._dialect, turn.tenant_id, started_at=turn.started_at, tokens=tokens
-                    )
-                )
-            if assistant_message is not None:
-                db.add(_message_row(assistant_message, session.message_count))
-                session.message_count += 1
-                session.last_message_at = assistant_message.created_at
-            add_outbox_events(db, events, at=turn.finished_at or turn.started_at)
-            return stored
-
-    @staticmethod
-    async def _finished_as(db: AsyncSession, turn: Turn) -> bool:
-        row = await db.get(TurnRow, turn.id)
-        return (
-            row is not None
-            and row.status == turn.status
-            and row.finished_at is not None
-            and as_utc(row.finished_at) == turn.finished_at
+        step = partial(
+            self._end_sql.finish,
+            turn=stored,
+            assistant_message=assistant_message,
+            events=events,
+            retried=retried,
         )
+        return stored if await self._write(step) else None
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
-        async with self._writes.begin() as db:
-            await db.execute(update(TurnRow).where(TurnRow.id == turn_id).values(first_seq=seq))
+        await self._write(partial(self._end_sql.set_first_seq, turn_id=turn_id, seq=seq))
+
+    async def _write(self, step: Callable[[Connection], T]) -> T:
+        """``step`` in a write transaction of its own, run whole at once: on a SQLite file
+        one trip to the writer's thread (``sqlite_thread``), elsewhere ``run_sync``."""
+        if self._thread_writes:
+            async with thread_transaction(self._writer) as transaction:
+                return cast(T, await transaction.commit(step))
+        async with self._writer.begin() as connection:
+            return await connection.run_sync(step)
 
     async def renew_leases(self, turn_ids: Sequence[str], *, until: datetime) -> None:
         if not turn_ids:

@@ -7,18 +7,17 @@ unique index on running turns, ``ON CONFLICT ... DO NOTHING``), and a first turn
 holds no message yet, reads no history.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
 from kgents.records import Message, Session, Turn, UsageEvent
 from kgents.sessions.ports import TurnStartReads
-from kgents.store.driver_sql import DriverStatement, MultiRowInsert
-from kgents.store.outbox_sql import OUTBOX, OutboxSql
+from kgents.store.driver_sql import DriverStatement, RowInsert
+from kgents.store.outbox_sql import OutboxSql
 from kgents.store.quota_sql import month_tokens_statement, require_month_start
 from kgents.store.rate_limit_repo import request_count_statement
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
@@ -54,30 +53,6 @@ _MESSAGE_COLUMNS = [
 ]
 
 
-class _Insert:
-    """``INSERT`` of one row of ``table`` (and ``suffix``), its values given by column name."""
-
-    def __init__(
-        self, table: Table, dialect: Dialect, suffix: Callable[[Any], Any] | None = None
-    ) -> None:
-        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        self._columns = [column.name for column in table.columns]
-        fields = [f"new_{name}" for name in self._columns]
-        statement = insert(table).values(
-            {name: bindparam(field) for name, field in zip(self._columns, fields, strict=True)}
-        )
-        if suffix is not None:
-            statement = suffix(statement)
-        self._statement = DriverStatement(statement, dialect, fields)
-
-    def rows(self, connection: Connection, **row: Any) -> list[tuple[Any, ...]]:
-        """Insert ``row``; what the statement returns."""
-        return self._statement.rows(connection, *(row[name] for name in self._columns))
-
-    def execute(self, connection: Connection, **row: Any) -> None:
-        self._statement.execute(connection, *(row[name] for name in self._columns))
-
-
 class TurnStartSql:
     """The statements of ``TurnStart.read`` and ``add_turn`` for one dialect."""
 
@@ -107,14 +82,14 @@ class TurnStartSql:
         )
         # At most one running turn per session: a second one is not inserted (no error, so
         # the transaction goes on to commit the request's count).
-        self._insert_turn = _Insert(
+        self._insert_turn = RowInsert(
             TURNS,
             dialect,
             lambda insert: insert.on_conflict_do_nothing(
                 index_elements=["session_id"], index_where=text("status = 'running'")
             ).returning(TURNS.c.id),
         )
-        self._insert_message = _Insert(MESSAGES, dialect)
+        self._insert_message = MessageInsert(dialect)
         self._count_message = DriverStatement(
             update(SESSIONS)
             .where(s.id == bindparam("session_id"))
@@ -122,9 +97,7 @@ class TurnStartSql:
             dialect,
             ["count", "at", "session_id"],
         )
-        # As ``SqlOutboxStore.add`` binds them, but a duplicate event fails the turn.
         self._outbox = OutboxSql(dialect)
-        self._insert_events = MultiRowInsert(OUTBOX, dialect)
 
     def read(
         self,
@@ -192,26 +165,35 @@ class TurnStartSql:
         )
         if not stored:
             return False
-        self._insert_message.execute(
-            connection,
-            id=user_message.id,
-            session_id=user_message.session_id,
-            tenant_id=user_message.tenant_id,
-            turn_id=user_message.turn_id,
-            position=session.message_count,
-            role=user_message.role,
-            content=user_message.content,
-            tokens_in=user_message.tokens_in,
-            tokens_out=user_message.tokens_out,
-            model=user_message.model,
-            created_at=user_message.created_at,
-        )
+        self._insert_message.execute(connection, user_message, position=session.message_count)
         self._count_message.execute(
             connection, session.message_count + 1, user_message.created_at, session.id
         )
-        for rows, values in self._outbox.insert_pages(events, at=turn.started_at):
-            connection.exec_driver_sql(self._insert_events.sql(rows), values)
+        self._outbox.add_billing(connection, events, at=turn.started_at)
         return True
+
+
+class MessageInsert:
+    """The insert of one message of a session at its position (a turn's question or reply)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._insert = RowInsert(MESSAGES, dialect)
+
+    def execute(self, connection: Connection, message: Message, *, position: int) -> None:
+        self._insert.execute(
+            connection,
+            id=message.id,
+            session_id=message.session_id,
+            tenant_id=message.tenant_id,
+            turn_id=message.turn_id,
+            position=position,
+            role=message.role,
+            content=message.content,
+            tokens_in=message.tokens_in,
+            tokens_out=message.tokens_out,
+            model=message.model,
+            created_at=message.created_at,
+        )
 
 
 def _session(row: Sequence[Any]) -> Session:
