@@ -60,11 +60,15 @@ class OriginFollower:
         if not self._buffer and self._overflowed:
             return await (await self._from_jetstream()).next_batch(wait_seconds)
         if not self._buffer and wait_seconds != 0:
-            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None if wait_seconds is None else loop.call_later(wait_seconds, self.wake)
             try:
-                await asyncio.wait([waiter], timeout=wait_seconds)
+                await waiter  # a plain future and timer: this wait comes once per event
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
             if self._closed:
                 raise StopAsyncIteration
             if not self._buffer and self._overflowed:
