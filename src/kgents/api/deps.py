@@ -18,12 +18,14 @@ _bearer = HTTPBearer(auto_error=False, description="API key or admin token")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key")
 
 
-def get_platform(request: Request) -> Platform:
+# Async, though they only read app state: FastAPI runs a plain ``def`` dependency in its thread
+# pool, a hand-off to a worker thread (and back) on every request.
+async def get_platform(request: Request) -> Platform:
     platform: Platform = request.app.state.platform
     return platform
 
 
-def get_generation(request: Request) -> Generation:
+async def get_generation(request: Request) -> Generation:
     generation: Generation = request.app.state.generation
     return generation
 
