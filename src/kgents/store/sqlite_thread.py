@@ -1,14 +1,14 @@
 """SQLite write transactions whose steps each run whole on the connection's own thread.
 
 aiosqlite runs every DBAPI call (cursor, execute, fetch, close, commit) as a separate job on
-the connection's thread and wakes the event loop for each result; through SQLAlchemy a
-statement costs three or four such trips, each ~0.1-0.5 ms of latency on a busy 2-core machine,
-so a turn start of a dozen statements took 10-15 ms. Here a *step* (a function over a
-synchronous SQLAlchemy ``Connection``) is one job on that thread: a transaction of two steps
-costs two trips, whatever it executes. The synchronous engine wraps the very same ``sqlite3``
-connection, with the same dialect (pysqlite, which aiosqlite's dialect extends), so column types
-read and write exactly as through the async engine, and driver errors arrive as SQLAlchemy's
-(``OperationalError``, ``IntegrityError``).
+the connection's thread and wakes the event loop for each result; through SQLAlchemy's own
+adapter a statement cost three or four such trips (``store.sqlite_driver`` makes it one), each
+~0.1-0.5 ms of latency on a busy 2-core machine, so a turn start of a dozen statements took
+10-15 ms. Here a *step* (a function over a synchronous SQLAlchemy ``Connection``) is one job on
+that thread: a transaction of two steps costs two trips, whatever it executes. The synchronous
+engine wraps the very same ``sqlite3`` connection, with the same dialect (pysqlite, which
+aiosqlite's dialect extends), so column types read and write exactly as through the async
+engine, and driver errors arrive as SQLAlchemy's (``OperationalError``, ``IntegrityError``).
 
 The connection is the writer's (``engine.for_writes``): taken from its one-connection pool for
 the whole transaction, so this process's writers still queue for it in order.
