@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from kgents.store.engine import create_engine
+from kgents.store.engine import create_engine, for_writes
+from kgents.store.sqlite_thread import thread_transaction
 from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
@@ -63,5 +64,31 @@ async def test_driver_errors_reach_sqlalchemy_as_before(tmp_path: Path) -> None:
             assert isinstance(raised.value.orig, sqlite3.IntegrityError)
             await connection.rollback()
             assert (await connection.exec_driver_sql("SELECT count(*) FROM t")).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_a_transaction_ended_on_the_thread_goes_back_to_the_pool_without_a_trip(
+    tmp_path: Path,
+) -> None:
+    """The pool's rollback of a connection it takes back costs no job when the transaction
+    ended on the thread already (committed there), so the writer is free at once."""
+    engine = create_engine(async_url(f"sqlite:///{tmp_path / 'kgents.db'}"))
+    writer = for_writes(engine)
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT)")
+        async with writer.connect() as connection:
+            jobs = await jobs_of(connection)  # the writer's one connection, from now on
+        async with thread_transaction(writer) as transaction:
+            await transaction.commit(
+                lambda sync: sync.exec_driver_sql("INSERT INTO t VALUES ('a')")
+            )
+        assert jobs == ["_commit"]
+        async with writer.begin() as connection:  # SQLAlchemy's own transaction: as before
+            await connection.exec_driver_sql("INSERT INTO t VALUES ('b')")
+            await connection.rollback()
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("SELECT name FROM t")).all() == [("a",)]
     finally:
         await engine.dispose()

@@ -2,6 +2,7 @@
 position, the session counts it, and an attempt retried after a lost connection recognises its
 own landed commit (SQLite and PostgreSQL)."""
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 
 from kgents.clock import utc_now
 from kgents.config import Settings
@@ -136,3 +138,40 @@ async def test_a_retried_attempt_recognises_its_landed_commit(
             is None
         )
         assert await one.message_count() == 2
+
+
+async def test_first_sequences_asked_for_at_once_are_stored_together(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``set_first_seq`` calls that arrive while a write is pending join it (group commit):
+    every sequence is stored, in fewer write transactions than calls."""
+    async with one_session(tmp_path, database_url) as one:
+        platform = one.platform
+        turns = []
+        for _ in range(6):
+            session = await platform.sessions.create_session(
+                tenant_id=one.tenant_id, title=None, agent_type="kgent", mode="reflect"
+            )
+            turn, question = running_turn(
+                session.id, one.tenant_id, started_at=utc_now(), tokens_in=3
+            )
+            await store_running_turn(platform.session_store, turn, question, lease_until=utc_now())
+            turns.append(turn)
+        writes = 0
+
+        def counted(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            nonlocal writes
+            writes += "first_seq" in statement
+
+        # Every engine: on a SQLite file the write runs on the writer thread's own engine.
+        event.listen(Engine, "before_cursor_execute", counted)
+        try:
+            await asyncio.gather(
+                *(platform.session_store.set_first_seq(t.id, 100 + i) for i, t in enumerate(turns))
+            )
+        finally:
+            event.remove(Engine, "before_cursor_execute", counted)
+        ids = [t.id for t in turns]
+        stored = await rows(platform, "SELECT id, first_seq FROM turns")
+        assert sorted(seq for turn_id, seq in stored if turn_id in ids) == list(range(100, 106))
+        assert 1 <= writes < len(turns)

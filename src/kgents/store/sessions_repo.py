@@ -30,6 +30,7 @@ from kgents.records import (
 )
 from kgents.sessions.ports import TurnStart, TurnStartReads
 from kgents.store.engine import for_writes
+from kgents.store.group_commit import GroupCommit
 from kgents.store.outbox_repo import add_outbox_events
 from kgents.store.quota_sql import month_tokens_query
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
@@ -137,6 +138,7 @@ class SqlSessionStore:
         self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
         self._turn_sql = TurnStartSql(engine.dialect)
         self._end_sql = TurnEndSql(engine.dialect)
+        self._first_seqs = GroupCommit(self._write_first_seqs)
 
     async def add_session(self, session: Session, *, events: Sequence[UsageEvent]) -> None:
         async with self._writes.begin() as db:
@@ -276,7 +278,12 @@ class SqlSessionStore:
         return stored if await self._write(step) else None
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
-        await self._write(partial(self._end_sql.set_first_seq, turn_id=turn_id, seq=seq))
+        """Stored with the other turns' that start meanwhile (``group_commit``): a burst of
+        turn starts then holds the writer for a few of these writes, not one each."""
+        await self._first_seqs.add((turn_id, seq))
+
+    async def _write_first_seqs(self, seqs: list[tuple[str, int]]) -> None:
+        await self._write(partial(self._end_sql.set_first_seqs, seqs=seqs))
 
     async def _write(self, step: Callable[[Connection], T]) -> T:
         """``step`` in a write transaction of its own, run whole at once: on a SQLite file

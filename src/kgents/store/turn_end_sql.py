@@ -136,6 +136,10 @@ class TurnEndSql:
             and as_utc(finished_at) == turn.finished_at
         )
 
-    def set_first_seq(self, connection: Connection, *, turn_id: str, seq: int) -> None:
-        """Store the stream sequence of the turn's first event (its user message)."""
-        self._first_seq.execute(connection, seq, turn_id)
+    def set_first_seqs(self, connection: Connection, *, seqs: Sequence[tuple[str, int]]) -> None:
+        """Store the stream sequence of each turn's first event (its user message), given as
+        ``(turn id, sequence)`` pairs, in one ``executemany``."""
+        statement = self._first_seq
+        connection.exec_driver_sql(
+            statement.sql, [statement.params(seq, turn_id) for turn_id, seq in seqs]
+        )
