@@ -14,6 +14,7 @@ from kgents.records import UsageEvent
 from kgents.store.engine import for_writes
 from kgents.store.outbox_sql import OUTBOX, OutboxSql, stored_time_rfc3339
 from kgents.store.schema import OutboxRow
+from kgents.store.sqlite_thread import WholeWrites
 from kgents.store.unavailable import database_unavailable
 
 
@@ -44,6 +45,8 @@ class SqlOutboxStore:
         self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
         self._engine = engine
         self._sql = OutboxSql(engine.dialect)
+        # The relay's claims and marks: each one trip to a SQLite file's writer thread.
+        self._whole_writes = WholeWrites(engine)
 
     async def add(self, events: Sequence[UsageEvent], *, at: datetime) -> None:
         """Store events that bill no other change (``api.request``, ingested events) in their
@@ -94,9 +97,10 @@ class SqlOutboxStore:
         as RFC 3339 text), for the relay to publish as they are. Two relays claiming at once
         never get the same row."""
         params = {"limit": limit, "now": now, "until": until}
-        async with for_writes(self._engine).begin() as connection:
-            result = await connection.execute(self._sql.claim, params)
-            rows = sorted(result, key=lambda row: row[-1])  # RETURNING has no order
+        claimed = await self._whole_writes.run(
+            lambda connection: list(connection.execute(self._sql.claim, params))
+        )
+        rows = sorted(claimed, key=lambda row: row[-1])  # RETURNING has no order
         return [
             StoredUsageEvent(
                 source=source,
@@ -114,16 +118,19 @@ class SqlOutboxStore:
         the next pass of any relay takes them again at once."""
         if not keys:
             return
-        async with for_writes(self._engine).begin() as connection:
-            await connection.exec_driver_sql(self._sql.release, self._sql.key_rows(keys))
+        rows = self._sql.key_rows(keys)
+        await self._whole_writes.run(
+            lambda connection: connection.exec_driver_sql(self._sql.release, rows)
+        )
 
     async def mark_sent(self, keys: Sequence[tuple[str, str]], *, at: datetime) -> None:
         """Mark ``(source, id)`` pairs as published (after JetStream acknowledged them)."""
         if not keys:
             return
         rows = self._sql.sent_rows(keys, at=at)
-        async with for_writes(self._engine).begin() as connection:
-            await connection.exec_driver_sql(self._sql.mark_sent, rows)
+        await self._whole_writes.run(
+            lambda connection: connection.exec_driver_sql(self._sql.mark_sent, rows)
+        )
 
     async def backlog(self) -> int:
         async with self._reads() as db:

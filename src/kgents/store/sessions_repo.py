@@ -29,12 +29,11 @@ from kgents.records import (
     UsageEvent,
 )
 from kgents.sessions.ports import TurnStart, TurnStartReads
-from kgents.store.engine import for_writes
 from kgents.store.group_commit import GroupCommit
 from kgents.store.outbox_repo import add_outbox_events
 from kgents.store.quota_sql import month_tokens_query
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
-from kgents.store.sqlite_thread import thread_transaction
+from kgents.store.sqlite_thread import WholeWrites, thread_transaction
 from kgents.store.turn_end_sql import TurnEndSql
 from kgents.store.turn_start_sql import TurnStartSql
 from kgents.store.unavailable import is_database_unavailable
@@ -131,11 +130,11 @@ _CONCURRENT_TURN = (
 class SqlSessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writer = for_writes(engine)
+        self._whole_writes = WholeWrites(engine)
+        self._writer = self._whole_writes.writer
         self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
-        # A SQLite file has a writer of its own (``for_writes``): turns start and end on its
-        # thread.
-        self._thread_writes = self._writer is not engine and engine.dialect.name == "sqlite"
+        # Turns start and end on a SQLite file's writer thread (``sqlite_thread``).
+        self._thread_writes = self._whole_writes.on_thread
         self._turn_sql = TurnStartSql(engine.dialect)
         self._end_sql = TurnEndSql(engine.dialect)
         self._first_seqs = GroupCommit(self._write_first_seqs)
@@ -275,7 +274,7 @@ class SqlSessionStore:
             events=events,
             retried=retried,
         )
-        return stored if await self._write(step) else None
+        return stored if await self._whole_writes.run(step) else None
 
     async def set_first_seq(self, turn_id: str, seq: int) -> None:
         """Stored with the other turns' that start meanwhile (``group_commit``): a burst of
@@ -283,16 +282,7 @@ class SqlSessionStore:
         await self._first_seqs.add((turn_id, seq))
 
     async def _write_first_seqs(self, seqs: list[tuple[str, int]]) -> None:
-        await self._write(partial(self._end_sql.set_first_seqs, seqs=seqs))
-
-    async def _write(self, step: Callable[[Connection], T]) -> T:
-        """``step`` in a write transaction of its own, run whole at once: on a SQLite file
-        one trip to the writer's thread (``sqlite_thread``), elsewhere ``run_sync``."""
-        if self._thread_writes:
-            async with thread_transaction(self._writer) as transaction:
-                return cast(T, await transaction.commit(step))
-        async with self._writer.begin() as connection:
-            return await connection.run_sync(step)
+        await self._whole_writes.run(partial(self._end_sql.set_first_seqs, seqs=seqs))
 
     async def renew_leases(self, turn_ids: Sequence[str], *, until: datetime) -> None:
         if not turn_ids:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
+from kgents.store.engine import for_writes
 from kgents.store.unavailable import translate_operational_errors
 
 T = TypeVar("T")
@@ -104,3 +105,21 @@ async def thread_transaction(writer: AsyncEngine) -> AsyncIterator[ThreadTransac
             yield transaction
         finally:
             await transaction.close()
+
+
+class WholeWrites:
+    """Write transactions of one step each (a function over a synchronous ``Connection``), run
+    whole at once: on a SQLite file one trip to the writer's thread, so the writer is held for
+    that trip alone; elsewhere ``run_sync`` in one transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.writer = for_writes(engine)
+        # A SQLite file has a writer engine of its own (``for_writes``), whose thread runs it.
+        self.on_thread = self.writer is not engine and engine.dialect.name == "sqlite"
+
+    async def run(self, step: Callable[[Connection], T]) -> T:
+        if self.on_thread:
+            async with thread_transaction(self.writer) as transaction:
+                return cast(T, await transaction.commit(step))
+        async with self.writer.begin() as connection:
+            return await connection.run_sync(step)
