@@ -167,7 +167,7 @@ class JetStreamEventLog:
         nothing and returns the sequence of the first copy.
         """
         return await publish_with_failover(
-            self._conn,
+            self._router,
             encode_session_event(event, ns=self._ns),
             ack_timeout=self._ack_timeout,
             failover_seconds=self._failover,

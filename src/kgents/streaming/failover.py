@@ -13,10 +13,10 @@ import logging
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import PubAck
 
 from kgents.errors import EventsUnavailable
-from kgents.streaming.connection import NATS_ERRORS, NatsConnection
+from kgents.streaming.connection import NATS_ERRORS
+from kgents.streaming.pipeline import AckRouter
 from kgents.streaming.wire import WireMessage
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def retriable(exc: BaseException | None) -> bool:
 
 
 async def publish_with_failover(
-    conn: NatsConnection,
+    router: AckRouter,
     message: WireMessage,
     *,
     ack_timeout: float,
@@ -50,8 +50,10 @@ async def publish_with_failover(
 ) -> int:
     """Publish ``message`` and return its stream sequence, retrying as the module says.
 
-    Raises ``EventsUnavailable`` once ``failover_seconds`` have passed without an ack, or at
-    once when the stream refuses the message for good."""
+    The ack comes through ``router`` (one subscription per connection, no request token per
+    message). Raises ``EventsUnavailable`` once ``failover_seconds`` have passed without an
+    ack, or at once when the stream refuses the message for good."""
+    conn = router.connection
     loop = asyncio.get_running_loop()
     deadline = loop.time() + failover_seconds
     delay = RETRY_FIRST_SECONDS
@@ -59,7 +61,7 @@ async def publish_with_failover(
     while True:
         attempts += 1
         try:
-            ack = await _publish_once(conn, message, ack_timeout, deadline - loop.time())
+            seq = await _publish_once(router, message, ack_timeout, deadline - loop.time())
         except EventsUnavailable as exc:
             if not retriable(exc.__cause__) or loop.time() + delay >= deadline:
                 if attempts > 1:
@@ -75,23 +77,24 @@ async def publish_with_failover(
             continue
         if attempts > 1:
             logger.info("published on %s after %d tries", message.subject, attempts)
-        return int(ack.seq)
+        return seq
 
 
 async def _publish_once(
-    conn: NatsConnection, message: WireMessage, ack_timeout: float, remaining: float
-) -> PubAck:
+    router: AckRouter, message: WireMessage, ack_timeout: float, remaining: float
+) -> int:
+    conn = router.connection
     if conn.client.is_closed:
         raise EventsUnavailable(
             "event stream unavailable: the NATS connection is closed"
         ) from nats.errors.ConnectionClosedError()
     conn.require_connected()  # before the coroutine exists (``guard`` checks it too)
     return await conn.guard(
-        conn.js.publish(
+        router.request(
             message.subject,
             message.payload,
-            timeout=max(0.05, min(ack_timeout, remaining)),
-            headers=message.headers,
+            message.headers,
+            ack_timeout=max(0.05, min(ack_timeout, remaining)),
         ),
         action="publishing an event",
     )

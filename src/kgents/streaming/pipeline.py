@@ -1,12 +1,13 @@
-"""Pipelined JetStream publishing: many messages in flight, acks counted in batches.
+"""JetStream publishing with cheap acks: pipelined batches and single acknowledged publishes.
 
 A JetStream publish is a core NATS publish with a reply subject; the stream answers with an ack
-(``{"stream": …, "seq": …}`` or ``{"error": …}``). nats-py's ``publish_async`` makes a future,
-a random token and a dataclass per message; here one subscription per connection
-(``<inbox>.<batch>.<index>``) routes each ack to its batch, which only counts acks and
-remembers sequences. The producer waits only when ``window`` acks are outstanding (until half
-are back) and at ``flush()``. Every wait is bounded by ``ack_timeout`` and ends at once when
-the connection drops (acks sent to a dropped connection never arrive).
+(``{"stream": …, "seq": …}`` or ``{"error": …}``). nats-py's ``publish`` / ``publish_async``
+make a random token, a future (under ``wait_for``) and a dataclass per message; here one
+subscription per connection (``<inbox>.<batch>.<index>``) routes each ack to its batch, which
+only counts acks and remembers sequences, or (``<inbox>.r.<n>``) to one waiting ``request``.
+A batch's producer waits only when ``window`` acks are outstanding (until half are back) and at
+``flush()``. Every wait is bounded by ``ack_timeout`` and ends at once when the connection drops
+(acks sent to a dropped connection never arrive).
 """
 
 import asyncio
@@ -16,6 +17,8 @@ import re
 import weakref
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _NO_RESPONDERS = "503"
 _SEQ = re.compile(rb'"seq"\s*:\s*(\d+)')
+_REQUESTS = "r"  # the "batch" of single requests (batch ids are hexadecimal)
 
 
 class AckRouter:
@@ -40,18 +44,19 @@ class AckRouter:
             weakref.WeakValueDictionary()
         )
         self._next_id = 0
+        self._requests: dict[str, asyncio.Future[Msg]] = {}
+        self._next_request = 0
+
+    @property
+    def connection(self) -> NatsConnection:
+        return self._conn
 
     async def open_batch(
         self, *, window: int, ack_timeout: float, what: str = "events"
     ) -> "PipelinedBatch":
         """A new batch; the ack subscription is made on first use."""
         if self._sub is None:
-            async with self._lock:
-                if self._sub is None:
-                    with events_unavailable("subscribing to publish acks"):
-                        self._sub = await self._conn.client.subscribe(
-                            f"{self._prefix}.*.*", cb=self._on_ack
-                        )
+            await self._subscribe()
         self._next_id += 1
         batch_id = format(self._next_id, "x")
         batch = PipelinedBatch(
@@ -64,8 +69,52 @@ class AckRouter:
         self._batches[batch_id] = batch
         return batch
 
+    async def request(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, *, ack_timeout: float
+    ) -> int:
+        """Publish one message, wait for its ack and return its stream sequence.
+
+        Raises what nats-py's ``JetStreamContext.publish`` raises: ``nats.errors.TimeoutError``
+        without an ack within ``ack_timeout``, ``NoStreamResponseError`` when no stream answers,
+        ``APIError.from_error`` when the stream refuses the message. Callers run it under
+        ``NatsConnection.guard`` (a dropped connection ends the wait at once).
+        """
+        if self._sub is None:
+            await self._subscribe()
+        self._next_request += 1
+        token = str(self._next_request)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        self._requests[token] = future
+        timer = loop.call_later(ack_timeout, _time_out, future)
+        try:
+            await self._conn.client.publish(
+                subject, payload, reply=f"{self._prefix}.{_REQUESTS}.{token}", headers=headers
+            )
+            ack = await future
+        finally:
+            timer.cancel()
+            del self._requests[token]
+        failure = _ack_failure(ack)
+        if failure is not None:
+            raise failure
+        return _ack_seq(ack)
+
+    async def _subscribe(self) -> None:
+        async with self._lock:
+            if self._sub is None:
+                with events_unavailable("subscribing to publish acks"):
+                    self._sub = await self._conn.client.subscribe(
+                        f"{self._prefix}.*.*", cb=self._on_ack
+                    )
+
     async def _on_ack(self, msg: Msg) -> None:
         _, batch_id, index = msg.subject.rsplit(".", 2)
+        if batch_id == _REQUESTS:
+            future = self._requests.get(index)
+            if future is not None and not future.done():
+                future.set_result(msg)
+            return
         batch = self._batches.get(batch_id)
         if batch is not None and index.isdigit():
             batch.on_ack(int(index), msg)
@@ -185,20 +234,43 @@ class PipelinedBatch:
             raise EventsUnavailable(f"event stream unavailable: {self._failure}")
 
 
+def _time_out(future: "asyncio.Future[Msg]") -> None:
+    if not future.done():
+        future.set_exception(nats.errors.TimeoutError())
+
+
 def _ack_error(msg: Msg) -> str | None:
+    failure = _ack_failure(msg)
+    if failure is None:
+        return None
+    if isinstance(failure, nats.js.errors.APIError):
+        return failure.description or str(failure)
+    return "no stream for the subject"
+
+
+def _ack_failure(msg: Msg) -> nats.errors.Error | None:
+    """The exception nats-py's ``JetStreamContext.publish`` raises for this ack, if any."""
     headers = msg.headers
     if headers and headers.get("Status") == _NO_RESPONDERS:
-        return "no stream for the subject"
+        return nats.js.errors.NoStreamResponseError()
     if b'"error"' not in msg.data:
         return None
     try:
         body: Any = json.loads(msg.data)
     except ValueError:
-        return "unreadable ack"
+        return nats.js.errors.APIError(description="unreadable ack")
     error = body.get("error") if isinstance(body, dict) else None
     if error is None:
         return None
-    return str(error.get("description", error)) if isinstance(error, dict) else str(error)
+    if not isinstance(error, dict):
+        return nats.js.errors.APIError(description=str(error))
+    try:
+        nats.js.errors.APIError.from_error(error)  # raises the error's class (by its code)
+    except nats.js.errors.APIError as exc:
+        return exc
+    except (KeyError, TypeError):  # not the shape JetStream sends
+        pass
+    return nats.js.errors.APIError(description=str(error))
 
 
 def _ack_seq(msg: Msg) -> int:
