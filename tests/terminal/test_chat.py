@@ -115,9 +115,13 @@ def token_delay_ms() -> int:
 
 
 # The child becomes a session leader and takes the pty as its controlling terminal, so that
-# ^C typed into the terminal is a SIGINT from the line discipline, as for a person.
+# ^C typed into the terminal is a SIGINT from the line discipline, as for a person. Its SIGINT
+# is reset to the default first, as a person's shell does for the programs it starts: a suite
+# started in the background of a non-interactive shell ignores SIGINT, and an ignored signal
+# stays ignored through exec (Python then never raises KeyboardInterrupt).
 BOOT = (
-    "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "import fcntl, os, signal, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, '-m', 'kgents', *sys.argv[1:]])"
 )
 
