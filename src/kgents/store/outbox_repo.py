@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from kgents.metering.relay import StoredUsageEvent
 from kgents.records import UsageEvent
-from kgents.store.engine import for_writes
 from kgents.store.outbox_sql import OUTBOX, OutboxSql, stored_time_rfc3339
 from kgents.store.schema import OutboxRow
 from kgents.store.sqlite_thread import WholeWrites
@@ -42,7 +41,6 @@ def _outbox_values(event: UsageEvent, *, at: datetime) -> dict[str, Any]:
 class SqlOutboxStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = async_sessionmaker(for_writes(engine), expire_on_commit=False)
         self._engine = engine
         self._sql = OutboxSql(engine.dialect)
         # The relay's claims and marks: each one trip to a SQLite file's writer thread.
@@ -60,7 +58,7 @@ class SqlOutboxStore:
             return
         pages = self._sql.insert_pages(events, at=at)
         try:
-            async with for_writes(self._engine).begin() as connection:
+            async with self._whole_writes.writer.begin() as connection:
                 for rows, values in pages:
                     await connection.exec_driver_sql(self._sql.insert.sql(rows), values)
         except SQLAlchemyError as exc:

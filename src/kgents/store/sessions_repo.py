@@ -130,11 +130,9 @@ _CONCURRENT_TURN = (
 class SqlSessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._reads = async_sessionmaker(engine, expire_on_commit=False)
-        self._whole_writes = WholeWrites(engine)
-        self._writer = self._whole_writes.writer
-        self._writes = async_sessionmaker(self._writer, expire_on_commit=False)
         # Turns start and end on a SQLite file's writer thread (``sqlite_thread``).
-        self._thread_writes = self._whole_writes.on_thread
+        self._whole_writes = WholeWrites(engine)
+        self._writes = async_sessionmaker(self._whole_writes.writer, expire_on_commit=False)
         self._turn_sql = TurnStartSql(engine.dialect)
         self._end_sql = TurnEndSql(engine.dialect)
         self._first_seqs = GroupCommit(self._write_first_seqs)
@@ -204,13 +202,14 @@ class SqlSessionStore:
         steps are statements at driver level (``turn_start_sql``); on a SQLite file, each
         step is one trip to the connection's thread (``sqlite_thread``)."""
         try:
-            if self._thread_writes:
-                async with thread_transaction(self._writer) as transaction:
+            writes = self._whole_writes
+            if writes.on_thread:
+                async with thread_transaction(writes.writer) as transaction:
                     start = _DriverTurnStart(self._turn_sql, transaction.run)
                     yield start
                     stored = await transaction.commit(start.staged)
             else:
-                async with self._writer.begin() as connection:
+                async with writes.writer.begin() as connection:
                     start = _DriverTurnStart(self._turn_sql, connection.run_sync)
                     yield start
                     staged = start.staged
