@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from kgents.store.engine import create_engine, for_writes
-from kgents.store.sqlite_thread import thread_transaction
+from kgents.store.sqlite_thread import WholeWrites
 from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
@@ -80,11 +80,10 @@ async def test_a_transaction_ended_on_the_thread_goes_back_to_the_pool_without_a
             await connection.exec_driver_sql("CREATE TABLE t (name TEXT)")
         async with writer.connect() as connection:
             jobs = await jobs_of(connection)  # the writer's one connection, from now on
-        async with thread_transaction(writer) as transaction:
-            await transaction.commit(
-                lambda sync: sync.exec_driver_sql("INSERT INTO t VALUES ('a')")
-            )
-        assert jobs == ["_commit"]
+        await WholeWrites(engine).run(
+            lambda sync: sync.exec_driver_sql("INSERT INTO t VALUES ('a')")
+        )
+        assert jobs == ["_run_steps"]
         async with writer.begin() as connection:  # SQLAlchemy's own transaction: as before
             await connection.exec_driver_sql("INSERT INTO t VALUES ('b')")
             await connection.rollback()

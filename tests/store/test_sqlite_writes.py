@@ -1,0 +1,77 @@
+"""Whole write transactions on a SQLite file (``sqlite_thread.WholeWrites``): the steps that
+wait for the writer share one trip to its thread, each in a transaction of its own."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from kgents.store.engine import create_engine, for_writes
+from kgents.store.sqlite_thread import WholeWrites
+from tests.support.database import async_url
+
+pytestmark = pytest.mark.anyio
+
+
+def insert(name: str) -> Any:
+    def step(connection: Connection) -> str:
+        connection.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": name})
+        return name
+
+    return step
+
+
+async def names(engine: Any) -> list[str]:
+    async with engine.connect() as connection:
+        return [name for (name,) in await connection.execute(text("SELECT name FROM t"))]
+
+
+async def test_steps_that_wait_together_share_one_checkout_and_each_commits_alone(
+    tmp_path: Path,
+) -> None:
+    """Twenty steps asked for at once: one checkout of the writer for all of them after the
+    first; each caller gets its own step's result or error, and the step that failed
+    leaves nothing while the others are stored."""
+    engine = create_engine(async_url(f"sqlite:///{tmp_path / 'kgents.db'}"))
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+        checkouts: list[object] = []
+        event.listen(for_writes(engine).sync_engine, "checkout", lambda *a: checkouts.append(a))
+        writes = WholeWrites(engine)
+
+        def fails(connection: Connection) -> None:
+            connection.execute(text("INSERT INTO t (name) VALUES ('half')"))
+            insert("n3")(connection)  # n3 is stored by its own step: a unique violation
+
+        steps = [insert(f"n{i}") for i in range(20)]
+        steps.insert(10, fails)
+        outcomes = await asyncio.gather(*(writes.run(s) for s in steps), return_exceptions=True)
+
+        assert isinstance(outcomes.pop(10), IntegrityError)
+        assert outcomes == [f"n{i}" for i in range(20)]
+        assert sorted(await names(engine)) == sorted(f"n{i}" for i in range(20))
+        assert len(checkouts) <= 2  # today: one; one each (21) before the queue
+    finally:
+        await engine.dispose()
+
+
+async def test_a_step_whose_caller_gave_up_before_its_trip_is_not_run(tmp_path: Path) -> None:
+    engine = create_engine(async_url(f"sqlite:///{tmp_path / 'kgents.db'}"))
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+        writes = WholeWrites(engine)
+        first = asyncio.create_task(writes.run(insert("first")))
+        given_up = asyncio.create_task(writes.run(insert("given up")))
+        await asyncio.sleep(0)  # both queued; the queue has not sent them yet
+        given_up.cancel()
+        assert await first == "first"
+        assert await writes.run(insert("after")) == "after"
+        assert sorted(await names(engine)) == ["after", "first"]
+    finally:
+        await engine.dispose()
