@@ -34,10 +34,16 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   pairs (``--rounds``, 3): 5,000 SELECTs by primary key, each in its own connection checkout
   as the repositories read (one at a time, then 16 tasks at once), and 2,000 one-row write
   transactions on the writer (``for_writes``); wall and CPU of this process per statement or
-  transaction; ``--only sql`` (SQLite only).
+  transaction; ``--only sql`` (SQLite only);
+- ``openai_request``: CPU of this process per 200-token ``OpenAIProvider.stream`` turn and per
+  request start within it (``_start``: the request built and sent, the response headers read;
+  same upstream as ``openai_sdk``), the request made as before 2026-12-08 (``create`` through
+  ``with_streaming_response``, which walks the TypedDict params) vs as now (``client.post``
+  with a plain dict), 100 turns each way per pair, alternating (``--rounds`` pairs, 5), medians;
+  ``--only openai_request`` (not in the full run).
 
-    .venv/bin/python bench/bench_hotpath.py [--only turn_start|turn_end|sql] [--postgres]
-        [--rounds N]
+    .venv/bin/python bench/bench_hotpath.py
+        [--only turn_start|turn_end|sql|openai_request] [--postgres] [--rounds N]
 """
 
 import argparse
@@ -59,7 +65,7 @@ import uvloop
 
 from kgents.ids import new_id
 from kgents.llm.base import ChatMessage, GenerationRequest, TextDelta
-from kgents.llm.openai import OpenAIProvider
+from kgents.llm.openai import OpenAIProvider, _messages
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import DEFAULT_FOLLOW_BATCH, JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
@@ -180,6 +186,73 @@ async def openai_provider(base_url: str) -> float:
         return await per_item(run, 40)
     finally:
         await provider.aclose()
+
+
+class _CreateRequest(OpenAIProvider):
+    """``OpenAIProvider`` starting its request as it did before 2026-12-08: ``create`` through
+    ``with_streaming_response`` (the SDK's params transform and response wrapper)."""
+
+    async def _start(self, request: GenerationRequest) -> Any:
+        create = self._client.chat.completions.with_streaming_response.create(
+            model=self.model,
+            messages=_messages(request),  # type: ignore[arg-type]
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        # Its exit only closes the response, which the provider does itself.
+        return (await create.__aenter__()).http_response
+
+
+async def openai_request(pairs: int, base_url: str) -> dict[str, Any]:
+    """CPU per turn of ``OpenAIProvider.stream`` (200 tokens) and of its request start alone
+    (``_start``: built, sent, response headers read), the request made with ``create`` as before
+    vs ``client.post`` with a plain body as now; 100 turns each way per pair, alternating."""
+    import statistics
+
+    request = GenerationRequest(
+        system="You are terse.",
+        messages=(ChatMessage("user", MESSAGES[0]["content"]),),
+        temperature=0.4,
+        max_tokens=4000,
+    )
+    turns = 100
+    runs: dict[str, list[tuple[float, float]]] = {"create": [], "post": []}
+    for pair in range(pairs + 1):  # the first pair warms up
+        for name, cls in (("create", _CreateRequest), ("post", OpenAIProvider)):
+            provider = cls(api_key="x", base_url=base_url, model="m")
+            start_cpu = 0.0
+            send = provider._start
+
+            async def timed(request: GenerationRequest, send: Any = send) -> Any:
+                nonlocal start_cpu
+                began = time.process_time()
+                try:
+                    return await send(request)
+                finally:
+                    start_cpu += time.process_time() - began
+
+            provider._start = timed  # type: ignore[method-assign]
+            try:
+                began = time.process_time()
+                for _ in range(turns):
+                    async for _item in provider.stream(request):
+                        pass
+                turn_cpu = time.process_time() - began
+            finally:
+                await provider.aclose()
+            if pair:
+                runs[name].append((1e6 * start_cpu / turns, 1e6 * turn_cpu / turns))
+    result: dict[str, Any] = {"pairs": pairs, "turns_per_run": turns, "tokens": 200}
+    for name, measured in runs.items():
+        result[name] = {
+            "start_us_per_turn": round(statistics.median(m[0] for m in measured), 1),
+            "turn_us": round(statistics.median(m[1] for m in measured), 1),
+        }
+    old, new = result["create"], result["post"]
+    result["ratio_post"] = {key: round(new[key] / old[key], 3) for key in old}
+    return result
 
 
 async def ordered_consumer(url: str, count: int = 10_000) -> float:
@@ -513,6 +586,14 @@ async def sql(pairs: int = 3, _database_url: str | None = None) -> dict[str, Any
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"bench": "hotpath", "machine": harness.machine()}
+    if args.only == "openai_request":
+        with (
+            tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+            harness.processes(Path(tmp)) as registry,
+        ):
+            upstream = harness.start_fake_openai(registry, tokens=200, delay_ms=0)
+            result["openai_request"] = await openai_request(args.rounds or 5, upstream.url)
+        return result
     if args.only:
         measure = {"turn_start": turn_start, "turn_end": turn_end, "sql": sql}[args.only]
         with (
@@ -549,7 +630,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "--only", choices=["turn_start", "turn_end", "sql"], help="run only this measurement"
+        "--only",
+        choices=["turn_start", "turn_end", "sql", "openai_request"],
+        help="run only this measurement",
     )
     parser.add_argument(
         "--postgres", action="store_true", help="turn_start or turn_end on PostgreSQL"
@@ -557,9 +640,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rounds",
         type=int,
-        help="turn starts per case (200), turn ends (2,000) or sql's pairs of runs (3)",
+        help="turn starts per case (200), turn ends (2,000), sql's or openai_request's pairs of"
+        " runs (3, 5)",
     )
     arguments = parser.parse_args()
-    if arguments.postgres and arguments.only == "sql":
-        parser.error("sql compares the SQLite adapters: no --postgres")
+    if arguments.postgres and arguments.only in ("sql", "openai_request"):
+        parser.error("--postgres is for turn_start and turn_end")
     print(json.dumps(uvloop.run(main(arguments)), separators=(",", ":")))

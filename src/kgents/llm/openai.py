@@ -2,12 +2,16 @@
 llama.cpp server), streamed with the official SDK.
 
 The SDK makes the request (authentication, base URL, timeouts, error statuses become its
-exception classes), but the body is read raw (``with_streaming_response``): each ``data:`` event
-is parsed with ``json.loads`` and only the fields used here are read. Letting the SDK build a
-``ChatCompletionChunk`` model for every token cost about four times the CPU of the whole parse
-(``bench/RESULTS.md``). What is read: the text of ``choices[0].delta.content``, the
-``finish_reason`` that says the reply is complete, an ``{"error": ...}`` event (mapped like the
-SDK's own in-stream error) and ``[DONE]``.
+exception classes) through its documented lower-level call, ``client.post("/chat/completions",
+cast_to=httpx2.Response, stream=True)``, with the body a plain dict: ``chat.completions.create``
+walks its TypedDict parameters (``async_maybe_transform``) and wraps the response on every turn,
+which made starting a request cost nearly twice the CPU (``bench/RESULTS.md``).
+
+The body is read raw: each ``data:`` event is parsed with ``json.loads`` and only the fields used
+here are read. Letting the SDK build a ``ChatCompletionChunk`` model for every token cost about
+four times the CPU of the whole parse. What is read: the text of ``choices[0].delta.content``,
+the ``finish_reason`` that says the reply is complete, an ``{"error": ...}`` event (mapped like
+the SDK's own in-stream error) and ``[DONE]``.
 
 Usage comes from the server's own final report (``stream_options.include_usage``: the last chunk
 has empty ``choices`` and a ``usage``). Servers that send none get an estimate, labelled as such.
@@ -28,13 +32,8 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
+import httpx2
 import openai
-from openai.types.chat import (
-    ChatCompletionAssistantMessageParam,
-    ChatCompletionMessageParam,
-    ChatCompletionSystemMessageParam,
-    ChatCompletionUserMessageParam,
-)
 
 from kgents.errors import ProviderError
 from kgents.llm import errors
@@ -80,21 +79,11 @@ class OpenAIProvider:
         reply = _Reply()
         async with contextlib.AsyncExitStack() as cleanup:
             try:
-                response = await cleanup.enter_async_context(
-                    self._client.chat.completions.with_streaming_response.create(
-                        model=self.model,
-                        messages=_messages(request),
-                        temperature=request.temperature,
-                        max_tokens=request.max_tokens,
-                        stream=True,
-                        stream_options={"include_usage": True},
-                    )
-                )
+                response = await self._start(request)
             except Exception as exc:
                 raise self._translate(exc, started=False) from exc
-            chunks = await cleanup.enter_async_context(
-                contextlib.aclosing(response.http_response.aiter_bytes())
-            )
+            cleanup.push_async_callback(response.aclose)
+            chunks = await cleanup.enter_async_context(contextlib.aclosing(response.aiter_bytes()))
             events = _SSEData()
             done = False
             try:
@@ -122,6 +111,24 @@ class OpenAIProvider:
             model=self.model,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
+        )
+
+    async def _start(self, request: GenerationRequest) -> httpx2.Response:
+        """Send the request; the response's body is left unread (the caller closes it)."""
+        body = {
+            "model": self.model,
+            "messages": _messages(request),
+            "temperature": request.temperature,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        return await self._client.post(
+            "/chat/completions",
+            body=body,
+            cast_to=httpx2.Response,
+            options={"security": {"bearer_auth": True}},
+            stream=True,
         )
 
     async def check(self) -> str | None:
@@ -264,15 +271,7 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
 
 
-def _messages(request: GenerationRequest) -> list[ChatCompletionMessageParam]:
-    messages: list[ChatCompletionMessageParam] = []
-    if request.system:
-        messages.append(ChatCompletionSystemMessageParam(role="system", content=request.system))
-    for message in request.messages:
-        if message.role == "user":
-            messages.append(ChatCompletionUserMessageParam(role="user", content=message.content))
-        else:
-            messages.append(
-                ChatCompletionAssistantMessageParam(role="assistant", content=message.content)
-            )
+def _messages(request: GenerationRequest) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages.extend({"role": m.role, "content": m.content} for m in request.messages)
     return messages
