@@ -5,7 +5,7 @@ from datetime import datetime
 
 from kgents.ids import new_id
 from kgents.records import Message, Turn, UsageEvent
-from kgents.sessions.ports import SessionStore
+from kgents.sessions.ports import NewTurn, SessionStore, TurnStartQuery, TurnStartReads
 
 
 def running_turn(
@@ -53,16 +53,19 @@ async def store_running_turn(
     lease_until: datetime,
     events: Sequence[UsageEvent] = (),
 ) -> None:
-    """Store ``turn`` and its question as production does: one ``begin_turn`` transaction
+    """Store ``turn`` and its question as production does: one ``start_turn`` transaction
     (without counting a request or reading the quota)."""
-    async with store.begin_turn() as start:
-        reads = await start.read(
-            tenant_id=turn.tenant_id,
-            session_id=turn.session_id,
-            count_key=None,
-            window_start=None,
-            tokens_since=None,
-            history_limit=0,
-        )
+    query = TurnStartQuery(
+        tenant_id=turn.tenant_id,
+        session_id=turn.session_id,
+        count_key=None,
+        window_start=None,
+        tokens_since=None,
+        history_limit=0,
+    )
+
+    def plan(reads: TurnStartReads) -> NewTurn:
         assert reads.session is not None
-        start.add_turn(turn, user_message=question, events=events, lease_until=lease_until)
+        return NewTurn(turn=turn, user_message=question, events=events, lease_until=lease_until)
+
+    await store.start_turn(query, plan)

@@ -1,7 +1,6 @@
 """What the sessions service needs from storage and from the event stream."""
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -22,6 +21,21 @@ class SessionEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnStartQuery:
+    """What starting a turn reads: count a request of ``count_key`` in the rate-limit window
+    ``window_start`` (when given), read and lock the tenant's session (``session_id`` ``None``:
+    none), the tenant's tokens in the month ``tokens_since`` begins (when given) and the
+    session's last ``history_limit`` messages."""
+
+    tenant_id: str
+    session_id: str | None
+    count_key: str | None
+    window_start: datetime | None
+    tokens_since: datetime | None
+    history_limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class TurnStartReads:
     """What starting a turn reads, all at once, in the transaction that then stores it."""
 
@@ -31,40 +45,23 @@ class TurnStartReads:
     history: list[Message]  # the session's last messages, oldest first
 
 
-class TurnStart(Protocol):
-    """One write transaction that starts a turn: what ``read`` counts and what ``add_turn``
-    stages commit together when the ``begin_turn`` block ends normally, and nothing does
-    otherwise. Two steps, so a store can do each in one trip to the database.
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """What a turn start writes: the running turn, its user message and usage events."""
 
-    Whether the session runs a turn already is not read: the store finds out when it writes
-    the turn, and the block then ends in ``TurnInProgress``, with only the request's count
-    committed (as for any other refusal)."""
+    turn: Turn
+    user_message: Message
+    events: Sequence[UsageEvent]
+    lease_until: datetime
 
-    async def read(
-        self,
-        *,
-        tenant_id: str,
-        session_id: str | None,
-        count_key: str | None,
-        window_start: datetime | None,
-        tokens_since: datetime | None,
-        history_limit: int,
-    ) -> TurnStartReads:
-        """Count a request of ``count_key`` in the rate-limit window ``window_start`` (when
-        given), read and lock the session (``None``: none), the tenant's tokens in the month
-        ``tokens_since`` begins (when given) and the last ``history_limit`` messages."""
-        ...
 
-    def add_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> None:
-        """Stage the user message, the running turn and usage events, for the commit."""
-        ...
+TurnPlan = Callable[[TurnStartReads], NewTurn | None]
+"""Decides a turn from what its start read: the ``NewTurn`` to write, or ``None`` to refuse.
+
+Called once, synchronously, in the middle of the store's transaction, wherever the store runs
+its statements (possibly a database connection's own thread): it must be quick, must not
+touch the event loop, and may only keep what it decided for its caller to read after the
+store returns."""
 
 
 class SessionStore(Protocol):
@@ -78,8 +75,14 @@ class SessionStore(Protocol):
 
     async def delete_session(self, tenant_id: str, session_id: str, *, at: datetime) -> bool: ...
 
-    def begin_turn(self) -> AbstractAsyncContextManager[TurnStart]:
-        """A ``TurnStart`` transaction (``TurnInProgress`` if the session runs a turn)."""
+    async def start_turn(self, query: TurnStartQuery, plan: TurnPlan) -> NewTurn | None:
+        """Start a turn in one write transaction: read what ``query`` asks, call ``plan``
+        with it and write the ``NewTurn`` it returns, then commit; return that ``NewTurn``.
+
+        When ``plan`` returns ``None`` the request's count is committed and nothing else.
+        Whether the session runs a turn already is not read: the store finds out when it
+        writes the turn and then raises ``TurnInProgress``, again with only the request's
+        count committed (nothing at all when a concurrent start won a unique index)."""
         ...
 
     async def finish_turn(

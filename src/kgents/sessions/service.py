@@ -27,7 +27,7 @@ from kgents.sessions.persona import (
     history_that_fits,
     system_prompt,
 )
-from kgents.sessions.ports import SessionStore, TurnStartReads
+from kgents.sessions.ports import NewTurn, SessionStore, TurnStartQuery, TurnStartReads
 from kgents.tenancy.quota import month_bounds, quota_status, require_tokens_left
 from kgents.tenancy.rate_limit import RateCharge, window_of
 from kgents.tenancy.service import Principal
@@ -148,7 +148,9 @@ class SessionService:
         (``rate``, when the caller has not counted it yet), checks the session and the token
         quota, and stores the user message, the turn and the usage events: ``session.message``
         and ``request_events`` (the request's ``api.request``); the store refuses the turn
-        when one is running (the last check).
+        when one is running (the last check). The checks run inside the store's one step
+        (``plan``, see ``SessionStore.start_turn``), so the start is a single trip to the
+        database.
 
         Raises ``RateLimitExceeded``, ``InvalidInput``, ``BudgetNotAllowed``, ``NotFound``,
         ``QuotaExceeded`` or ``TurnInProgress``; a refused turn stores nothing but the
@@ -158,16 +160,18 @@ class SessionService:
         now = utc_now()
         budget = request.budget or default_budget(principal.plan.max_budget)
         max_tokens = MAX_TOKENS_BY_BUDGET[budget]
-        refusal: KgentsError
-        async with self._store.begin_turn() as tx:
-            reads = await tx.read(
-                tenant_id=tenant_id,
-                session_id=session_id if is_valid_id(session_id) else None,
-                count_key=rate.key_id if rate else None,
-                window_start=window_of(now) if rate else None,
-                tokens_since=month_bounds(now)[0],  # dormant turns count against it too
-                history_limit=HISTORY_WINDOW if max_tokens else 0,
-            )
+        query = TurnStartQuery(
+            tenant_id=tenant_id,
+            session_id=session_id if is_valid_id(session_id) else None,
+            count_key=rate.key_id if rate else None,
+            window_start=window_of(now) if rate else None,
+            tokens_since=month_bounds(now)[0],  # dormant turns count against it too
+            history_limit=HISTORY_WINDOW if max_tokens else 0,
+        )
+        decided: list[tuple[PlannedTurn, Message] | KgentsError] = []
+
+        def plan(reads: TurnStartReads) -> NewTurn | None:
+            # Runs in the store's transaction, maybe on its connection's thread: pure work.
             try:
                 if rate is not None and reads.request_count is not None:
                     rate.settle(count=reads.request_count, now=now)
@@ -180,16 +184,21 @@ class SessionService:
                     now=now,
                 )
             except KgentsError as exc:
-                refusal = exc  # raised once the request's count is committed
-            else:
-                tx.add_turn(
-                    planned.turn,
-                    user_message=user_message,
-                    events=[event, *request_events],
-                    lease_until=now + self._turn_lease,
-                )
-                return planned, user_message
-        raise refusal
+                decided.append(exc)  # raised once the request's count is committed
+                return None
+            decided.append((planned, user_message))
+            return NewTurn(
+                turn=planned.turn,
+                user_message=user_message,
+                events=[event, *request_events],
+                lease_until=now + self._turn_lease,
+            )
+
+        await self._store.start_turn(query, plan)
+        [outcome] = decided
+        if isinstance(outcome, KgentsError):
+            raise outcome
+        return outcome
 
     def _plan_turn(
         self,
@@ -201,7 +210,8 @@ class SessionService:
         budget: Budget,
         now: datetime,
     ) -> tuple[PlannedTurn, Message, UsageEvent]:
-        """Check the turn against what was read (raising the refusal) and build its rows."""
+        """Check the turn against what was read (raising the refusal) and build its rows.
+        Pure and quick: it runs inside the store's transaction, maybe off the loop's thread."""
         tenant_id = principal.tenant.id
         if len(request.message) > self._max_message_chars:
             raise InvalidInput(

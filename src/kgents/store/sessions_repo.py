@@ -5,16 +5,14 @@ they bill, so a crash can never store one without the other.
 """
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar, cast, get_args
+from typing import TypeVar, cast, get_args
 
 from sqlalchemy import Select, func, select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -28,12 +26,12 @@ from kgents.records import (
     TurnStatus,
     UsageEvent,
 )
-from kgents.sessions.ports import TurnStart, TurnStartReads
+from kgents.sessions.ports import NewTurn, TurnPlan, TurnStartQuery
 from kgents.store.group_commit import GroupCommit
 from kgents.store.outbox_repo import add_outbox_events
 from kgents.store.quota_sql import month_tokens_query
 from kgents.store.schema import MessageRow, SessionRow, TurnRow
-from kgents.store.sqlite_thread import WholeWrites, thread_transaction
+from kgents.store.sqlite_thread import WholeWrites
 from kgents.store.turn_end_sql import TurnEndSql
 from kgents.store.turn_start_sql import TurnStartSql
 from kgents.store.unavailable import is_database_unavailable
@@ -192,34 +190,20 @@ class SqlSessionStore:
             )
             return bool(getattr(result, "rowcount", 0))
 
-    @contextlib.asynccontextmanager
-    async def begin_turn(self) -> AsyncIterator[TurnStart]:
-        """One write transaction to start a turn in (see ``kgents.sessions.ports.TurnStart``).
-
-        Commits when the block ends normally, else rolls everything back; ``TurnInProgress``
-        when the session runs a turn already (the request's count is committed, nothing else)
-        or when a unique index refuses the turn (a concurrent start won; nothing is). Its two
-        steps are statements at driver level (``turn_start_sql``); on a SQLite file, each
-        step is one trip to the connection's thread (``sqlite_thread``)."""
+    async def start_turn(self, query: TurnStartQuery, plan: TurnPlan) -> NewTurn | None:
+        """See ``kgents.sessions.ports.SessionStore.start_turn``: read, ``plan`` and write are
+        one step (``turn_start_sql``), run whole by ``WholeWrites``, so on a SQLite file the
+        writer is held for one trip to its thread."""
+        step = partial(self._turn_sql.start, query=query, plan=plan)
         try:
-            writes = self._whole_writes
-            if writes.on_thread:
-                async with thread_transaction(writes.writer) as transaction:
-                    start = _DriverTurnStart(self._turn_sql, transaction.run)
-                    yield start
-                    stored = await transaction.commit(start.staged)
-            else:
-                async with writes.writer.begin() as connection:
-                    start = _DriverTurnStart(self._turn_sql, connection.run_sync)
-                    yield start
-                    staged = start.staged
-                    stored = None if staged is None else await connection.run_sync(staged)
+            new, written = await self._whole_writes.run(step)
         except IntegrityError as exc:
             if not any(name in str(exc) for name in _CONCURRENT_TURN):
                 raise
             raise TurnInProgress("a turn is already running in this session") from exc
-        if stored is False:
+        if new is not None and not written:
             raise TurnInProgress("a turn is already running in this session")
+        return new
 
     async def finish_turn(
         self,
@@ -370,44 +354,3 @@ class SqlSessionStore:
                 for row, status, error_code in rows
             ]
             return history, total or 0
-
-
-ReadStep = Callable[[Connection], TurnStartReads]
-
-
-class _DriverTurnStart:
-    """``TurnStart`` over ``TurnStartSql``: ``read`` is one step, run at once by ``run``; what
-    ``add_turn`` stages is the last step, run with the commit (``staged``)."""
-
-    def __init__(
-        self, sql: TurnStartSql, run: Callable[[ReadStep], Awaitable[TurnStartReads]]
-    ) -> None:
-        self._sql = sql
-        self._run = run
-        self._session: Session | None = None
-        self.staged: Callable[[Connection], bool] | None = None
-
-    async def read(self, **query: Any) -> TurnStartReads:
-        reads = await self._run(partial(self._sql.read, **query))
-        self._session = reads.session
-        return reads
-
-    def add_turn(
-        self,
-        turn: Turn,
-        *,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> None:
-        session = self._session
-        if session is None or session.id != turn.session_id:
-            raise RuntimeError("add_turn needs the turn's session, found by read() first")
-        self.staged = partial(
-            self._sql.add_turn,
-            session=session,
-            turn=turn,
-            user_message=user_message,
-            events=events,
-            lease_until=lease_until,
-        )

@@ -1,6 +1,7 @@
-"""The turn start's two steps at driver level (``driver_sql``): statements compiled once per
-dialect, no ORM, over a synchronous ``Connection``, so the same steps run whole on the SQLite
-writer's thread (``sqlite_thread``) and in ``AsyncConnection.run_sync`` (PostgreSQL).
+"""The turn start at driver level (``driver_sql``): statements compiled once per dialect, no
+ORM, over a synchronous ``Connection``, so the whole start (read, plan, write) is one step,
+run in one trip to the SQLite writer's thread (``sqlite_thread``) or in
+``AsyncConnection.run_sync`` (PostgreSQL).
 
 Whether the session runs a turn is not read: the turn's own insert answers it (the partial
 unique index on running turns, ``ON CONFLICT ... DO NOTHING``), and a first turn, whose session
@@ -8,14 +9,13 @@ holds no message yet, reads no history.
 """
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.engine import Connection, Dialect
 
-from kgents.records import Message, Session, Turn, UsageEvent
-from kgents.sessions.ports import TurnStartReads
+from kgents.records import Message, Session
+from kgents.sessions.ports import NewTurn, TurnPlan, TurnStartQuery, TurnStartReads
 from kgents.store.driver_sql import DriverStatement, RowInsert
 from kgents.store.outbox_sql import OutboxSql
 from kgents.store.quota_sql import month_tokens_statement, require_month_start
@@ -54,7 +54,7 @@ _MESSAGE_COLUMNS = [
 
 
 class TurnStartSql:
-    """The statements of ``TurnStart.read`` and ``add_turn`` for one dialect."""
+    """The statements of ``SessionStore.start_turn`` for one dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
         self._count = DriverStatement(
@@ -99,50 +99,48 @@ class TurnStartSql:
         )
         self._outbox = OutboxSql(dialect)
 
-    def read(
-        self,
-        connection: Connection,
-        *,
-        tenant_id: str,
-        session_id: str | None,
-        count_key: str | None,
-        window_start: datetime | None,
-        tokens_since: datetime | None,
-        history_limit: int,
-    ) -> TurnStartReads:
-        """``TurnStart.read``: the session row stays locked (``FOR UPDATE``) until the end."""
+    def start(
+        self, connection: Connection, *, query: TurnStartQuery, plan: TurnPlan
+    ) -> tuple[NewTurn | None, bool]:
+        """Read what ``query`` asks, call ``plan`` and write the ``NewTurn`` it returns:
+        ``(that NewTurn, whether it was written)``, ``False`` when the session runs a turn
+        already (nothing but the request's count is written then, nor when ``plan`` refuses);
+        the caller commits either way."""
+        reads = self._read(connection, query)
+        new = plan(reads)
+        if new is None:
+            return None, False
+        session = reads.session
+        if session is None or session.id != new.turn.session_id:
+            raise RuntimeError("a turn start's plan returned a turn of a session it did not read")
+        return new, self._add_turn(connection, session=session, new=new)
+
+    def _read(self, connection: Connection, query: TurnStartQuery) -> TurnStartReads:
+        """The session row stays locked (``FOR UPDATE``) until the end."""
         count = None
-        if count_key is not None and window_start is not None:
-            [(count,)] = self._count.rows(connection, count_key, window_start)
+        if query.count_key is not None and query.window_start is not None:
+            [(count,)] = self._count.rows(connection, query.count_key, query.window_start)
         session = None
-        if session_id:
-            found = self._lock_session.rows(connection, session_id)
-            if found and found[0][1] == tenant_id and found[0][-1] is None:  # not deleted
+        if query.session_id:
+            found = self._lock_session.rows(connection, query.session_id)
+            if found and found[0][1] == query.tenant_id and found[0][-1] is None:  # not deleted
                 session = _session(found[0])
         tokens = None
         history: list[Message] = []
         if session is not None:
-            if tokens_since is not None:
-                require_month_start(tokens_since)
-                used = self._month_tokens.rows(connection, tenant_id, tokens_since)
+            if query.tokens_since is not None:
+                require_month_start(query.tokens_since)
+                used = self._month_tokens.rows(connection, query.tenant_id, query.tokens_since)
                 tokens = int(used[0][0]) if used else 0
-            if history_limit and session.message_count:
-                rows = self._history.rows(connection, session.id, history_limit)
+            if query.history_limit and session.message_count:
+                rows = self._history.rows(connection, session.id, query.history_limit)
                 history = [_message(row) for row in reversed(rows)]
         return TurnStartReads(count, session, tokens, history)
 
-    def add_turn(
-        self,
-        connection: Connection,
-        *,
-        session: Session,
-        turn: Turn,
-        user_message: Message,
-        events: Sequence[UsageEvent],
-        lease_until: datetime,
-    ) -> bool:
-        """``TurnStart.add_turn``'s rows, the turn's first: ``False`` (and nothing written)
-        when the session runs a turn already."""
+    def _add_turn(self, connection: Connection, *, session: Session, new: NewTurn) -> bool:
+        """The new turn's rows, the turn's first: ``False`` (and nothing written) when the
+        session runs a turn already."""
+        turn, user_message = new.turn, new.user_message
         stored = self._insert_turn.rows(
             connection,
             id=turn.id,
@@ -161,7 +159,7 @@ class TurnStartSql:
             first_seq=turn.first_seq,
             started_at=turn.started_at,
             finished_at=None,
-            lease_expires_at=lease_until,
+            lease_expires_at=new.lease_until,
         )
         if not stored:
             return False
@@ -169,7 +167,7 @@ class TurnStartSql:
         self._count_message.execute(
             connection, session.message_count + 1, user_message.created_at, session.id
         )
-        self._outbox.add_billing(connection, events, at=turn.started_at)
+        self._outbox.add_billing(connection, new.events, at=turn.started_at)
         return True
 
 
