@@ -42,10 +42,15 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   same upstream as ``openai_sdk``), the request made as before 2026-12-08 (``create`` through
   ``with_streaming_response``, which walks the TypedDict params) vs as now (``client.post``
   with a plain dict), 100 turns each way per pair, alternating (``--rounds`` pairs, 5), medians;
-  ``--only openai_request`` (not in the full run).
+  ``--only openai_request`` (not in the full run);
+- ``anthropic_stream``: CPU of this process per 200-token ``AnthropicProvider.stream`` turn (fake
+  Anthropic upstream, 0 ms between tokens), the body read as before 2026-12-08 (``create``: the
+  SDK's typed event per token) vs as now (raw ``data:`` parsed with json.loads), 100 turns each
+  way per pair, alternating (``--rounds`` pairs, 3), medians; ``--only anthropic_stream`` (not in
+  the full run).
 
     .venv/bin/python bench/bench_hotpath.py
-        [--only turn_start|turn_end|sql|openai_request] [--postgres] [--rounds N]
+        [--only turn_start|turn_end|sql|openai_request|anthropic_stream] [--postgres] [--rounds N]
 """
 
 import argparse
@@ -55,18 +60,29 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import harness
 import nats
 import openai
 import uvloop
+from anthropic.types import (
+    AssistantMessageParam,
+    RawContentBlockDeltaEvent,
+    RawMessageDeltaEvent,
+    RawMessageStartEvent,
+    RawMessageStopEvent,
+    UserMessageParam,
+)
 
 from kgents.ids import new_id
-from kgents.llm.base import ChatMessage, GenerationRequest, TextDelta
+from kgents.llm import errors
+from kgents.llm.anthropic import AnthropicProvider
+from kgents.llm.base import ChatMessage, GenerationRequest, StreamItem, TextDelta, reply_usage
 from kgents.llm.openai import OpenAIProvider, _messages
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import DEFAULT_FOLLOW_BATCH, JetStreamEventLog
@@ -76,6 +92,12 @@ from kgents.streaming.subjects import session_wildcard
 from kgents.streaming.topology import EVENTS_STREAM, ensure_streams
 
 MESSAGES: Any = [{"role": "user", "content": "How should I plan my week?"}]
+TURN_REQUEST = GenerationRequest(
+    system="You are terse.",
+    messages=(ChatMessage("user", MESSAGES[0]["content"]),),
+    temperature=0.4,
+    max_tokens=4000,
+)
 PAYLOAD = (
     b'{"type":"chunk","session_id":"ses_x","time":"2026-01-01T00:00:00.000000Z",'
     b'"data":{"turn_id":"turn_x","text":" w1","index":1}}'
@@ -213,12 +235,7 @@ async def openai_request(pairs: int, base_url: str) -> dict[str, Any]:
     vs ``client.post`` with a plain body as now; 100 turns each way per pair, alternating."""
     import statistics
 
-    request = GenerationRequest(
-        system="You are terse.",
-        messages=(ChatMessage("user", MESSAGES[0]["content"]),),
-        temperature=0.4,
-        max_tokens=4000,
-    )
+    request = TURN_REQUEST
     turns = 100
     runs: dict[str, list[tuple[float, float]]] = {"create": [], "post": []}
     for pair in range(pairs + 1):  # the first pair warms up
@@ -254,6 +271,98 @@ async def openai_request(pairs: int, base_url: str) -> dict[str, Any]:
         }
     old, new = result["create"], result["post"]
     result["ratio_post"] = {key: round(new[key] / old[key], 3) for key in old}
+    return result
+
+
+class _TypedEvents(AnthropicProvider):
+    """``AnthropicProvider`` reading its stream as it did before 2026-12-08: ``messages.create``
+    and the SDK's typed event per server-sent event (the code of then, errors and usage too)."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:
+        try:
+            events = await self._client.messages.create(
+                model=self.model,
+                system=request.system or anthropic.omit,
+                messages=[
+                    UserMessageParam(role="user", content=m.content)
+                    if m.role == "user"
+                    else AssistantMessageParam(role="assistant", content=m.content)
+                    for m in request.messages
+                ],
+                max_tokens=request.max_tokens,
+                stream=True,
+            )
+        except Exception as exc:
+            raise self._translate(exc, started=False) from exc
+        produced: list[str] = []
+        tokens_in: int | None = None
+        tokens_out: int | None = None
+        stopped = False
+        try:
+            async for event in events:
+                if isinstance(event, RawContentBlockDeltaEvent):
+                    if event.delta.type == "text_delta" and event.delta.text:
+                        produced.append(event.delta.text)
+                        yield TextDelta(event.delta.text)
+                elif isinstance(event, RawMessageStartEvent):
+                    usage = getattr(event.message, "usage", None)
+                    if usage is not None:
+                        tokens_in = _typed_input_tokens(usage)
+                elif isinstance(event, RawMessageDeltaEvent):
+                    delta_usage = getattr(event, "usage", None)
+                    if delta_usage is not None:
+                        tokens_out = getattr(delta_usage, "output_tokens", None)
+                        if getattr(delta_usage, "input_tokens", None) is not None:
+                            tokens_in = _typed_input_tokens(delta_usage)
+                elif isinstance(event, RawMessageStopEvent):
+                    stopped = True
+        except Exception as exc:
+            raise self._translate(exc, started=True) from exc
+        finally:
+            await events.close()
+        if not stopped:
+            raise errors.malformed(self.name, "the stream ended before message_stop")
+        yield reply_usage(
+            request, "".join(produced), model=self.model, tokens_in=tokens_in, tokens_out=tokens_out
+        )
+
+
+def _typed_input_tokens(usage: object) -> int:
+    parts = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    return sum(getattr(usage, part, None) or 0 for part in parts)
+
+
+async def anthropic_stream(pairs: int, base_url: str) -> dict[str, Any]:
+    """CPU per 200-token turn of ``AnthropicProvider.stream``, typed events as before vs the raw
+    read as now; 100 turns each way per pair, alternating, the first pair a warm-up."""
+    import statistics
+
+    request = TURN_REQUEST
+    turns = 100
+    runs: dict[str, list[float]] = {"typed": [], "raw": []}
+    for pair in range(pairs + 1):
+        for name, cls in (("typed", _TypedEvents), ("raw", AnthropicProvider)):
+            provider = cls(api_key="x", base_url=base_url, model="m")
+            tokens = 0
+            try:
+                began = time.process_time()
+                for _ in range(turns):
+                    async for item in provider.stream(request):
+                        tokens += isinstance(item, TextDelta)
+                turn_cpu = time.process_time() - began
+            finally:
+                await provider.aclose()
+            assert tokens == 200 * turns, tokens
+            if pair:
+                runs[name].append(1e6 * turn_cpu / turns)
+    result: dict[str, Any] = {"pairs": pairs, "turns_per_run": turns, "tokens": 200}
+    for name, measured in runs.items():
+        result[name] = {
+            "turn_us": round(statistics.median(measured), 1),
+            "us_per_token": round(statistics.median(measured) / 200, 2),
+            "turn_us_runs": [round(m, 1) for m in measured],
+        }
+    result["ratio_raw"] = round(result["raw"]["turn_us"] / result["typed"]["turn_us"], 3)
     return result
 
 
@@ -621,6 +730,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             upstream = harness.start_fake_openai(registry, tokens=200, delay_ms=0)
             result["openai_request"] = await openai_request(args.rounds or 5, upstream.url)
         return result
+    if args.only == "anthropic_stream":
+        with (
+            tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+            harness.processes(Path(tmp)) as registry,
+        ):
+            upstream = harness.start_fake_openai(registry, tokens=200, delay_ms=0, kind="anthropic")
+            result["anthropic_stream"] = await anthropic_stream(args.rounds or 3, upstream.url)
+        return result
     if args.only:
         measure = {"turn_start": turn_start, "turn_end": turn_end, "sql": sql}[args.only]
         with (
@@ -658,7 +775,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--only",
-        choices=["turn_start", "turn_end", "sql", "openai_request"],
+        choices=["turn_start", "turn_end", "sql", "openai_request", "anthropic_stream"],
         help="run only this measurement",
     )
     parser.add_argument(
@@ -667,10 +784,10 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rounds",
         type=int,
-        help="turn starts per case (200), turn ends (2,000), sql's or openai_request's pairs of"
-        " runs (3, 5)",
+        help="turn starts per case (200), turn ends (2,000), pairs of runs of sql,"
+        " openai_request or anthropic_stream (3, 5, 3)",
     )
     arguments = parser.parse_args()
-    if arguments.postgres and arguments.only in ("sql", "openai_request"):
+    if arguments.postgres and arguments.only in ("sql", "openai_request", "anthropic_stream"):
         parser.error("--postgres is for turn_start and turn_end")
     print(json.dumps(uvloop.run(main(arguments)), separators=(",", ":")))

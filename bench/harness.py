@@ -182,10 +182,13 @@ def _read_line(stream: IO[bytes], seconds: float) -> str:
     return buffer.decode().strip()
 
 
-def start_fake_openai(registry: Processes, *, tokens: int, delay_ms: float) -> Proc:
-    """``python -m tests.fakes openai`` in its own process; ``url`` is its base URL (``…/v1``)."""
-    name = f"fake-openai-{delay_ms:g}ms"
-    argv = [sys.executable, "-m", "tests.fakes", "openai", "--tokens", str(tokens)]
+def start_fake_openai(
+    registry: Processes, *, tokens: int, delay_ms: float, kind: str = "openai"
+) -> Proc:
+    """``python -m tests.fakes openai`` (or ``kind``: ``anthropic``) in its own process; ``url``
+    is its base URL (``…/v1`` for openai)."""
+    name = f"fake-{kind}-{delay_ms:g}ms"
+    argv = [sys.executable, "-m", "tests.fakes", kind, "--tokens", str(tokens)]
     proc = registry.spawn(name, [*argv, "--delay-ms", str(delay_ms)], stdout_pipe=True)
     assert proc.popen.stdout is not None
     try:

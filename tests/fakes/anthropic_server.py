@@ -26,7 +26,8 @@ _ERROR_TYPES = {
 class FakeAnthropic(FakeLLMServer):
     """An Anthropic-compatible server.
 
-    ``cache_read_input_tokens`` is reported in ``message_start`` next to ``input_tokens``.
+    ``cache_creation_input_tokens`` and ``cache_read_input_tokens`` are reported in
+    ``message_start`` next to ``input_tokens``.
     """
 
     stream_path = "/v1/messages"
@@ -34,6 +35,7 @@ class FakeAnthropic(FakeLLMServer):
 
     def __init__(self, *, model: str = "fake-claude") -> None:
         super().__init__(model=model)
+        self.cache_creation_input_tokens = 0
         self.cache_read_input_tokens = 0
 
     def opening(self, reply: FakeReply, request: RecordedRequest) -> bytes:
@@ -49,7 +51,7 @@ class FakeAnthropic(FakeLLMServer):
         if reply.include_usage:
             message["usage"] = {
                 "input_tokens": reply.input_tokens,
-                "cache_creation_input_tokens": 0,
+                "cache_creation_input_tokens": self.cache_creation_input_tokens,
                 "cache_read_input_tokens": self.cache_read_input_tokens,
                 "output_tokens": 1,
             }

@@ -51,6 +51,7 @@ def fake_openai(openai_server: FakeOpenAI) -> FakeOpenAI:
 def fake_anthropic(anthropic_server: FakeAnthropic) -> FakeAnthropic:
     """The shared fake Anthropic server, reset: default reply, nothing queued or recorded."""
     anthropic_server.reset()
+    anthropic_server.cache_creation_input_tokens = 0
     anthropic_server.cache_read_input_tokens = 0
     return anthropic_server
 

@@ -11,15 +11,17 @@ from tests.llm.streams import HISTORY, SYSTEM, drain, sample_request
 pytestmark = pytest.mark.anyio
 
 
-async def test_output_tokens_come_from_message_delta_and_input_counts_cache_reads(
+async def test_output_tokens_come_from_message_delta_and_input_counts_cache_writes_and_reads(
     fake_anthropic: FakeAnthropic, anthropic_provider: AnthropicProvider
 ) -> None:
     fake_anthropic.reply = FakeReply(tokens=("a",), input_tokens=12, output_tokens=9)
+    fake_anthropic.cache_creation_input_tokens = 30
     fake_anthropic.cache_read_input_tokens = 100
 
     drained = await drain(anthropic_provider)
 
-    assert (drained.usage.tokens_in, drained.usage.tokens_out) == (112, 9)
+    assert (drained.usage.tokens_in, drained.usage.tokens_out) == (142, 9)
+    assert not drained.usage.estimated
 
 
 async def test_request_carries_system_history_and_max_tokens_but_no_temperature(

@@ -1,5 +1,17 @@
 """The ``anthropic`` provider: the Anthropic Messages API, streamed with the official SDK.
 
+The SDK makes the request (the ``x-api-key`` and ``anthropic-version`` headers, base URL,
+timeouts, error statuses become its exception classes) through its lower-level call,
+``client.post("/v1/messages", cast_to=httpx2.Response, stream=True)``, with the body a plain
+dict, as ``kgents.llm.openai`` does and for the same reasons.
+
+The body is read raw (``kgents.llm.sse``): each event's ``data:`` is parsed with ``json.loads``
+and dispatched on its ``type``; the SDK's typed event model per token is not built. What is
+read: ``message_start`` (input usage), the text of each ``content_block_delta`` whose delta is a
+``text_delta``, ``message_delta`` (the cumulative output usage), ``message_stop`` (the reply is
+complete) and ``error`` (mapped like the SDK's own in-stream error); ``ping`` and the rest are
+skipped. A stream that ends before ``message_stop`` is malformed.
+
 Usage comes from the stream itself: input tokens from ``message_start`` (``input_tokens`` plus any
 cache writes and reads, which Anthropic counts separately), output tokens from the cumulative
 ``message_delta`` usage. A stream without usage gets an estimate, labelled as such.
@@ -11,22 +23,18 @@ The SDK's own retries are off (``max_retries=0``) and its transport is aiohttp
 (``anthropic.DefaultAioHttpClient``), both for the reasons given in ``kgents.llm.openai``.
 """
 
-from collections.abc import AsyncGenerator
+import json
+from collections.abc import AsyncGenerator, Mapping
+from functools import partial
+from typing import Any
 
 import anthropic
-from anthropic.types import (
-    AssistantMessageParam,
-    MessageParam,
-    RawContentBlockDeltaEvent,
-    RawMessageDeltaEvent,
-    RawMessageStartEvent,
-    RawMessageStopEvent,
-    UserMessageParam,
-)
+import httpx2
 
 from kgents.errors import ProviderError
 from kgents.llm import errors
 from kgents.llm.base import GenerationRequest, StreamItem, TextDelta, reply_usage
+from kgents.llm.sse import ErrorEvent, SSEData, open_body
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -63,52 +71,41 @@ class AnthropicProvider:
 
         Raises ``ProviderError`` (codes in ``kgents.llm.errors``), also after some deltas.
         """
-        try:
-            events = await self._client.messages.create(
-                model=self.model,
-                system=request.system or anthropic.omit,
-                messages=_messages(request),
-                max_tokens=request.max_tokens,
-                stream=True,
-            )
-        except Exception as exc:
-            raise self._translate(exc, started=False) from exc
+        reply = _Reply()
+        failed = partial(self._translate, started=False)
+        async with open_body(self._start(request), failed) as chunks:
+            events = SSEData()
+            try:
+                async for chunk in chunks:
+                    for data in events.feed(chunk):
+                        text = reply.take(data)
+                        if text:
+                            yield TextDelta(text)
+            except Exception as exc:
+                raise self._translate(exc, started=True) from exc
 
-        produced: list[str] = []
-        tokens_in: int | None = None
-        tokens_out: int | None = None
-        stopped = False
-        try:
-            async for event in events:
-                if isinstance(event, RawContentBlockDeltaEvent):
-                    if event.delta.type == "text_delta" and event.delta.text:
-                        produced.append(event.delta.text)
-                        yield TextDelta(event.delta.text)
-                elif isinstance(event, RawMessageStartEvent):
-                    usage = getattr(event.message, "usage", None)
-                    if usage is not None:
-                        tokens_in = _input_tokens(usage)
-                elif isinstance(event, RawMessageDeltaEvent):
-                    delta_usage = getattr(event, "usage", None)
-                    if delta_usage is not None:
-                        tokens_out = getattr(delta_usage, "output_tokens", None)
-                        if getattr(delta_usage, "input_tokens", None) is not None:
-                            tokens_in = _input_tokens(delta_usage)
-                elif isinstance(event, RawMessageStopEvent):
-                    stopped = True
-        except Exception as exc:
-            raise self._translate(exc, started=True) from exc
-        finally:
-            await events.close()
-
-        if not stopped:
+        if not reply.stopped:
             raise errors.malformed(_NAME, "the stream ended before message_stop")
         yield reply_usage(
             request,
-            "".join(produced),
+            "".join(reply.produced),
             model=self.model,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
+            tokens_in=reply.tokens_in,
+            tokens_out=reply.tokens_out,
+        )
+
+    async def _start(self, request: GenerationRequest) -> httpx2.Response:
+        """Send the request; the response's body is left unread (the caller closes it)."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": _messages(request),
+            "max_tokens": request.max_tokens,
+            "stream": True,
+        }
+        if request.system:
+            body["system"] = request.system
+        return await self._client.post(
+            "/v1/messages", body=body, cast_to=httpx2.Response, stream=True
         )
 
     async def check(self) -> str | None:
@@ -132,26 +129,76 @@ class AnthropicProvider:
         )
 
 
-# An ``event: error`` inside the stream (e.g. ``overloaded_error``) arrives as an
-# ``APIStatusError`` with the stream's status, 200.
 _SDK_ERRORS = errors.SDKErrors(
     timeout=anthropic.APITimeoutError,
     connection=anthropic.APIConnectionError,
     status=anthropic.APIStatusError,
+    in_stream=(ErrorEvent,),
 )
 
 
-def _input_tokens(usage: object) -> int:
+class _Reply:
+    """What the events of one reply said so far: texts, its usage, whether it stopped."""
+
+    __slots__ = ("produced", "stopped", "tokens_in", "tokens_out")
+
+    def __init__(self) -> None:
+        self.produced: list[str] = []
+        self.tokens_in: int | None = None
+        self.tokens_out: int | None = None
+        self.stopped = False
+
+    def take(self, data: bytes) -> str | None:
+        """Read one event's ``data:``; the text it adds to the reply, if any.
+
+        Raises ``ErrorEvent`` for an ``error`` event, ``ValueError`` when the data is not a JSON
+        object or a text delta's text is not text.
+        """
+        event: Any = json.loads(data)
+        if not isinstance(event, dict):
+            raise ValueError("a stream event that is not a JSON object")
+        kind = event.get("type")
+        if kind == "content_block_delta":
+            delta = event.get("delta")
+            if not isinstance(delta, dict) or delta.get("type") != "text_delta":
+                return None
+            text = delta.get("text")
+            if not text:
+                return None
+            if not isinstance(text, str):
+                raise ValueError("a text delta whose text is not text")
+            self.produced.append(text)
+            return text
+        if kind == "message_start":
+            message = event.get("message")
+            usage = message.get("usage") if isinstance(message, dict) else None
+            if isinstance(usage, Mapping):
+                self.tokens_in = _input_tokens(usage)
+        elif kind == "message_delta":
+            usage = event.get("usage")
+            if isinstance(usage, Mapping):
+                self.tokens_out = _count(usage.get("output_tokens"))
+                if usage.get("input_tokens") is not None:
+                    self.tokens_in = _input_tokens(usage)
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind == "error":
+            raise ErrorEvent(event)
+        return None
+
+
+def _count(value: object) -> int | None:
+    return value if type(value) is int else None
+
+
+def _input_tokens(usage: Mapping[str, object]) -> int:
     """Every prompt token: uncached input plus cache writes and cache reads."""
     parts = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    return sum(getattr(usage, part, None) or 0 for part in parts)
+    return sum(_count(usage.get(part)) or 0 for part in parts)
 
 
-def _messages(request: GenerationRequest) -> list[MessageParam]:
-    messages: list[MessageParam] = []
-    for message in request.messages:
-        if message.role == "user":
-            messages.append(UserMessageParam(role="user", content=message.content))
-        else:
-            messages.append(AssistantMessageParam(role="assistant", content=message.content))
-    return messages
+def _messages(request: GenerationRequest) -> list[dict[str, str]]:
+    return [
+        {"role": "user" if m.role == "user" else "assistant", "content": m.content}
+        for m in request.messages
+    ]

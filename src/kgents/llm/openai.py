@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from functools import partial
 from typing import Any
 
 import httpx2
@@ -38,6 +39,7 @@ import openai
 from kgents.errors import ProviderError
 from kgents.llm import errors
 from kgents.llm.base import GenerationRequest, StreamItem, TextDelta, reply_usage
+from kgents.llm.sse import ErrorEvent, SSEData, open_body
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -77,14 +79,9 @@ class OpenAIProvider:
         Raises ``ProviderError`` (codes in ``kgents.llm.errors``), also after some deltas.
         """
         reply = _Reply()
-        async with contextlib.AsyncExitStack() as cleanup:
-            try:
-                response = await self._start(request)
-            except Exception as exc:
-                raise self._translate(exc, started=False) from exc
-            cleanup.push_async_callback(response.aclose)
-            chunks = await cleanup.enter_async_context(contextlib.aclosing(response.aiter_bytes()))
-            events = _SSEData()
+        failed = partial(self._translate, started=False)
+        async with open_body(self._start(request), failed) as chunks:
+            events = SSEData()
             done = False
             try:
                 async for chunk in chunks:
@@ -153,18 +150,6 @@ class OpenAIProvider:
         )
 
 
-class ErrorEvent(Exception):
-    """An ``{"error": {...}}`` event inside a stream whose HTTP status was already 200.
-
-    ``body`` is the value of ``error``. Raised while reading, turned into a ``ProviderError``
-    (``errors.from_error_event``) that keeps this as its cause.
-    """
-
-    def __init__(self, body: object) -> None:
-        super().__init__("error event in the stream")
-        self.body = body
-
-
 _SDK_ERRORS = errors.SDKErrors(
     timeout=openai.APITimeoutError,
     connection=openai.APIConnectionError,
@@ -221,45 +206,6 @@ class _Reply:
         if type(prompt) is not int or type(completion) is not int:
             return None
         return prompt, completion
-
-
-class _SSEData:
-    """Splits a server-sent event stream, fed in chunks of bytes, into the data of each event.
-
-    Lines end with LF, CRLF or CR. The ``data:`` lines of one event are joined with LF; other
-    fields and comments are ignored; an event ends at a blank line (an unfinished one at the end
-    of the body is dropped, and so is an event without data, as the SSE specification says).
-    """
-
-    __slots__ = ("_data", "_rest", "_skip_lf")
-
-    def __init__(self) -> None:
-        self._rest = b""
-        self._data: list[bytes] = []
-        self._skip_lf = False
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The data of every event that ``chunk`` completes, in order."""
-        if not chunk:
-            return []
-        if self._skip_lf and chunk.startswith(b"\n"):
-            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the previous chunk
-        buffer = self._rest + chunk if self._rest else chunk
-        self._skip_lf = False
-        if b"\r" in buffer:
-            self._skip_lf = buffer.endswith(b"\r")
-            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buffer.split(b"\n")
-        self._rest = lines.pop()
-        events: list[bytes] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-        return events
 
 
 async def _drain(chunks: AsyncIterator[bytes]) -> None:
