@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kgents.api.app import create_app
 from kgents.config import Settings
 from kgents.store.engine import create_engine, upgrade_database_async
+from kgents.store.sqlite_thread import writes_settled
 from tests.support.database import async_url
 from tests.support.nats import running_nats_server
 from tests.support.postgres import create_database, drop_database, postgres_server
@@ -77,6 +78,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     try:
         yield engine
     finally:
+        await writes_settled(engine)  # as the platform does: no batch left holding the writer
         await engine.dispose()
 
 

@@ -29,6 +29,7 @@ from kgents.store.meter_repo import SqlMeterStore
 from kgents.store.outbox_repo import SqlOutboxStore
 from kgents.store.rate_limit_repo import SqlRequestCounter
 from kgents.store.sessions_repo import SqlSessionStore
+from kgents.store.sqlite_thread import writes_settled
 from kgents.store.tenancy_repo import SqlTenancyStore
 from kgents.store.usage_repo import SqlUsageReader
 from kgents.tenancy.key_cache import KeyCache
@@ -136,6 +137,7 @@ async def open_platform(settings: Settings, *, migrate: bool = True) -> AsyncIte
         )
     finally:
         await provider.aclose()
+        await writes_settled(engine)
         await engine.dispose()
 
 

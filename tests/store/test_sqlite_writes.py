@@ -2,6 +2,7 @@
 wait for the writer share one trip to its thread, each in a transaction of its own."""
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from kgents.store.engine import create_engine, for_writes
-from kgents.store.sqlite_thread import WholeWrites
+from kgents.store.sqlite_thread import WholeWrites, writes_settled
 from tests.support.database import async_url
 
 pytestmark = pytest.mark.anyio
@@ -73,5 +74,33 @@ async def test_a_step_whose_caller_gave_up_before_its_trip_is_not_run(tmp_path: 
         assert await first == "first"
         assert await writes.run(insert("after")) == "after"
         assert sorted(await names(engine)) == ["after", "first"]
+    finally:
+        await engine.dispose()
+
+
+async def test_a_step_outlives_its_caller_and_the_writer_is_free_once_writes_settle(
+    tmp_path: Path,
+) -> None:
+    """A caller that gives up mid-batch does not stop its step; ``writes_settled`` waits for
+    it, so the engine is disposed of with the writer's connection back in its pool."""
+    engine = create_engine(async_url(f"sqlite:///{tmp_path / 'kgents.db'}"))
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+        on_thread, release = threading.Event(), threading.Event()
+
+        def slow(connection: Connection) -> str:
+            on_thread.set()
+            release.wait(10)
+            return str(insert("slow")(connection))
+
+        caller = asyncio.create_task(WholeWrites(engine).run(slow))
+        assert await asyncio.to_thread(on_thread.wait, 10)
+        caller.cancel()
+        release.set()
+        await writes_settled(engine)
+        assert for_writes(engine).pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert caller.cancelled()
+        assert await names(engine) == ["slow"]
     finally:
         await engine.dispose()

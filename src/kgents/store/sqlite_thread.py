@@ -94,6 +94,12 @@ class _WriteQueue:
             self._runner = asyncio.create_task(self._write_pending(), name="sqlite-writes")
         return await future
 
+    async def settled(self) -> None:
+        """Return once every step handed over so far is written (or has failed)."""
+        runner = self._runner
+        if runner is not None and not runner.done():
+            await asyncio.wait([runner])
+
     async def _write_pending(self) -> None:
         try:
             while self._pending:
@@ -142,6 +148,15 @@ def _queue_of(writer: AsyncEngine) -> _WriteQueue:
     if queue is None:
         queue = _QUEUES[writer.sync_engine] = _WriteQueue(writer)
     return queue
+
+
+async def writes_settled(engine: AsyncEngine) -> None:
+    """Return once the whole writes handed to ``engine``'s SQLite writer so far are done. A
+    batch outlives the callers that gave up on it, so disposing of the engine first would
+    leave its connection checked out of a pool that is gone, never closed."""
+    queue = _QUEUES.get(for_writes(engine).sync_engine)
+    if queue is not None:
+        await queue.settled()
 
 
 class WholeWrites:
