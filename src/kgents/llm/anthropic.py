@@ -1,6 +1,6 @@
 """The ``anthropic`` provider: the Anthropic Messages API, streamed with the official SDK.
 
-The SDK makes the request (the ``x-api-key`` and ``anthropic-version`` headers, base URL,
+The SDK makes the request (its authentication and ``anthropic-version`` headers, base URL,
 timeouts, error statuses become its exception classes) through its lower-level call,
 ``client.post("/v1/messages", cast_to=httpx2.Response, stream=True)``, with the body a plain
 dict, as ``kgents.llm.openai`` does and for the same reasons.
