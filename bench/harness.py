@@ -397,6 +397,7 @@ class Profile:
             "--output",
             str(out),
             "--nonblocking",
+            "--subprocesses",  # ``kgents serve --workers N``: the workers, not the supervisor
         ]
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
