@@ -444,7 +444,7 @@ def summarize_profile(raw: Path, *, top: int = 12) -> dict[str, Any]:
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
-        if frames[0].startswith("Thread._bootstrap"):
+        if any(frame.startswith("Thread._bootstrap") for frame in frames[:8]):
             continue
         main += count
         stage = _stage_of(frames)
