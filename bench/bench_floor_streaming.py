@@ -24,14 +24,16 @@ Per request the pass-through does what issue 4 fixes and nothing more:
    ``data: <payload>``), every frame already delivered in one ASGI ``send``, until the end
    message, which becomes ``event: complete``.
 
-The benchmark process alternates rounds of ``direct`` (httpx to the upstream, as
-``bench_streaming.py``) and ``pass-through`` (the same client code as ``bench_streaming.py``'s
-kgents side: it counts ``chunk`` events until ``complete``), at each ``--concurrency``, and
-reports chunks/s (chunks of a round / its wall time), the ratio, and the CPU of every process
-(user + system, psutil), as µs per chunk and as cores used during the rounds.
+The benchmark process alternates rounds of ``direct`` (the upstream called as by
+``bench_streaming.py``, with its ``--client``) and ``pass-through`` (the same client code as
+``bench_streaming.py``'s kgents side: it counts ``chunk`` events until ``complete``), at each
+``--concurrency``, and reports chunks/s (chunks of a round / its wall time), the ratio, and
+the CPU of every process (user + system, psutil), as µs per chunk and as cores used during
+the rounds.
 
     .venv/bin/python bench/bench_floor_streaming.py [--concurrency 64] [--rounds 3]
         [--tokens 200] [--delay-ms 5] [--upstream-client raw|httpx] [--profile-seconds 0]
+        [--client aiohttp|httpx]
 """
 
 import argparse
@@ -43,6 +45,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -51,7 +54,14 @@ from urllib.parse import urlsplit
 
 import harness
 import httpx
-from bench_streaming import Bench, SideStats, direct_stream, kgents_stream
+from bench_streaming import (
+    Bench,
+    SideStats,
+    direct_stream,
+    httpx_client,
+    kgents_stream,
+    load_clients,
+)
 from harness import Proc, log, ratio
 
 STREAM_TIMEOUT = 120.0
@@ -410,23 +420,23 @@ async def run(args: argparse.Namespace, procs: dict[str, Proc]) -> list[dict[str
     upstream, floor = procs["upstream"], procs["pass-through"]
     bench = Bench(args, procs, started=time.monotonic())
     direct_url = f"{upstream.url}/chat/completions"
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
     direct_cpu = ("upstream", "client")
     floor_cpu = ("upstream", "nats", "pass-through", "client")
     scenarios = []
-    async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as direct_client,
-        httpx.AsyncClient(base_url=floor.url, limits=limits, timeout=timeout) as api,
-    ):
+    async with AsyncExitStack() as stack:
+        api = await stack.enter_async_context(httpx_client(floor.url))
+        clients = await load_clients(args.client, stack, api)
 
         async def direct_round(stats: SideStats, n: int) -> None:
-            streams = [partial(direct_stream, direct_client, direct_url, args.tokens)] * n
+            streams = [partial(direct_stream, clients["direct"], direct_url, args.tokens)] * n
             await bench.round(stats, streams, direct_cpu)
 
         async def floor_round(stats: SideStats, n: int) -> None:
             ids = [secrets.token_hex(8) for _ in range(n)]
-            streams = [partial(kgents_stream, api, i, "x", args.tokens) for i in ids]
+            streams = [
+                partial(kgents_stream, clients["kgents"], floor.url, i, "x", args.tokens)
+                for i in ids
+            ]
             await bench.round(stats, streams, floor_cpu)
 
         await direct_round(SideStats(), 4)  # warm-up, not counted
@@ -473,6 +483,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": harness.machine(),
         "tokens": args.tokens,
         "upstream_client": args.upstream_client,
+        "client": args.client,
     }
     with (
         tempfile.TemporaryDirectory(prefix="kgents-floor-") as tmp,
@@ -506,6 +517,12 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", default="64", help="comma list")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per side")
     parser.add_argument("--upstream-client", choices=("raw", "httpx"), default="raw")
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="this process's HTTP client for the streams, as bench_streaming.py's --client",
+    )
     parser.add_argument("--profile-seconds", type=float, default=0)
     parser.add_argument("--profile-out", default="")
     parser.add_argument("--keep-logs", default="")

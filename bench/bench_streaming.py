@@ -9,8 +9,8 @@ embedded PostgreSQL, a tenant on plan ``custom``, budget ``dialogue``).
 For each upstream delay and each concurrency (1, 16, 64) the two sides run in alternating
 rounds, in the same process, against the same upstream:
 
-- ``direct``: ``POST <fake>/v1/chat/completions`` (stream) with httpx, counting ``data:``
-  events that carry a token;
+- ``direct``: ``POST <fake>/v1/chat/completions`` (stream), counting ``data:`` events that
+  carry a token;
 - ``kgents``: ``POST /v1/kgent/sessions/{id}/messages`` (stream=true), one fresh session per
   stream (created before the round, not timed), counting ``chunk`` events.
 
@@ -28,9 +28,15 @@ is an error if its status is not 200, it ends without its end event, carries an 
 event, or does not have exactly ``--tokens`` tokens in order. CPU seconds are user+system of
 each process, summed over the rounds of each side.
 
+The load generator (this process, ``client`` in the CPU figures) shares the machine with the
+servers it measures, so its CPU is theirs lost: by default (``--client aiohttp``) the rounds'
+streams go through one aiohttp session, whose C parser reads the chunked bodies for a fraction
+of the CPU of httpx (pure-Python h11, ~35-75 us per token); ``--client httpx`` reads them as
+earlier runs did. Setup (sessions, provisioning, the request-path probe) uses httpx either way.
+
     .venv/bin/python bench/bench_streaming.py [--rounds-1 30] [--rounds-16 3] [--rounds-64 3]
         [--delays 5,0] [--workers 1,2,4] [--profile-seconds 20] [--profile-out bench/profiles]
-        [--litellm /tmp/litellm-venv/bin/litellm]
+        [--litellm /tmp/litellm-venv/bin/litellm] [--client aiohttp|httpx]
 
 With ``--workers 1,2,4`` each delay runs against ``kgents serve --workers N`` for each N (a
 fresh server each, the direct rounds alternating with its rounds as above); every scenario
@@ -45,13 +51,15 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import aiohttp
 import harness
 import httpx
 import psutil
@@ -85,8 +93,11 @@ class TokenClock:
     The fake upstream's tokens are ``w0``, `` w1``...: the tokens in an event's text are its
     ``w``s, and its first token must be the next expected one (exactly once, in order)."""
 
-    def __init__(self, started: float) -> None:
-        self.started = started
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.started = time.perf_counter()
+        self.headers: float | None = None
+        """Time until the response's status line and headers arrived."""
         self.first: float | None = None
         self.last: float | None = None
         self.tokens = 0
@@ -111,10 +122,10 @@ class TokenClock:
         self.tokens += count
         self.events += 1
 
-    def result(self, expected: int, headers: float | None) -> StreamResult:
+    def result(self) -> StreamResult:
         total = time.perf_counter() - self.started
         error = self.disorder
-        if error is None and self.tokens != expected:
+        if error is None and self.tokens != self.expected:
             error = f"{self.tokens} tokens"
         return StreamResult(
             ok=error is None,
@@ -122,7 +133,7 @@ class TokenClock:
             total=total,
             chunks=self.tokens,
             error=error,
-            headers=headers,
+            headers=self.headers,
             events=self.events,
             gaps=self.gaps,
         )
@@ -167,7 +178,7 @@ class SideStats:
                 kind = re.sub(r"\d+", "N", error or "?")[:120]
                 kinds[kind] = kinds.get(kind, 0) + 1
             report["error_kinds"] = kinds
-        for server in ("kgents", "litellm"):
+        for server in ("kgents", "litellm", "client"):
             if server in self.cpu and self.chunks:
                 per_token = round(1e6 * self.cpu[server] / self.chunks, 1)
                 report[f"{server}_cpu_us_per_token"] = per_token
@@ -176,7 +187,82 @@ class SideStats:
         return report
 
 
-# -- the two clients ----------------------------------------------------------------------------
+# -- the load generator's clients ---------------------------------------------------------------
+
+
+@dataclass
+class RawResponse:
+    """A streamed response as the rounds read it: the status and the body's raw bytes."""
+
+    status: int
+    chunks: AsyncIterator[bytes]
+    text: Callable[[], Awaitable[str]]
+
+
+class StreamClient(Protocol):
+    def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> AbstractAsyncContextManager[RawResponse]: ...
+
+
+class HttpxStreams:
+    """httpx: h11 parses the chunked body in Python."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    @asynccontextmanager
+    async def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[RawResponse]:
+        async with self.client.stream("POST", url, json=body, headers=headers) as response:
+
+            async def text() -> str:
+                await response.aread()
+                return response.text
+
+            yield RawResponse(response.status_code, response.aiter_raw(), text)
+
+
+class AiohttpStreams:
+    """aiohttp: its C parser reads the chunked body."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    @asynccontextmanager
+    async def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> AsyncIterator[RawResponse]:
+        async with self.session.post(url, json=body, headers=headers) as response:
+            yield RawResponse(response.status, response.content.iter_any(), response.text)
+
+
+STREAM_ERRORS = (httpx.HTTPError, aiohttp.ClientError, OSError)
+
+
+def httpx_client(base_url: str = "") -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
+    return httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
+
+
+async def load_clients(
+    kind: str, stack: AsyncExitStack, api: httpx.AsyncClient
+) -> dict[str, StreamClient]:
+    """The rounds' stream clients by side: one aiohttp session for all, or with ``httpx`` (as
+    before) a client per side, kgents' being ``api``."""
+    if kind == "httpx":
+        return {
+            "direct": HttpxStreams(await stack.enter_async_context(httpx_client())),
+            "kgents": HttpxStreams(api),
+            "litellm": HttpxStreams(await stack.enter_async_context(httpx_client())),
+        }
+    connector = aiohttp.TCPConnector(limit=256, limit_per_host=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=STREAM_TIMEOUT)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+    shared: StreamClient = AiohttpStreams(await stack.enter_async_context(session))
+    return dict.fromkeys(("direct", "kgents", "litellm"), shared)
 
 
 def _frames(buffer: bytearray, data: bytes) -> list[bytes]:
@@ -191,12 +277,54 @@ def _frames(buffer: bytearray, data: bytes) -> list[bytes]:
     return complete.split(b"\n\n")
 
 
+FrameHandler = Callable[[bytes, TokenClock], StreamResult | None]
+"""Reads one SSE frame into the clock; returns the stream's result at its end."""
+
+
+async def sse_stream(
+    client: StreamClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    tokens: int,
+    on_frame: FrameHandler,
+) -> StreamResult:
+    clock = TokenClock(tokens)
+    buffer = bytearray()
+    try:
+        async with client.post(url, body, headers) as response:
+            clock.headers = time.perf_counter() - clock.started
+            if response.status != 200:
+                text = (await response.text())[:120]
+                return clock.failed(f"status {response.status} {text}")
+            async for data in response.chunks:
+                # LiteLLM ends its lines with \r\n.
+                for frame in _frames(buffer, data.replace(b"\r\n", b"\n")):
+                    result = on_frame(frame, clock)
+                    if result is not None:
+                        return result
+    except STREAM_ERRORS as exc:
+        return clock.failed(type(exc).__name__)
+    return clock.failed("no end event")
+
+
 _CONTENT = re.compile(rb'"content":\s*"([^"]*)"')
 _CHUNK_TEXT = re.compile(rb'"text":\s*"([^"]*)"')
 
 
+def _completion_frame(frame: bytes, clock: TokenClock) -> StreamResult | None:
+    if frame.startswith(b"data: [DONE]"):
+        return clock.result()
+    content = _CONTENT.search(frame)
+    if content is not None:
+        clock.arrived(content.group(1))
+    elif frame.startswith(b'data: {"error"'):
+        return clock.failed("error event")
+    return None
+
+
 async def direct_stream(
-    client: httpx.AsyncClient,
+    client: StreamClient,
     url: str,
     tokens: int,
     model: str = "gpt-4o-mini",
@@ -211,27 +339,8 @@ async def direct_stream(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    clock = TokenClock(time.perf_counter())
-    buffer = bytearray()
-    try:
-        async with client.stream(
-            "POST", url, json=body, headers={"Authorization": f"Bearer {api_key}"}
-        ) as response:
-            headers_at = time.perf_counter() - clock.started
-            if response.status_code != 200:
-                return clock.failed(f"status {response.status_code}")
-            async for data in response.aiter_raw():
-                for frame in _frames(buffer, data.replace(b"\r\n", b"\n")):
-                    if frame.startswith(b"data: [DONE]"):
-                        return clock.result(tokens, headers_at)
-                    content = _CONTENT.search(frame)
-                    if content is not None:
-                        clock.arrived(content.group(1))
-                    elif frame.startswith(b'data: {"error"'):
-                        return clock.failed("error event")
-    except (httpx.HTTPError, OSError) as exc:
-        return clock.failed(type(exc).__name__)
-    return clock.failed("no [DONE]")
+    headers = {"Authorization": f"Bearer {api_key}"}
+    return await sse_stream(client, url, body, headers, tokens, _completion_frame)
 
 
 _COMPLETE_CHUNKS = re.compile(rb'"chunks":(\d+)')
@@ -244,45 +353,34 @@ def _event_of(frame: bytes) -> bytes:
     return b""
 
 
+def _kgents_frame(frame: bytes, clock: TokenClock) -> StreamResult | None:
+    if frame.startswith(b":"):
+        return None
+    event = _event_of(frame)
+    if event == b"chunk":
+        text = _CHUNK_TEXT.search(frame)
+        clock.arrived(text.group(1) if text else b"")
+    elif event == b"complete":
+        result = clock.result()
+        if not result.ok:
+            said = _COMPLETE_CHUNKS.search(frame)
+            reported = said.group(1).decode() if said else "?"
+            # Without ``id:`` the end event is sse.py's fallback from the
+            # turn's outcome, sent when the follower lagged for 3 s.
+            origin = "stream" if frame.startswith(b"id: ") else "fallback"
+            result.error = f"{result.error}, complete ({origin}) says {reported} chunks"
+        return result
+    elif event == b"error":
+        return clock.failed(frame.decode()[-160:])
+    return None
+
+
 async def kgents_stream(
-    client: httpx.AsyncClient, session_id: str, key: str, tokens: int
+    client: StreamClient, base_url: str, session_id: str, key: str, tokens: int
 ) -> StreamResult:
     body = {"message": MESSAGE, "stream": True, "budget": "dialogue"}
-    url = f"/v1/kgent/sessions/{session_id}/messages"
-    clock = TokenClock(time.perf_counter())
-    buffer = bytearray()
-    try:
-        async with client.stream("POST", url, json=body, headers={"X-API-Key": key}) as response:
-            headers_at = time.perf_counter() - clock.started
-            if response.status_code != 200:
-                await response.aread()
-                code = response.text[:120]
-                return clock.failed(f"status {response.status_code} {code}")
-            async for data in response.aiter_raw():
-                for frame in _frames(buffer, data):
-                    if frame.startswith(b":"):
-                        continue
-                    event = _event_of(frame)
-                    if event == b"chunk":
-                        text = _CHUNK_TEXT.search(frame)
-                        clock.arrived(text.group(1) if text else b"")
-                    elif event == b"complete":
-                        result = clock.result(tokens, headers_at)
-                        if not result.ok:
-                            said = _COMPLETE_CHUNKS.search(frame)
-                            reported = said.group(1).decode() if said else "?"
-                            # Without ``id:`` the end event is sse.py's fallback from the
-                            # turn's outcome, sent when the follower lagged for 3 s.
-                            origin = "stream" if frame.startswith(b"id: ") else "fallback"
-                            result.error = (
-                                f"{result.error}, complete ({origin}) says {reported} chunks"
-                            )
-                        return result
-                    elif event == b"error":
-                        return clock.failed(frame.decode()[-160:])
-    except (httpx.HTTPError, OSError) as exc:
-        return clock.failed(type(exc).__name__)
-    return clock.failed("no complete event")
+    url = f"{base_url}/v1/kgent/sessions/{session_id}/messages"
+    return await sse_stream(client, url, body, {"X-API-Key": key}, tokens, _kgents_frame)
 
 
 async def new_sessions(client: httpx.AsyncClient, key: str, count: int) -> list[str]:
@@ -384,32 +482,31 @@ async def run_delay(
     args = bench.args
     tokens = args.tokens
     direct_url = f"{upstream.url}/chat/completions"
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
     scenarios = []
-    async with (
-        httpx.AsyncClient(limits=limits, timeout=timeout) as direct_client,
-        httpx.AsyncClient(base_url=kgents.url, limits=limits, timeout=timeout) as api,
-        httpx.AsyncClient(limits=limits, timeout=timeout) as litellm_client,
-    ):
+    async with AsyncExitStack() as stack:
+        api = await stack.enter_async_context(httpx_client(kgents.url))
+        clients = await load_clients(args.client, stack, api)
 
         async def kgents_round(stats: SideStats, concurrency: int) -> None:
             sessions = await new_sessions(api, key, concurrency)
-            streams = [partial(kgents_stream, api, s, key, tokens) for s in sessions]
+            streams = [
+                partial(kgents_stream, clients["kgents"], kgents.url, s, key, tokens)
+                for s in sessions
+            ]
             await bench.round(stats, streams, ("upstream", "nats", "kgents", "client"))
 
         async def direct_round(stats: SideStats, concurrency: int) -> None:
             streams = [
-                partial(direct_stream, direct_client, direct_url, tokens)
+                partial(direct_stream, clients["direct"], direct_url, tokens)
                 for _ in range(concurrency)
             ]
             await bench.round(stats, streams, ("upstream", "client"))
 
         async def litellm_round(stats: SideStats, concurrency: int) -> None:
-            assert litellm is not None and litellm_client is not None
+            assert litellm is not None
             url = f"{litellm.url}/v1/chat/completions"
             streams = [
-                partial(direct_stream, litellm_client, url, tokens, LITELLM_MODEL, LITELLM_KEY)
+                partial(direct_stream, clients["litellm"], url, tokens, LITELLM_MODEL, LITELLM_KEY)
                 for _ in range(concurrency)
             ]
             await bench.round(stats, streams, ("upstream", "litellm", "client"))
@@ -481,16 +578,19 @@ async def profile_run(bench: Bench, kgents: Proc, key: str, out_dir: Path) -> di
     """py-spy on kgents while 64-stream rounds run back to back (not part of the numbers)."""
     seconds = bench.args.profile_seconds
     raw = out_dir / "kgents-64-streams.txt"
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    timeout = httpx.Timeout(STREAM_TIMEOUT, connect=10.0)
     stats = SideStats()
-    async with httpx.AsyncClient(base_url=kgents.url, limits=limits, timeout=timeout) as api:
+    async with AsyncExitStack() as stack:
+        api = await stack.enter_async_context(httpx_client(kgents.url))
+        client = (await load_clients(bench.args.client, stack, api))["kgents"]
         profile = harness.Profile.start(kgents.pid, raw, seconds)
         try:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline and profile.proc.poll() is None:
                 sessions = await new_sessions(api, key, 64)
-                streams = [partial(kgents_stream, api, s, key, bench.args.tokens) for s in sessions]
+                streams = [
+                    partial(kgents_stream, client, kgents.url, s, key, bench.args.tokens)
+                    for s in sessions
+                ]
                 await bench.round(stats, streams, ("kgents",))
             err = await asyncio.to_thread(profile.finish)
         finally:
@@ -516,6 +616,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "machine": harness.machine(),
         "tokens": args.tokens,
         "database": "postgresql" if args.postgres else "sqlite",
+        "client": args.client,
         "scenarios": [],
     }
     with (
@@ -674,6 +775,12 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--postgres", action="store_true", help="embedded PostgreSQL (a database per server)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the load generator's HTTP client for the streams (httpx: as earlier runs)",
     )
     parser.add_argument(
         "--litellm", default="", help="a litellm executable: the LiteLLM proxy as a third side"
