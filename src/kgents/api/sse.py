@@ -6,12 +6,12 @@ heartbeat keeps idle connections open through proxies.
 """
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -28,23 +28,27 @@ END_GRACE_SECONDS = 3.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-# The line breaks of str.splitlines() that JSON leaves raw (it escapes those below U+0020):
-# escaped too, so a client splitting lines naively never reads a line forged inside a string.
-_RAW_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+# The line breaks of str.splitlines() that JSON leaves raw (it escapes those below U+0020),
+# U+0085, U+2028 and U+2029, in UTF-8: escaped too, so a client splitting lines naively never
+# reads a line forged inside a string. (Each sequence starts with a lead byte: in valid UTF-8
+# it is that character and nothing else.)
+_RAW_LINE_BREAKS = re.compile(b"\xc2\x85|\xe2\x80[\xa8\xa9]")
 
 
-def _escape_line_break(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+def _escape_line_break(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode())
 
 
 def sse_frame(*, event_id: int | None, event: str, data: dict[str, Any]) -> bytes:
     """One SSE frame whose ``data`` is a single line, for every line splitter: JSON escapes
-    newlines and other control characters, and U+0085, U+2028 and U+2029 are escaped here."""
-    body = _RAW_LINE_BREAKS.sub(_escape_line_break, _JSON.encode(data))
+    newlines and other control characters, and U+0085, U+2028 and U+2029 are escaped here.
+    Other text goes as UTF-8, unescaped."""
+    body = orjson.dumps(data)
+    if b"\xc2\x85" in body or b"\xe2\x80" in body:
+        body = _RAW_LINE_BREAKS.sub(_escape_line_break, body)
     if event_id is None:
-        return f"event: {event}\ndata: {body}\n\n".encode()
-    return f"id: {event_id}\nevent: {event}\ndata: {body}\n\n".encode()
+        return b"event: %s\ndata: %s\n\n" % (event.encode(), body)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), body)
 
 
 def error_body_of(error: KgentsError) -> dict[str, dict[str, str]]:

@@ -5,7 +5,7 @@ timeouts, error statuses become its exception classes) through its lower-level c
 ``client.post("/v1/messages", cast_to=httpx2.Response, stream=True)``, with the body a plain
 dict, as ``kgents.llm.openai`` does and for the same reasons.
 
-The body is read raw (``kgents.llm.sse``): each event's ``data:`` is parsed with ``json.loads``
+The body is read raw (``kgents.llm.sse``): each event's ``data:`` is parsed with ``orjson.loads``
 and dispatched on its ``type``; the SDK's typed event model per token is not built. What is
 read: ``message_start`` (input usage), the text of each ``content_block_delta`` whose delta is a
 ``text_delta``, ``message_delta`` (the cumulative output usage), ``message_stop`` (the reply is
@@ -23,13 +23,13 @@ The SDK's own retries are off (``max_retries=0``) and its transport is aiohttp
 (``anthropic.DefaultAioHttpClient``), both for the reasons given in ``kgents.llm.openai``.
 """
 
-import json
 from collections.abc import AsyncGenerator, Mapping
 from functools import partial
 from typing import Any
 
 import anthropic
 import httpx2
+import orjson
 
 from kgents.errors import ProviderError
 from kgents.llm import errors
@@ -154,7 +154,7 @@ class _Reply:
         Raises ``ErrorEvent`` for an ``error`` event, ``ValueError`` when the data is not a JSON
         object or a text delta's text is not text.
         """
-        event: Any = json.loads(data)
+        event: Any = orjson.loads(data)
         if not isinstance(event, dict):
             raise ValueError("a stream event that is not a JSON object")
         kind = event.get("type")

