@@ -1,5 +1,6 @@
 """A single acknowledged publish: which failures are retried until failover ends, which are not."""
 
+import asyncio
 import logging
 
 import nats.errors
@@ -13,6 +14,7 @@ from kgents.streaming.connection import NatsConnection
 from kgents.streaming.failover import publish_with_failover
 from kgents.streaming.pipeline import AckRouter
 from kgents.streaming.wire import WireMessage
+from tests.support.nats import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +60,24 @@ async def test_no_ack_is_a_timeout_retried_until_failover_ends(conn: NatsConnect
     finally:
         await silent.unsubscribe()
     assert isinstance(unanswered.value.__cause__, nats.errors.TimeoutError)
+
+
+async def test_a_wait_for_an_ack_ends_at_once_when_the_connection_drops(
+    own_nats: NatsServer,
+) -> None:
+    conn = await NatsConnection.connect(own_nats.url)
+    try:
+        # A core subscriber takes the message and never answers; an hour's ack timeout: only
+        # the connection's loss can end the wait.
+        subject = f"kgent.silent.{new_id('x')}"
+        silent = await conn.client.subscribe(subject)
+        waiting = asyncio.create_task(
+            AckRouter(conn).request(subject, b"{}", None, ack_timeout=3600.0)
+        )
+        await silent.next_msg(timeout=10.0)  # sent: now only its ack is awaited
+        own_nats.kill()
+        with pytest.raises(EventsUnavailable, match="connection lost") as lost:
+            await asyncio.wait_for(waiting, 30.0)
+        assert lost.value.__cause__ is None  # retriable: sent again once reconnected
+    finally:
+        await conn.close()

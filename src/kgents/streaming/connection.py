@@ -59,9 +59,13 @@ def events_unavailable(action: str) -> Iterator[None]:
     try:
         yield
     except NATS_ERRORS as exc:
-        raise EventsUnavailable(
-            f"event stream unavailable: {action} failed ({_describe(exc)})"
-        ) from exc
+        raise failed(action, exc) from exc
+
+
+def failed(action: str, exc: BaseException) -> EventsUnavailable:
+    """The ``EventsUnavailable`` that a driver error ``exc`` raised while doing ``action`` is
+    (raise it ``from exc``)."""
+    return EventsUnavailable(f"event stream unavailable: {action} failed ({_describe(exc)})")
 
 
 def _describe(exc: BaseException) -> str:

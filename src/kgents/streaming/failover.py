@@ -88,13 +88,10 @@ async def _publish_once(
         raise EventsUnavailable(
             "event stream unavailable: the NATS connection is closed"
         ) from nats.errors.ConnectionClosedError()
-    conn.require_connected()  # before the coroutine exists (``guard`` checks it too)
-    return await conn.guard(
-        router.request(
-            message.subject,
-            message.payload,
-            message.headers,
-            ack_timeout=max(0.05, min(ack_timeout, remaining)),
-        ),
-        action="publishing an event",
+    conn.require_connected()
+    return await router.request(
+        message.subject,
+        message.payload,
+        message.headers,
+        ack_timeout=max(0.05, min(ack_timeout, remaining)),
     )

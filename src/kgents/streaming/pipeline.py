@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import weakref
+from functools import partial
 from typing import Any
 
 import nats.errors
@@ -23,13 +24,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from kgents.errors import EventsUnavailable
-from kgents.streaming.connection import NATS_ERRORS, NatsConnection, events_unavailable
+from kgents.streaming.connection import NATS_ERRORS, NatsConnection, events_unavailable, failed
 
 logger = logging.getLogger(__name__)
 
 _NO_RESPONDERS = "503"
 _SEQ = re.compile(rb'"seq"\s*:\s*(\d+)')
 _REQUESTS = "r"  # the "batch" of single requests (batch ids are hexadecimal)
+_PUBLISHING = "publishing an event"
 
 
 class AckRouter:
@@ -44,7 +46,7 @@ class AckRouter:
             weakref.WeakValueDictionary()
         )
         self._next_id = 0
-        self._requests: dict[str, asyncio.Future[Msg]] = {}
+        self._requests: dict[str, asyncio.Future[Msg | None]] = {}
         self._next_request = 0
 
     @property
@@ -74,30 +76,43 @@ class AckRouter:
     ) -> int:
         """Publish one message, wait for its ack and return its stream sequence.
 
-        Raises what nats-py's ``JetStreamContext.publish`` raises: ``nats.errors.TimeoutError``
-        without an ack within ``ack_timeout``, ``NoStreamResponseError`` when no stream answers,
-        ``APIError.from_error`` when the stream refuses the message. Callers run it under
-        ``NatsConnection.guard`` (a dropped connection ends the wait at once).
+        Raises ``EventsUnavailable``: at once, without a cause, when the connection drops (an
+        ack sent to a dropped connection never arrives); else caused by a driver error or by
+        what nats-py's ``JetStreamContext.publish`` raises: ``nats.errors.TimeoutError``
+        without an ack within ``ack_timeout``, ``NoStreamResponseError`` when no stream
+        answers, ``APIError.from_error`` when the stream refuses the message. The wait is a
+        future that the ack, a timer or the connection's loss resolves: no timeout scope per
+        message (``NatsConnection.guard``).
         """
         if self._sub is None:
             await self._subscribe()
         self._next_request += 1
         token = str(self._next_request)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
+        future: asyncio.Future[Msg | None] = loop.create_future()
         self._requests[token] = future
         timer = loop.call_later(ack_timeout, _time_out, future)
+        lost = self._conn.lost
+        on_lost = partial(_end_wait, future)
+        lost.add_done_callback(on_lost)
         try:
             await self._conn.client.publish(
                 subject, payload, reply=f"{self._prefix}.{_REQUESTS}.{token}", headers=headers
             )
             ack = await future
+            if ack is None:
+                raise EventsUnavailable(
+                    f"event stream unavailable: connection lost while {_PUBLISHING}"
+                )
+            failure = _ack_failure(ack)
+            if failure is not None:
+                raise failure
+        except NATS_ERRORS as exc:
+            raise failed(_PUBLISHING, exc) from exc
         finally:
             timer.cancel()
+            lost.remove_done_callback(on_lost)
             del self._requests[token]
-        failure = _ack_failure(ack)
-        if failure is not None:
-            raise failure
         return _ack_seq(ack)
 
     async def _subscribe(self) -> None:
@@ -234,9 +249,15 @@ class PipelinedBatch:
             raise EventsUnavailable(f"event stream unavailable: {self._failure}")
 
 
-def _time_out(future: "asyncio.Future[Msg]") -> None:
+def _time_out(future: "asyncio.Future[Msg | None]") -> None:
     if not future.done():
         future.set_exception(nats.errors.TimeoutError())
+
+
+def _end_wait(future: "asyncio.Future[Msg | None]", _lost: object) -> None:
+    """The connection dropped: ``None`` instead of an ack."""
+    if not future.done():
+        future.set_result(None)
 
 
 def _ack_error(msg: Msg) -> str | None:
