@@ -5,7 +5,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from kgents.clock import utc_now
 from kgents.errors import InvalidInput
+from kgents.metering import cloudevents
 from kgents.metering import events as usage_events
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.wire import (
@@ -13,6 +15,7 @@ from kgents.streaming.wire import (
     decode_session_event,
     encode_session_event,
     encode_usage_event,
+    parse_rfc3339,
 )
 
 AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -39,6 +42,17 @@ def test_session_event_round_trip() -> None:
     assert received.seq == 7
     assert received.event == event
     assert received.time == AT
+
+
+def test_an_event_is_stamped_with_the_time_it_is_encoded() -> None:
+    before = utc_now()
+    wire = encode_session_event(SessionEvent(session_id="ses_1", type="complete"))
+    after = utc_now()
+    stamped = json.loads(wire.payload)["time"]
+    time = parse_rfc3339(stamped)
+    assert time is not None
+    assert before <= time <= after
+    assert stamped == cloudevents.format_time(time)  # microseconds and a Z, as everywhere
 
 
 def test_no_msg_id_no_header() -> None:

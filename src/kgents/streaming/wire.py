@@ -23,7 +23,7 @@ from typing import NamedTuple, get_args
 
 import orjson
 
-from kgents.clock import as_utc, utc_now
+from kgents.clock import as_utc, utc_now_rfc3339
 from kgents.errors import InvalidInput
 from kgents.metering import cloudevents
 from kgents.metering.relay import StoredUsageEvent
@@ -106,7 +106,7 @@ def encode_session_event(
     head = _SESSION_HEAD % (
         event.type,
         event.session_id,
-        cloudevents.format_time(at if at is not None else utc_now()),
+        utc_now_rfc3339() if at is None else cloudevents.format_time(at),
     )
     payload = head.encode() + orjson.dumps(event.data) + b"}"
     return WireMessage(subject, payload, _msg_id_headers(event.msg_id))
