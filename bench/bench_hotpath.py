@@ -39,9 +39,10 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   transaction; ``--only sql`` (SQLite only);
 - ``openai_request``: CPU of this process per 200-token ``OpenAIProvider.stream`` turn and per
   request start within it (``_start``: the request built and sent, the response headers read;
-  same upstream as ``openai_sdk``), the request made as before 2026-12-08 (``create`` through
-  ``with_streaming_response``, which walks the TypedDict params) vs as now (``client.post``
-  with a plain dict), 100 turns each way per pair, alternating (``--rounds`` pairs, 5), medians;
+  same upstream as ``openai_sdk``), the request made as before 2026-12-08 03:00 UTC (``create``
+  through ``with_streaming_response``, which walks the TypedDict params), as before 05:30 UTC
+  (the SDK's ``client.post`` with a plain dict) and as now (sent on the SDK's HTTP client with
+  the SDK's headers), 100 turns each way per round, alternating (``--rounds``, 5), medians;
   ``--only openai_request`` (not in the full run);
 - ``anthropic_stream``: CPU of this process per 200-token ``AnthropicProvider.stream`` turn (fake
   Anthropic upstream, 0 ms between tokens), the body read as before 2026-12-08 (``create``: the
@@ -67,6 +68,7 @@ from typing import Any
 
 import anthropic
 import harness
+import httpx2
 import nats
 import openai
 import uvloop
@@ -83,7 +85,7 @@ from kgents.ids import new_id
 from kgents.llm import errors
 from kgents.llm.anthropic import AnthropicProvider
 from kgents.llm.base import ChatMessage, GenerationRequest, StreamItem, TextDelta, reply_usage
-from kgents.llm.openai import OpenAIProvider, _messages
+from kgents.llm.openai import OpenAIProvider, _messages, request_body
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import DEFAULT_FOLLOW_BATCH, JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
@@ -229,17 +231,36 @@ class _CreateRequest(OpenAIProvider):
         return (await create.__aenter__()).http_response
 
 
+class _PostRequest(OpenAIProvider):
+    """``OpenAIProvider`` starting its request as it did before 2026-12-08 05:30 UTC: the SDK's
+    ``client.post`` (its request options, header merge and URL preparation per request)."""
+
+    async def _start(self, request: GenerationRequest) -> Any:
+        return await self._client.post(
+            "/chat/completions",
+            body=request_body(self.model, request),
+            cast_to=httpx2.Response,
+            options={"security": {"bearer_auth": True}},
+            stream=True,
+        )
+
+
 async def openai_request(pairs: int, base_url: str) -> dict[str, Any]:
     """CPU per turn of ``OpenAIProvider.stream`` (200 tokens) and of its request start alone
-    (``_start``: built, sent, response headers read), the request made with ``create`` as before
-    vs ``client.post`` with a plain body as now; 100 turns each way per pair, alternating."""
+    (``_start``: built, sent, response headers read), the request made with ``create``, with
+    ``client.post`` and as now; 100 turns each way per round, alternating."""
     import statistics
 
     request = TURN_REQUEST
     turns = 100
-    runs: dict[str, list[tuple[float, float]]] = {"create": [], "post": []}
-    for pair in range(pairs + 1):  # the first pair warms up
-        for name, cls in (("create", _CreateRequest), ("post", OpenAIProvider)):
+    ways: dict[str, type[OpenAIProvider]] = {
+        "create": _CreateRequest,
+        "post": _PostRequest,
+        "now": OpenAIProvider,
+    }
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    for pair in range(pairs + 1):  # the first round warms up
+        for name, cls in ways.items():
             provider = cls(api_key="x", base_url=base_url, model="m")
             start_cpu = 0.0
             send = provider._start
@@ -269,8 +290,9 @@ async def openai_request(pairs: int, base_url: str) -> dict[str, Any]:
             "start_us_per_turn": round(statistics.median(m[0] for m in measured), 1),
             "turn_us": round(statistics.median(m[1] for m in measured), 1),
         }
-    old, new = result["create"], result["post"]
-    result["ratio_post"] = {key: round(new[key] / old[key], 3) for key in old}
+    for older in ("create", "post"):
+        old, new = result[older], result["now"]
+        result[f"ratio_now_{older}"] = {key: round(new[key] / old[key], 3) for key in old}
     return result
 
 

@@ -1,11 +1,12 @@
 """The ``openai`` provider: any OpenAI-compatible chat completions server (OpenAI, vLLM, Ollama,
 llama.cpp server), streamed with the official SDK.
 
-The SDK makes the request (authentication, base URL, timeouts, error statuses become its
-exception classes) through its documented lower-level call, ``client.post("/chat/completions",
-cast_to=httpx2.Response, stream=True)``, with the body a plain dict: ``chat.completions.create``
-walks its TypedDict parameters (``async_maybe_transform``) and wraps the response on every turn,
-which made starting a request cost nearly twice the CPU (``bench/RESULTS.md``).
+The request goes out on the SDK's HTTP client (its aiohttp transport, timeouts and connection
+pool) with the headers the SDK sends (authentication, user agent, its platform headers), taken
+from the SDK once, and a plain JSON body; an error status becomes the SDK's ``APIStatusError``.
+Building each request through the SDK (``client.post``: its request options, header merge and
+URL preparation) cost more CPU than the rest of the request start (``bench/RESULTS.md``), and
+``chat.completions.create`` nearly twice that again.
 
 The body is read raw: each ``data:`` event is parsed with ``orjson.loads`` (a third of
 ``json.loads``' CPU on these payloads) and only the fields used here are read. Letting the SDK
@@ -66,13 +67,16 @@ class OpenAIProvider:
         self.model = model or DEFAULT_MODEL
         self._api_key = api_key
         self._check_timeout = min(CHECK_TIMEOUT_SECONDS, timeout_seconds)
+        self._http = openai.DefaultAioHttpClient(timeout=timeout_seconds)
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url or DEFAULT_BASE_URL,
             timeout=timeout_seconds,
             max_retries=0,
-            http_client=openai.DefaultAioHttpClient(timeout=timeout_seconds),
+            http_client=self._http,
         )
+        self._url = self._client.base_url.join("chat/completions")
+        self._headers: dict[str, str] | None = None  # read from the SDK on the event loop
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield each text delta as the server sends it, then one ``Usage``.
@@ -113,21 +117,18 @@ class OpenAIProvider:
 
     async def _start(self, request: GenerationRequest) -> httpx2.Response:
         """Send the request; the response's body is left unread (the caller closes it)."""
-        body = {
-            "model": self.model,
-            "messages": _messages(request),
-            "temperature": request.temperature,
-            "max_tokens": request.max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        return await self._client.post(
-            "/chat/completions",
-            body=body,
-            cast_to=httpx2.Response,
-            options={"security": {"bearer_auth": True}},
-            stream=True,
-        )
+        if self._headers is None:
+            self._headers = _sdk_headers(self._client)
+        body = _JSON.encode(request_body(self.model, request)).encode()
+        sent = self._http.build_request("POST", self._url, content=body, headers=self._headers)
+        response = await self._http.send(sent, stream=True)
+        if not response.is_success:  # as the SDK: any other status is its error
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise _status_error(response)
+        return response
 
     async def check(self) -> str | None:
         """Ready when ``GET /models`` answers within a few seconds; else the failure's message.
@@ -216,6 +217,49 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
         async with asyncio.timeout(DRAIN_SECONDS):
             async for _ in chunks:
                 pass
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+"""Request bodies as the SDK writes them (``openapi_dumps``)."""
+
+
+def _sdk_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
+    """The headers the SDK sends with a request of ``client`` (``max_retries=0``: no retry)."""
+    headers = {
+        name: value
+        for name, value in {**client.default_headers, **client.auth_headers}.items()
+        if isinstance(value, str)  # the SDK leaves out its ``Omit`` ones
+    }
+    headers["x-stainless-retry-count"] = "0"
+    read_timeout = httpx2.Timeout(client.timeout).read
+    if read_timeout is not None:
+        headers["x-stainless-read-timeout"] = str(read_timeout)
+    return headers
+
+
+def _status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The SDK's exception for an error response whose body was read."""
+    text = response.text.strip()
+    body: object = text
+    with contextlib.suppress(ValueError):
+        body = json.loads(text)
+    if isinstance(body, Mapping):
+        body = body.get("error", body)
+    return openai.APIStatusError(
+        f"Error code: {response.status_code}", response=response, body=body
+    )
+
+
+def request_body(model: str, request: GenerationRequest) -> dict[str, Any]:
+    """The chat completions request for ``request``: streamed, with the usage at the end."""
+    return {
+        "model": model,
+        "messages": _messages(request),
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 def _messages(request: GenerationRequest) -> list[dict[str, str]]:
