@@ -119,7 +119,7 @@ class OpenAIProvider:
         """Send the request; the response's body is left unread (the caller closes it)."""
         if self._headers is None:
             self._headers = _sdk_headers(self._client)
-        body = _JSON.encode(request_body(self.model, request)).encode()
+        body = orjson.dumps(request_body(self.model, request))  # compact UTF-8, as the SDK
         sent = self._http.build_request("POST", self._url, content=body, headers=self._headers)
         response = await self._http.send(sent, stream=True)
         if not response.is_success:  # as the SDK: any other status is its error
@@ -219,10 +219,6 @@ async def _drain(chunks: AsyncIterator[bytes]) -> None:
                 pass
 
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-"""Request bodies as the SDK writes them (``openapi_dumps``)."""
-
-
 def _sdk_headers(client: openai.AsyncOpenAI) -> dict[str, str]:
     """The headers the SDK sends with a request of ``client`` (``max_retries=0``: no retry)."""
     headers = {
@@ -242,7 +238,7 @@ def _status_error(response: httpx2.Response) -> openai.APIStatusError:
     text = response.text.strip()
     body: object = text
     with contextlib.suppress(ValueError):
-        body = json.loads(text)
+        body = orjson.loads(text)
     if isinstance(body, Mapping):
         body = body.get("error", body)
     return openai.APIStatusError(
