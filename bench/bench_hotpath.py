@@ -48,10 +48,17 @@ CPU time of this process (``time.process_time``) per item, each pair in the same
   Anthropic upstream, 0 ms between tokens), the body read as before 2026-12-08 (``create``: the
   SDK's typed event per token) vs as now (raw ``data:`` parsed with json.loads), 100 turns each
   way per pair, alternating (``--rounds`` pairs, 3), medians; ``--only anthropic_stream`` (not in
-  the full run).
+  the full run);
+- ``event_path``: CPU of this process per chunk event on its way from the generation to the
+  client that started the turn, as the code stands: ``MeasuredEventLog(JetStreamEventLog)
+  .publish`` with its ack awaited (one in flight, as a turn publishes), offered to an
+  ``OriginFollower``, taken by a reader waiting with a heartbeat (``next_batch(15.0)``) and
+  framed (``event_frame``); a local nats-server; median of ``--rounds`` (5) runs of 5,000
+  events (the provider, the HTTP write and the database are not in it); ``--only event_path``.
 
     .venv/bin/python bench/bench_hotpath.py
-        [--only turn_start|turn_end|sql|openai_request|anthropic_stream] [--postgres] [--rounds N]
+        [--only turn_start|turn_end|sql|openai_request|anthropic_stream|event_path] [--postgres]
+        [--rounds N]
 """
 
 import argparse
@@ -81,11 +88,15 @@ from anthropic.types import (
     UserMessageParam,
 )
 
+from kgents.api.sse import event_frame
 from kgents.ids import new_id
 from kgents.llm import errors
 from kgents.llm.anthropic import AnthropicProvider
 from kgents.llm.base import ChatMessage, GenerationRequest, StreamItem, TextDelta, reply_usage
 from kgents.llm.openai import OpenAIProvider, _messages, request_body
+from kgents.observability.event_log import MeasuredEventLog
+from kgents.observability.metrics import Metrics
+from kgents.sessions.origin import OriginFollower
 from kgents.sessions.ports import SessionEvent
 from kgents.streaming.bridge import DEFAULT_FOLLOW_BATCH, JetStreamEventLog
 from kgents.streaming.connection import NatsConnection
@@ -419,6 +430,50 @@ async def ordered_consumer(url: str, count: int = 10_000) -> float:
         return await per_item(run, 3)
     finally:
         await conn.close()
+
+
+async def event_path(url: str, rounds: int, count: int = 5_000) -> dict[str, Any]:
+    """CPU microseconds per chunk event published, handed to the origin's follower and framed."""
+    import statistics
+
+    conn = await NatsConnection.connect(url)
+    try:
+        await ensure_streams(conn, replicas=1)
+        log = MeasuredEventLog(JetStreamEventLog(conn), Metrics())
+
+        async def run(events: int) -> float:
+            session_id, turn_id = new_id("ses"), new_id("turn")
+            origin = OriginFollower(events=log, session_id=session_id, limit=events)
+            chunks = [
+                SessionEvent(
+                    session_id=session_id,
+                    type="chunk",
+                    data={"turn_id": turn_id, "text": " the quick", "index": index},
+                    msg_id=f"{turn_id}:{index}",
+                )
+                for index in range(events)
+            ]
+
+            async def client() -> None:
+                framed = 0
+                while framed < events:
+                    for followed in await origin.next_batch(15.0):
+                        event_frame(followed)
+                        framed += 1
+
+            started = time.process_time()
+            reading = asyncio.create_task(client())
+            for event in chunks:
+                origin.offer(event, await log.publish(event))
+            await reading
+            await origin.aclose()
+            return 1e6 * (time.process_time() - started) / events
+
+        await run(1_000)  # warm-up
+        runs = [round(await run(count), 1) for _ in range(rounds)]
+    finally:
+        await conn.close()
+    return {"events": count, "us_per_event": statistics.median(runs), "runs": runs}
 
 
 class _Ready:
@@ -760,6 +815,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             upstream = harness.start_fake_openai(registry, tokens=200, delay_ms=0, kind="anthropic")
             result["anthropic_stream"] = await anthropic_stream(args.rounds or 3, upstream.url)
         return result
+    if args.only == "event_path":
+        with (
+            tempfile.TemporaryDirectory(prefix="kgents-bench-") as tmp,
+            harness.processes(Path(tmp)) as registry,
+        ):
+            nats_proc = harness.start_nats(registry, Path(tmp) / "nats")
+            result["event_path"] = await event_path(nats_proc.url, args.rounds or 5)
+        return result
     if args.only:
         measure = {"turn_start": turn_start, "turn_end": turn_end, "sql": sql}[args.only]
         with (
@@ -785,6 +848,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "openai_provider_us_per_chunk": await openai_provider(upstream.url),
             "ordered_consumer_us_per_msg": await ordered_consumer(nats_proc.url),
         }
+        result["event_path"] = await event_path(nats_proc.url, args.rounds or 5)
     result["turn_start"] = await turn_start(args.rounds or 200)
     result["turn_end"] = await turn_end(args.rounds or 2000)
     result["sql"] = await sql(1)
@@ -797,7 +861,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--only",
-        choices=["turn_start", "turn_end", "sql", "openai_request", "anthropic_stream"],
+        choices=[
+            "turn_start",
+            "turn_end",
+            "sql",
+            "openai_request",
+            "anthropic_stream",
+            "event_path",
+        ],
         help="run only this measurement",
     )
     parser.add_argument(
@@ -807,7 +878,7 @@ if __name__ == "__main__":
         "--rounds",
         type=int,
         help="turn starts per case (200), turn ends (2,000), pairs of runs of sql,"
-        " openai_request or anthropic_stream (3, 5, 3)",
+        " openai_request or anthropic_stream (3, 5, 3), runs of event_path (5)",
     )
     arguments = parser.parse_args()
     if arguments.postgres and arguments.only in ("sql", "openai_request", "anthropic_stream"):
