@@ -5,7 +5,7 @@ consumer makes the producer wait instead of making memory grow.
 """
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ class FluxStream(Generic[T]):
     def __init__(self, source: AsyncIterable[T]) -> None:
         self._source = source
 
-    def batches(self, size: int) -> AsyncIterator[list[T]]:
+    def batches(self, size: int) -> AsyncGenerator[list[T], None]:
         """Read ahead up to ``size`` items in a task; each step yields every item read so far,
         waiting only for the first. A consumer that takes its time gets more items at once
         instead of falling further behind; a fast one gets them one by one. An error of the
@@ -28,7 +28,7 @@ class FluxStream(Generic[T]):
             raise ValueError("size must be at least 1")
         source = self._source
 
-        async def batched() -> AsyncIterator[list[T]]:
+        async def batched() -> AsyncGenerator[list[T], None]:
             queue: asyncio.Queue[object] = asyncio.Queue(maxsize=size)
             task = asyncio.create_task(_pump(source, queue))
             try:

@@ -1,6 +1,8 @@
 """The generation task: provider stream -> session events -> one final transaction.
 
-It runs detached from any HTTP connection, with one publish in flight per turn: a text delta
+It runs detached from any HTTP connection. The provider is asked while the turn's
+``user_message`` event awaits its ack (``open``, beside ``run``); nothing of the reply is
+published before that ack. Then one publish is in flight per turn: a text delta
 is published as a ``chunk`` event at once when nothing is awaiting an ack; the deltas that
 arrive while the previous chunk is unacknowledged go out together as the next one (``text``
 joined, ``index`` the first delta's). The provider is read ahead into a bounded buffer meanwhile
@@ -13,6 +15,7 @@ transaction, and only then is ``complete`` or ``error`` published.
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -137,6 +140,16 @@ def _tell(listener: AckListener, event: SessionEvent, seq: int) -> None:
         logger.exception("a listener of turn events failed on %s", event.msg_id)
 
 
+def _publish_failure(opened: "asyncio.Future[int]") -> KgentsError | None:
+    """Why the turn's ``user_message`` was not published (``None``: it was)."""
+    if opened.cancelled():
+        return EventsUnavailable("the turn's first event was not published")
+    error = opened.exception()
+    if error is None or isinstance(error, KgentsError):
+        return error
+    return EventsUnavailable(f"the turn's first event was not published: {error!r}")
+
+
 async def _dormant_stream(turn: Turn) -> AsyncIterator[StreamItem]:
     """The fixed reply of a dormant turn, billed for its stored message (no model call)."""
     yield TextDelta(DORMANT_REPLY)
@@ -166,20 +179,14 @@ class TurnRunner:
         """Publish the turn's ``user_message`` event and return its stream sequence (and tell
         ``listener`` of it).
 
-        If the event stream is unavailable the turn is closed as ``failed`` (nothing was
-        generated, nothing is billed) and ``EventsUnavailable`` propagates.
+        Run it as a task given to ``run(planned, opened=...)``, which asks the provider
+        meanwhile and closes the turn if this publish fails.
 
         The sequence is stored on the turn in the background, not before the reply starts:
         only the recovery of a turn whose process died reads it (to find its chunks).
         """
         event = user_message_event(planned.turn, user_message)
-        try:
-            seq = await self._events.publish(event)
-        except EventsUnavailable as exc:
-            await self._close(
-                planned, _Progress(text=[]), None, status="failed", error=exc, publish_end=False
-            )
-            raise
+        seq = await self._events.publish(event)
         if listener is not None:
             _tell(listener, event, seq)
         self._in_background(
@@ -195,33 +202,51 @@ class TurnRunner:
             # session's without it.
             logger.warning("could not store the first sequence of turn %s", turn_id, exc_info=True)
 
-    async def run(self, planned: PlannedTurn, listener: AckListener | None = None) -> TurnOutcome:
+    async def run(
+        self,
+        planned: PlannedTurn,
+        listener: AckListener | None = None,
+        *,
+        opened: "asyncio.Future[int] | None" = None,
+    ) -> TurnOutcome:
         """Generate, publish and store the reply of ``planned``; never raises a domain error.
 
-        ``listener`` is told of each acknowledged event of the turn (see ``AckListener``). If
-        the task is cancelled, the turn is stored as ``cancelled`` with what was published and
-        that outcome is returned.
+        ``opened`` is the turn's ``open`` while its ack is awaited: the provider is asked and
+        read ahead meanwhile, and nothing of the turn is published before that ack. If it
+        fails, the turn is closed as ``failed`` with no end event (nothing was published,
+        nothing is billed). ``listener`` is told of each acknowledged event of the turn (see
+        ``AckListener``). If the task is cancelled, the turn is stored as ``cancelled`` with
+        what was published and that outcome is returned.
         """
         turn = planned.turn
         progress = _Progress(text=[])
         source = (
             self._provider.stream(planned.request) if planned.request else _dormant_stream(turn)
         )
-        close = self._close
+        status: TurnStatus = "complete"
+        error: KgentsError | None = None
         try:
-            await self._pump(turn, source, progress, listener)
+            try:
+                await self._pump(turn, source, progress, listener, opened)
+            finally:
+                if opened is not None:
+                    await asyncio.wait([opened])  # the turn's end event follows its start
         except ProviderError as exc:
-            return await close(planned, progress, listener, status="failed", error=exc)
+            status, error = "failed", exc
         except EventsUnavailable as exc:
-            return await close(planned, progress, listener, status="failed", error=exc)
+            status, error = "failed", exc
         except asyncio.CancelledError:
             # Cancelling the task is how a turn is cancelled on purpose (or at shutdown): the
             # turn is stored as ``cancelled`` and this task ends normally with that outcome.
             cancelled = KgentsError("the turn was cancelled", code="cancelled")
             return await asyncio.shield(
-                close(planned, progress, listener, status="cancelled", error=cancelled)
+                self._close_opened(
+                    planned, progress, listener, opened, status="cancelled", error=cancelled
+                )
             )
-        return await close(planned, progress, listener, status="complete", error=None)
+        return await self._close_opened(
+            planned, progress, listener, opened, status=status, error=error
+        )
 
     async def _pump(
         self,
@@ -229,25 +254,32 @@ class TurnRunner:
         source: AsyncIterator[StreamItem],
         progress: _Progress,
         listener: AckListener | None,
+        opened: "asyncio.Future[int] | None",
     ) -> None:
-        # Each step takes every item read while the previous chunk awaited its ack.
-        async for items in FluxStream(source).batches(self._buffer_size):
-            texts = []
-            for item in items:
-                if isinstance(item, Usage):
-                    progress.usage = item
-                elif item.text:
-                    texts.append(item.text)
-            if not texts:
-                continue
-            text = texts[0] if len(texts) == 1 else "".join(texts)
-            event = chunk_event(turn, index=progress.tokens, text=text)
-            seq = await self._events.publish(event)  # retried through a failover, same msg id
-            progress.text.append(text)
-            progress.tokens += len(texts)
-            progress.chunks += 1
-            if listener is not None:
-                _tell(listener, event, seq)
+        # Each step takes every item read while the previous chunk awaited its ack. Closed
+        # however the pump ends, so the provider's stream never outlives it.
+        async with aclosing(FluxStream(source).batches(self._buffer_size)) as batches:
+            async for items in batches:
+                texts = []
+                for item in items:
+                    if isinstance(item, Usage):
+                        progress.usage = item
+                    elif item.text:
+                        texts.append(item.text)
+                if not texts:
+                    continue
+                if opened is not None:
+                    # Shielded: cancelling the turn does not cancel its user_message publish.
+                    await asyncio.shield(opened)
+                    opened = None
+                text = texts[0] if len(texts) == 1 else "".join(texts)
+                event = chunk_event(turn, index=progress.tokens, text=text)
+                seq = await self._events.publish(event)  # retried through a failover, same id
+                progress.text.append(text)
+                progress.tokens += len(texts)
+                progress.chunks += 1
+                if listener is not None:
+                    _tell(listener, event, seq)
 
     def _final_turn(self, planned: PlannedTurn, progress: _Progress, status: TurnStatus) -> Turn:
         usage = progress.usage
@@ -271,6 +303,32 @@ class TurnRunner:
             estimated=usage.estimated,
             finished_at=utc_now(),
         )
+
+    async def _close_opened(
+        self,
+        planned: PlannedTurn,
+        progress: _Progress,
+        listener: AckListener | None,
+        opened: "asyncio.Future[int] | None",
+        *,
+        status: TurnStatus,
+        error: KgentsError | None,
+    ) -> TurnOutcome:
+        """Close the turn once its ``user_message`` publish is over; if that failed, as
+        ``failed`` with no end event and nothing billed (whatever the provider sent)."""
+        if opened is not None:
+            await asyncio.wait([opened])
+            unpublished = _publish_failure(opened)
+            if unpublished is not None:
+                return await self._close(
+                    planned,
+                    _Progress(text=[]),
+                    listener,
+                    status="failed",
+                    error=unpublished,
+                    publish_end=False,
+                )
+        return await self._close(planned, progress, listener, status=status, error=error)
 
     async def _close(
         self,

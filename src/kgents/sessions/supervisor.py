@@ -19,22 +19,28 @@ class TurnSupervisor:
     async def launch(
         self, planned: PlannedTurn, user_message: Message, listener: AckListener | None = None
     ) -> "tuple[int, asyncio.Task[TurnOutcome]]":
-        """Publish the turn's first event, then generate detached; return (first seq, task).
-        ``listener`` is told of each event of the turn once JetStream acknowledged it."""
-        first_seq = await self._runner.open(planned, user_message, listener)
-        return first_seq, self.spawn(planned, listener)
-
-    def spawn(
-        self, planned: PlannedTurn, listener: AckListener | None = None
-    ) -> "asyncio.Task[TurnOutcome]":
-        """Start generating ``planned`` detached from the caller (an HTTP request may go away)."""
+        """Publish the turn's first event and generate detached, at once (the provider is
+        asked while the event awaits its ack); return (first seq, task) once it is
+        acknowledged. If it cannot be published, the turn is closed as ``failed`` (nothing
+        billed), then the error is raised. ``listener`` is told of each event of the turn
+        once JetStream acknowledged it."""
+        opened = asyncio.create_task(
+            self._runner.open(planned, user_message, listener), name=f"open:{planned.turn.id}"
+        )
         task = asyncio.create_task(
-            self._runner.run(planned, listener), name=f"turn:{planned.turn.id}"
+            self._runner.run(planned, listener, opened=opened), name=f"turn:{planned.turn.id}"
         )
         session_id = planned.turn.session_id
         self._by_session[session_id] = task
         task.add_done_callback(lambda done: self._forget(session_id, done))
-        return task
+        try:
+            # Shielded: a caller that goes away leaves the turn running, as a client that
+            # disconnects does.
+            first_seq = await asyncio.shield(opened)
+        except Exception:
+            await asyncio.wait([task])  # the task closes the turn
+            raise
+        return first_seq, task
 
     def _forget(self, session_id: str, task: "asyncio.Task[TurnOutcome]") -> None:
         if self._by_session.get(session_id) is task:
