@@ -14,6 +14,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 import pydantic
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -46,7 +47,6 @@ AUTH_SECONDS = 5.0
 CLOSE_NOT_READING = 1008
 """The close code for a client that stopped reading (its send buffer stayed full)."""
 CLOSE_INTERNAL = 1011
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 OPENAPI_TAG = {
     "name": "sessions",
@@ -181,7 +181,8 @@ async def _forward(websocket: WebSocket, follower: WatchedFollower, send_timeout
     take within ``send_timeout`` (uvicorn's buffer for it is full) ends the connection."""
     async for followed in follower:
         event = followed.event
-        text = _JSON.encode({"id": followed.seq, "event": event.type, "data": event.data})
+        frame = {"id": followed.seq, "event": event.type, "data": event.data}
+        text = orjson.dumps(frame).decode()  # a tenth of json's CPU, the same text
         try:
             async with asyncio.timeout(send_timeout):
                 await websocket.send_text(text)
@@ -264,5 +265,5 @@ async def _close_with(websocket: WebSocket, error: KgentsError, *, within: float
     frame = {"event": "error", "data": error_body_of(error)}
     with contextlib.suppress(Exception):
         async with asyncio.timeout(within):
-            await websocket.send_text(_JSON.encode(frame))
+            await websocket.send_text(orjson.dumps(frame).decode())
             await websocket.close(close_code(error), error.code)
