@@ -11,6 +11,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from kgents.errors import Unavailable
+from kgents.store.driver_sql import send
 from kgents.store.engine import create_engine, for_writes
 from kgents.store.sqlite_thread import WholeWrites, writes_settled
 from tests.support.database import async_url
@@ -102,5 +104,41 @@ async def test_a_step_outlives_its_caller_and_the_writer_is_free_once_writes_set
         assert for_writes(engine).pool.checkedout() == 0  # type: ignore[attr-defined]
         assert caller.cancelled()
         assert await names(engine) == ["slow"]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("sql", "raised"),
+    [
+        ("INSERT INTO t (name) VALUES ('taken')", IntegrityError),  # a unique violation
+        ("INSERT INTO missing (name) VALUES ('x')", Unavailable),  # an OperationalError
+    ],
+)
+async def test_a_statement_sent_on_the_thread_fails_as_through_sqlalchemy(
+    tmp_path: Path, sql: str, raised: type[Exception]
+) -> None:
+    """``driver_sql.send`` hands the writer's statements to ``sqlite3`` itself; its errors are
+    SQLAlchemy's, translated as the engine translates them, and the step's transaction rolls
+    back."""
+    engine = create_engine(async_url(f"sqlite:///{tmp_path / 'kgents.db'}"))
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+            await connection.exec_driver_sql("INSERT INTO t (name) VALUES ('taken')")
+        writes = WholeWrites(engine)
+
+        def through_sqlalchemy(connection: Connection) -> None:
+            connection.exec_driver_sql(sql)
+
+        def sent(connection: Connection) -> None:
+            send(connection, "INSERT INTO t (name) VALUES (?)", ("half",))
+            send(connection, sql, ())
+
+        for step in (through_sqlalchemy, sent):
+            with pytest.raises(raised):
+                await writes.run(step)
+        assert await names(engine) == ["taken"]
+        assert await writes.run(lambda c: send(c, "SELECT name FROM t", ())) == [("taken",)]
     finally:
         await engine.dispose()

@@ -8,12 +8,16 @@ back through Core and the ORM exactly as if SQLAlchemy had written them) and sen
 parameter tuples.
 """
 
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+
+from kgents.store.unavailable import driver_error
 
 ROWS_PER_INSERT = 1000
 """Rows per multi-row INSERT: at most 8 columns gives 8,000 parameters, under both backends'
@@ -74,7 +78,7 @@ class MultiRowInsert:
 
 
 class DriverStatement:
-    """A Core statement compiled once for one dialect and sent with ``exec_driver_sql``.
+    """A Core statement compiled once for one dialect and sent at driver level (``send``).
 
     Its parameters are the statement's ``bindparam`` names, given positionally in ``fields``
     order and converted by their column types' bind processors; values fixed in the statement
@@ -109,19 +113,35 @@ class DriverStatement:
 
     def rows(self, connection: Connection, *values: Any) -> list[tuple[Any, ...]]:
         """Execute with ``values`` (in ``fields`` order); the result rows, converted."""
-        result = connection.exec_driver_sql(self.sql, self.params(*values))
         processors = self._results
         return [
             tuple(
                 value if process is None else process(value)
                 for process, value in zip(processors, row, strict=True)
             )
-            for row in result.fetchall()
+            for row in send(connection, self.sql, self.params(*values))
         ]
 
     def execute(self, connection: Connection, *values: Any) -> None:
         """Execute with ``values`` (in ``fields`` order), ignoring any rows."""
-        connection.exec_driver_sql(self.sql, self.params(*values))
+        send(connection, self.sql, self.params(*values))
+
+
+def send(connection: Connection, sql: str, params: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+    """Execute ``sql`` in ``connection``'s transaction; the rows it returns.
+
+    On a ``sqlite3`` connection (the SQLite writer's thread) the statement goes straight to
+    the driver: SQLAlchemy's execution context and result around each one cost more CPU than
+    SQLite's own work, on a thread that holds the event loop's GIL meanwhile. A driver error
+    is raised as the engine would raise it (``unavailable.driver_error``)."""
+    driver = connection.connection.dbapi_connection
+    if isinstance(driver, sqlite3.Connection):
+        try:
+            return driver.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise driver_error(DBAPIError.instance(sql, params, exc, sqlite3.Error)) from exc
+    result = connection.exec_driver_sql(sql, params)
+    return result.fetchall() if result.returns_rows else ()
 
 
 class RowInsert:

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Dialect, ExceptionContext
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
@@ -79,6 +79,16 @@ def _translate(context: ExceptionContext) -> BaseException | None:
         return None
     if context.is_disconnect:
         return database_unavailable(f"connection lost: {type(original).__name__}")
-    if isinstance(context.sqlalchemy_exception, OperationalError):
-        return database_unavailable(f"busy or unreachable: {type(original).__name__}")
+    return _unavailable(context.sqlalchemy_exception)
+
+
+def driver_error(error: DBAPIError) -> Exception:
+    """What an engine raises for ``error``, a driver's error that SQLAlchemy wrapped (not a
+    lost connection): for a statement sent to the driver without the engine."""
+    return _unavailable(error) or error
+
+
+def _unavailable(error: BaseException | None) -> Unavailable | None:
+    if isinstance(error, OperationalError):
+        return database_unavailable(f"busy or unreachable: {type(error.orig).__name__}")
     return None
