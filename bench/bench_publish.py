@@ -87,7 +87,7 @@ async def raw_sync(conn: NatsConnection, n: int) -> float:
 async def main(events: int, rounds: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="kgents-bench-") as data_dir:
         async with EmbeddedNats(Path(data_dir), supervise=False) as server:
-            conn = await NatsConnection.connect(server.url)
+            conn = await NatsConnection.connect(server.url, auth=server.auth)
             try:
                 await ensure_streams(conn, replicas=1)
                 log = JetStreamEventLog(conn)
