@@ -5,6 +5,7 @@ The lifespan opens the platform (database, migrations, LLM provider), the event 
 """
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -64,11 +65,22 @@ API_KEY_ROUTE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
+def freeze_startup_objects() -> None:
+    """Collect, then move every object still alive (modules, the platform, the SDKs, the
+    routes: all of them kept until the process ends) out of the cyclic garbage collector's
+    reach. Otherwise each full collection walks them all, a pause of ~100 ms on the event loop
+    that every stream in flight waits for (``bench/RESULTS.md``)."""
+    gc.collect()
+    gc.freeze()
+
+
+def create_app(settings: Settings, *, migrate: bool = True, serving: bool = False) -> FastAPI:
     """A new application for ``settings``; nothing is shared between two apps.
 
     ``migrate=False`` when the database was migrated before (the workers of ``kgents serve
-    --workers N``: their parent migrates once)."""
+    --workers N``: their parent migrates once). ``serving``: the app is the process's one
+    server (``kgents serve``), which keeps what it started with out of the garbage
+    collector's reach (``freeze_startup_objects``)."""
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -96,6 +108,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
                 app.state.relay = workers.relay
                 app.state.metering_processor = workers.metering  # GET /v1/admin/metering
                 metrics.watch_metering(lambda: workers.metering.stats)
+                if serving:
+                    freeze_startup_objects()
                 try:
                     yield
                 finally:

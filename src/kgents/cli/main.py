@@ -146,7 +146,7 @@ def serve(
             raise typer.Exit(code=1) from None
         return
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, serving=True),
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),

@@ -74,7 +74,7 @@ def worker_app() -> FastAPI:
     # What uvicorn does for ``access_log=False``, undone by ``configure_logging`` (the request
     # observer logs each request, with its request id).
     logging.getLogger("uvicorn.access").propagate = False
-    return create_app(Settings(), migrate=False)
+    return create_app(Settings(), migrate=False, serving=True)
 
 
 def _stop_when_orphaned() -> None:
