@@ -2,6 +2,7 @@
 wait for the writer share one trip to its thread, each in a transaction of its own."""
 
 import asyncio
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,10 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from kgents.errors import Unavailable
+from kgents.store import sqlite_busy
 from kgents.store.driver_sql import send
 from kgents.store.engine import create_engine, for_writes
+from kgents.store.sqlite_busy import BUSY_TIMEOUT_MS
 from kgents.store.sqlite_thread import WholeWrites, writes_settled
 from tests.support.database import async_url
 
@@ -141,4 +144,105 @@ async def test_a_statement_sent_on_the_thread_fails_as_through_sqlalchemy(
         assert await names(engine) == ["taken"]
         assert await writes.run(lambda c: send(c, "SELECT name FROM t", ())) == [("taken",)]
     finally:
+        await engine.dispose()
+
+
+HOLD_WRITE = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN IMMEDIATE")
+print("writing", flush=True)
+sys.stdin.readline()
+connection.execute("INSERT INTO t (name) VALUES ('other')")
+connection.execute("COMMIT")
+"""
+
+
+async def in_a_transaction(engine: Any, name: str) -> str:
+    async with for_writes(engine).begin() as connection:
+        await connection.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": name})
+    return name
+
+
+async def as_a_step(engine: Any, name: str) -> str:
+    return await WholeWrites(engine).run(insert(name))
+
+
+WRITES = pytest.mark.parametrize(
+    "write", [as_a_step, in_a_transaction], ids=["step", "transaction"]
+)
+
+
+async def busy_timeout(engine: Any) -> int:
+    async with for_writes(engine).connect() as connection:
+        return int((await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar_one())
+
+
+@WRITES
+async def test_a_write_waits_for_another_process_writing_and_goes_once_it_commits(
+    tmp_path: Path, write: Any
+) -> None:
+    """Another process (another ``kgents serve`` worker) holds the write lock: a write (a
+    whole step, or a transaction through SQLAlchemy) waits for it, not in SQLite's busy
+    handler, goes once it committed, and the writer's connection keeps its busy timeout."""
+    database = tmp_path / "kgents.db"
+    engine = create_engine(async_url(f"sqlite:///{database}"))
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_WRITE, str(database),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"writing\n"
+        written = asyncio.create_task(write(engine, "mine"))
+        await asyncio.sleep(0.3)
+        assert not written.done()
+
+        other.stdin.write(b"commit\n")
+        await other.stdin.drain()
+        assert await asyncio.wait_for(written, 10) == "mine"
+        assert await asyncio.wait_for(other.wait(), 10) == 0
+        assert sorted(await names(engine)) == ["mine", "other"]
+        assert await busy_timeout(engine) == BUSY_TIMEOUT_MS
+    finally:
+        if other.returncode is None:
+            other.kill()
+            await other.wait()
+        await writes_settled(engine)
+        await engine.dispose()
+
+
+@WRITES
+async def test_a_write_gives_up_when_another_process_writes_for_longer_than_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write: Any
+) -> None:
+    """As SQLite's busy handler would: after the busy timeout the write fails as a database
+    that cannot serve now (503), and nothing of it is stored."""
+    monkeypatch.setattr(sqlite_busy, "BUSY_TIMEOUT_MS", 300)
+    database = tmp_path / "kgents.db"
+    engine = create_engine(async_url(f"sqlite:///{database}"))
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLD_WRITE, str(database),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"writing\n"
+        with pytest.raises(Unavailable) as refused:
+            await asyncio.wait_for(write(engine, "mine"), 10)
+        assert refused.value.code == "database_unavailable"
+
+        other.stdin.write(b"commit\n")
+        await other.stdin.drain()
+        assert await asyncio.wait_for(other.wait(), 10) == 0
+        assert await names(engine) == ["other"]
+    finally:
+        if other.returncode is None:
+            other.kill()
+            await other.wait()
+        await writes_settled(engine)
         await engine.dispose()

@@ -5,6 +5,7 @@ Operators write URLs the way they always do (``postgresql://user:pass@host/db``,
 """
 
 import asyncio
+import sqlite3
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ from alembic.migration import MigrationContext, MigrationInfo
 from alembic.script import Script, ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from kgents.config import Settings
 from kgents.errors import InvalidInput, Unavailable
+from kgents.store.sqlite_busy import BUSY_TIMEOUT_MS, begin_immediate
 from kgents.store.sqlite_driver import SQLITE_DRIVERNAME
 from kgents.store.unavailable import (
     UnavailableOnTimeoutPool,
+    driver_error,
     translate_connection_errors,
     translate_operational_errors,
 )
@@ -55,7 +59,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers proceed during a write; busy_timeout makes writers queue instead of failing.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
@@ -63,12 +67,17 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: Any) -> None:
     # A write transaction takes the write lock up front (IMMEDIATE), so one that reads then
-    # writes waits for busy_timeout instead of failing on the upgrade. Reads begin deferred:
-    # with WAL they neither wait for writers nor hold them up.
-    if connection.get_execution_options().get(_WRITES):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
+    # writes waits for another writer instead of failing on the upgrade (``sqlite_busy``, in
+    # one job on the connection's thread). Reads begin deferred: with WAL they neither wait
+    # for writers nor hold them up.
+    if not connection.get_execution_options().get(_WRITES):
         connection.exec_driver_sql("BEGIN")
+        return
+    driver = connection.connection.driver_connection  # aiosqlite.Connection
+    try:
+        await_only(driver._execute(begin_immediate, driver._conn))
+    except sqlite3.Error as exc:
+        raise driver_error(DBAPIError.instance("BEGIN IMMEDIATE", (), exc, sqlite3.Error)) from exc
 
 
 def for_writes(engine: AsyncEngine) -> AsyncEngine:
@@ -91,7 +100,7 @@ def for_writes(engine: AsyncEngine) -> AsyncEngine:
 # Each SQLite engine's writer (see ``for_writes``); weak, so it goes with its engine.
 _WRITERS: "weakref.WeakKeyDictionary[Engine, AsyncEngine]" = weakref.WeakKeyDictionary()
 # Longest wait for the writer's connection, as long as SQLite's own busy timeout.
-_WRITER_TIMEOUT_SECONDS = 10.0
+_WRITER_TIMEOUT_SECONDS = BUSY_TIMEOUT_MS / 1000
 
 
 def _sqlite_engine(url: URL, **options: Any) -> AsyncEngine:

@@ -14,11 +14,15 @@ through the async engine, and driver errors arrive as SQLAlchemy's (``Operationa
 The connection is the writer's (``engine.for_writes``): taken from its one-connection pool for
 the whole batch, so the writes of this process that go through SQLAlchemy's own transactions
 still queue for it in order.
+
+Another process's write is waited for as ``store.sqlite_busy`` says.
 """
 
 import asyncio
+import sqlite3
 import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import create_engine
@@ -27,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from kgents.store.engine import for_writes
+from kgents.store.sqlite_busy import begin_immediate
 from kgents.store.unavailable import translate_operational_errors
 
 T = TypeVar("T")
@@ -52,14 +57,14 @@ Step = Callable[[Connection], Any]
 Outcome = tuple[bool, Any]  # (True, what the step returned) or (False, what it raised)
 
 
-def _run_steps(engine: Engine, steps: list[Step]) -> list[Outcome]:
+def _run_steps(engine: Engine, steps: list[Step], driver: sqlite3.Connection) -> list[Outcome]:
     """On the connection's thread: each step in a ``BEGIN IMMEDIATE`` transaction of its own,
     committed when it returns, rolled back when it raises (the others go on)."""
     outcomes: list[Outcome] = []
     for step in steps:
         try:
             with engine.connect() as connection:  # closing rolls back what was not committed
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                begin_immediate(driver, partial(connection.exec_driver_sql, "BEGIN IMMEDIATE"))
                 result = step(connection)
                 connection.commit()
         except Exception as exc:
@@ -136,7 +141,10 @@ class _WriteQueue:
         async with writer.connect() as connection:
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection  # aiosqlite.Connection: its queue of jobs
-            return cast(list[Outcome], await driver._execute(_run_steps, _sync_engine(raw), steps))
+            engine = _sync_engine(raw)
+            return cast(
+                list[Outcome], await driver._execute(_run_steps, engine, steps, driver._conn)
+            )
 
 
 # Each SQLite writer's queue (see ``WholeWrites``); weak, so it goes with its engine.

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import Dialect, ExceptionContext
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import OperationalError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
@@ -82,7 +82,7 @@ def _translate(context: ExceptionContext) -> BaseException | None:
     return _unavailable(context.sqlalchemy_exception)
 
 
-def driver_error(error: DBAPIError) -> Exception:
+def driver_error(error: StatementError) -> Exception:
     """What an engine raises for ``error``, a driver's error that SQLAlchemy wrapped (not a
     lost connection): for a statement sent to the driver without the engine."""
     return _unavailable(error) or error
