@@ -2,8 +2,10 @@
 wait for the writer share one trip to its thread, each in a transaction of its own."""
 
 import asyncio
+import contextlib
 import sys
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +180,10 @@ async def busy_timeout(engine: Any) -> int:
         return int((await connection.exec_driver_sql("PRAGMA busy_timeout")).scalar_one())
 
 
-@WRITES
-async def test_a_write_waits_for_another_process_writing_and_goes_once_it_commits(
-    tmp_path: Path, write: Any
-) -> None:
-    """Another process (another ``kgents serve`` worker) holds the write lock: a write (a
-    whole step, or a transaction through SQLAlchemy) waits for it, not in SQLite's busy
-    handler, goes once it committed, and the writer's connection keeps its busy timeout."""
+@contextlib.asynccontextmanager
+async def another_process_writing(tmp_path: Path) -> AsyncIterator[tuple[Any, Callable[[], Any]]]:
+    """An engine on a new file and another process holding that file's write lock; yields the
+    engine and ``commit``, which lets the other process commit its row and waits for it."""
     database = tmp_path / "kgents.db"
     engine = create_engine(async_url(f"sqlite:///{database}"))
     async with engine.begin() as connection:
@@ -193,25 +192,41 @@ async def test_a_write_waits_for_another_process_writing_and_goes_once_it_commit
         sys.executable, "-c", HOLD_WRITE, str(database),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    try:
-        assert other.stdout is not None and other.stdin is not None
-        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"writing\n"
-        written = asyncio.create_task(write(engine, "mine"))
-        await asyncio.sleep(0.3)
-        assert not written.done()
+    assert other.stdout is not None and other.stdin is not None
+    stdin = other.stdin
 
-        other.stdin.write(b"commit\n")
-        await other.stdin.drain()
-        assert await asyncio.wait_for(written, 10) == "mine"
+    async def commit() -> None:
+        stdin.write(b"commit\n")
+        await stdin.drain()
         assert await asyncio.wait_for(other.wait(), 10) == 0
-        assert sorted(await names(engine)) == ["mine", "other"]
-        assert await busy_timeout(engine) == BUSY_TIMEOUT_MS
+
+    try:
+        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"writing\n"
+        yield engine, commit
     finally:
         if other.returncode is None:
             other.kill()
             await other.wait()
         await writes_settled(engine)
         await engine.dispose()
+
+
+@WRITES
+async def test_a_write_waits_for_another_process_writing_and_goes_once_it_commits(
+    tmp_path: Path, write: Any
+) -> None:
+    """Another process (another ``kgents serve`` worker) holds the write lock: a write (a
+    whole step, or a transaction through SQLAlchemy) waits for it, not in SQLite's busy
+    handler, goes once it committed, and the writer's connection keeps its busy timeout."""
+    async with another_process_writing(tmp_path) as (engine, commit):
+        written = asyncio.create_task(write(engine, "mine"))
+        await asyncio.sleep(0.3)
+        assert not written.done()
+
+        await commit()
+        assert await asyncio.wait_for(written, 10) == "mine"
+        assert sorted(await names(engine)) == ["mine", "other"]
+        assert await busy_timeout(engine) == BUSY_TIMEOUT_MS
 
 
 @WRITES
@@ -221,28 +236,10 @@ async def test_a_write_gives_up_when_another_process_writes_for_longer_than_the_
     """As SQLite's busy handler would: after the busy timeout the write fails as a database
     that cannot serve now (503), and nothing of it is stored."""
     monkeypatch.setattr(sqlite_busy, "BUSY_TIMEOUT_MS", 300)
-    database = tmp_path / "kgents.db"
-    engine = create_engine(async_url(f"sqlite:///{database}"))
-    async with engine.begin() as connection:
-        await connection.exec_driver_sql("CREATE TABLE t (name TEXT UNIQUE)")
-    other = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", HOLD_WRITE, str(database),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert other.stdout is not None and other.stdin is not None
-        assert await asyncio.wait_for(other.stdout.readline(), 10) == b"writing\n"
+    async with another_process_writing(tmp_path) as (engine, commit):
         with pytest.raises(Unavailable) as refused:
             await asyncio.wait_for(write(engine, "mine"), 10)
         assert refused.value.code == "database_unavailable"
 
-        other.stdin.write(b"commit\n")
-        await other.stdin.drain()
-        assert await asyncio.wait_for(other.wait(), 10) == 0
+        await commit()
         assert await names(engine) == ["other"]
-    finally:
-        if other.returncode is None:
-            other.kill()
-            await other.wait()
-        await writes_settled(engine)
-        await engine.dispose()
